@@ -1,0 +1,9 @@
+"""Where generated data lives, so every entry point agrees on one cache directory."""
+import os
+from pathlib import Path
+
+
+def data_home() -> Path:
+    """Root of cached synthetic datasets: ``$UNIMATCH_DATA_HOME`` or ``~/.cache/unimatch``."""
+    root = os.environ.get("UNIMATCH_DATA_HOME")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "unimatch"
