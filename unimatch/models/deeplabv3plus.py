@@ -14,13 +14,19 @@ import torch.nn.functional as F
 from unimatch.models.backbones import build_backbone
 
 
-def feature_perturbation(features: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """Clean and channel-dropped copies of ``features`` stacked on the batch axis.
+def feature_perturbation(features: torch.Tensor, copies: int = 1, p: float = 0.5) -> torch.Tensor:
+    """``features`` followed by ``copies`` independently channel-dropped copies, on the batch axis.
 
     Dropout2d zeroes whole channels (and rescales the rest by 1/(1-p)); it is applied even in
     eval mode because it *is* the perturbation, not a regulariser.
     """
-    return torch.cat((features, F.dropout2d(features, p, training=True)))
+    return torch.cat([features] + [F.dropout2d(features, p, training=True) for _ in range(int(copies))])
+
+
+def split_fp_logits(logits: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`feature_perturbation` on the decoded logits: (clean, all FP copies)."""
+    n = logits.shape[0] // (int(copies) + 1)
+    return logits[:n], logits[n:]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -81,11 +87,11 @@ class DeepLabV3PlusHead(nn.Module):
         c4 = F.interpolate(c4, size=c1.shape[-2:], mode="bilinear", align_corners=True)
         return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], dim=1)))
 
-    def decode_to(self, size, c1: torch.Tensor, c4: torch.Tensor, need_fp: bool):
-        """Decode (with the FP stream when asked) and upsample the logits to ``size``."""
+    def decode_to(self, size, c1: torch.Tensor, c4: torch.Tensor, need_fp: bool | int):
+        """Decode (with ``int(need_fp)`` FP streams when asked) and upsample the logits to ``size``."""
         if need_fp:
-            logits = self.decode(feature_perturbation(c1), feature_perturbation(c4))
-            return F.interpolate(logits, size=size, mode="bilinear", align_corners=True).chunk(2)
+            logits = self.decode(feature_perturbation(c1, need_fp), feature_perturbation(c4, need_fp))
+            return split_fp_logits(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), need_fp)
         return F.interpolate(self.decode(c1, c4), size=size, mode="bilinear", align_corners=True)
 
     def param_groups(self):
@@ -97,6 +103,9 @@ class DeepLabV3PlusHead(nn.Module):
 
 class DeepLabV3Plus(DeepLabV3PlusHead):
     """``model(x) -> logits``; ``model(x, need_fp=True) -> (logits, logits_fp)``.
+
+    ``need_fp=k`` (an int) decodes k independently perturbed copies; ``logits_fp`` then holds
+    them one after the other on the batch axis.
 
     The FP stream drops channels of both decoder inputs (stride-4 ``c1`` and high-level ``c4``)
     and is decoded in the same forward as the clean features, exactly as the paper's code does.

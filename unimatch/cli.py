@@ -1,0 +1,71 @@
+"""Command-line plumbing shared by every task's train/evaluate entry points."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from unimatch.config import Config, load_config
+
+
+def train_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, default=default_config, help="YAML config file")
+    parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
+    parser.add_argument("--labeled-split", help="file listing the labelled samples (official format)")
+    parser.add_argument("--unlabeled-split", help="file listing the unlabelled samples")
+    parser.add_argument("--val-split", help="file listing the validation samples")
+    parser.add_argument("--save-dir", help="run directory (checkpoints, logs); an existing run there is resumed")
+    parser.add_argument("--method", choices=["unimatch", "fixmatch", "uniperb", "dusperb", "supervised"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. lr=0.01 criterion.name=OHEM conf_thresh=0.9")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, schema: type = Config, **extra) -> Config:
+    return load_config(args.config, args.overrides, schema=schema, data_root=args.data_root,
+                       labeled_split=args.labeled_split, unlabeled_split=args.unlabeled_split,
+                       val_split=args.val_split, save_dir=args.save_dir, method=args.method, epochs=args.epochs,
+                       batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers, **extra)
+
+
+def default_save_dir(cfg: Config) -> Path:
+    return Path(cfg.save_dir) if cfg.save_dir else Path("runs") / cfg.task / cfg.dataset / cfg.method
+
+
+def eval_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, default=default_config, help="YAML config the model was trained with")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="our best.pth/latest.pth or an official {'model': ...} checkpoint")
+    parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
+    parser.add_argument("--split", help="split file to evaluate (default: the config's validation list)")
+    parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write each predicted mask here")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON here")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return parser
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

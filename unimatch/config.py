@@ -1,0 +1,218 @@
+"""Typed run configuration: YAML file + ``key=value`` overrides, validated with clear messages.
+
+The keys follow the official UniMatch YAML files (``nclass``, ``crop_size``, ``lr``, ``lr_multi``,
+``criterion: {name, kwargs}``, ``conf_thresh`` ...) so users can bring theirs. Tasks extend
+:class:`Config` with their own fields (a dataclass subclass); any other key is an error that
+lists the valid ones, because a misspelt key silently falling back to a default costs a
+week-long run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from unimatch.errors import ConfigError
+
+METHODS = {
+    # method: (number of strong image streams, number of feature-perturbation streams)
+    "unimatch": (2, 1),
+    "fixmatch": (1, 0),
+    "uniperb": (1, 1),
+    "dusperb": (2, 0),
+    "supervised": (0, 0),
+}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class Config:
+    # data
+    task: str = "natural"
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None
+    labeled_split: Optional[str] = None
+    unlabeled_split: Optional[str] = None
+    val_split: Optional[str] = None
+    nclass: int = 21
+    class_names: Optional[list] = None
+    crop_size: int = 321
+    in_channels: int = 3
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
+    # model
+    model: str = "deeplabv3plus"
+    backbone: str = "resnet101"
+    deep_stem: bool = True
+    width: int = 64
+    reduce_channels: int = 48
+    decoder_channels: int = 256
+    feature_channels: Optional[list] = None
+    pretrained: Optional[str] = None
+    replace_stride_with_dilation: list = field(default_factory=lambda: [False, False, True])
+    dilations: list = field(default_factory=lambda: [6, 12, 18])
+    # method
+    method: str = "unimatch"
+    conf_thresh: float = 0.95
+    strong_views: Optional[int] = None
+    fp_streams: Optional[int] = None
+    sup_weight: float = 1.0
+    strong_weight: Optional[float] = None
+    fp_weight: float = 0.5
+    loss_divisor: float = 2.0
+    criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
+    unsup_loss: str = "ce"
+    # strong perturbation (per image / channel group)
+    color_jitter_p: float = 0.8
+    color_jitter: list = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.25])
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])
+    cutmix_p: float = 0.5
+    cutmix_area: list = field(default_factory=lambda: [0.02, 0.4])
+    cutmix_ratio: list = field(default_factory=lambda: [0.3, 1 / 0.3])
+    channel_group_size: int = 3
+    # optimisation
+    epochs: int = 80
+    batch_size: int = 8
+    lr: float = 0.001
+    lr_multi: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    amp: str = "none"
+    # run
+    seed: int = 0
+    save_dir: Optional[str] = None
+    eval_every: int = 1
+    num_workers: int = 2
+    log_every: int = 20
+    select_metric: str = "mIoU"
+    eval_mode: str = "original"
+    eval_batch_size: int = 1
+
+    # ---- derived values -------------------------------------------------------------
+    @property
+    def streams(self) -> tuple[int, int]:
+        """(strong image streams, feature streams) after applying the method's defaults."""
+        default_strong, default_fp = METHODS[self.method]
+        strong = default_strong if self.strong_views is None or self.method == "supervised" else self.strong_views
+        fp = default_fp if self.fp_streams is None or self.method == "supervised" else self.fp_streams
+        return strong, fp
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
+        if self.unsup_loss not in ("ce", "dice"):
+            raise ConfigError(f"unsup_loss: {self.unsup_loss!r} must be 'ce' or 'dice'")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
+        if not 0.0 <= self.conf_thresh <= 1.0:
+            raise ConfigError(f"conf_thresh: {self.conf_thresh} must lie in [0, 1]")
+        if len(self.mean) != len(self.std):
+            raise ConfigError("mean and std must have the same length")
+        if self.in_channels % len(self.mean) != 0:
+            raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of len(mean) ({len(self.mean)})")
+        if self.in_channels % self.channel_group_size != 0:
+            raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of channel_group_size "
+                              f"({self.channel_group_size})")
+        strong, fp = self.streams
+        if strong < 0 or fp < 0:
+            raise ConfigError("strong_views and fp_streams must be >= 0")
+        for name in ("epochs", "batch_size", "crop_size", "nclass", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not isinstance(self.criterion, dict) or "name" not in self.criterion:
+            raise ConfigError("criterion: expected a mapping like {name: CELoss, kwargs: {ignore_index: 255}}")
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is typing.Union:
+        return any(_type_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, annotation)
+
+
+def _coerce(schema: type, values: dict, source: str) -> dict:
+    hints = typing.get_type_hints(schema)
+    valid = [f.name for f in dataclasses.fields(schema)]
+    out = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown config key {key!r}. Valid keys: {', '.join(valid)}")
+        if isinstance(value, tuple):
+            value = list(value)
+        if hints[key] in (float, Optional[float]) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not _type_matches(value, hints[key]):
+            raise ConfigError(f"{source}: {key} = {value!r} has the wrong type (expected {hints[key]})")
+        out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], value parsed as YAML, so numbers and lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. lr=0.01 or criterion.name=OHEM)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), schema: type = Config,
+                **values: Any) -> Config:
+    """Read ``path`` (YAML), apply ``values`` (e.g. from command-line flags) then dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        data.update(_coerce(schema, loaded, str(path)))
+    data.update(_coerce(schema, {k: v for k, v in values.items() if v is not None}, "command line"))
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) == 1:
+            data.update(_coerce(schema, {keys[0]: value}, f"override {text!r}"))
+            continue
+        root = keys[0]
+        default = next((f for f in dataclasses.fields(schema) if f.name == root), None)
+        if default is None:
+            _coerce(schema, {root: None}, f"override {text!r}")
+        current = data.get(root)
+        if current is None:
+            current = default.default_factory() if default.default_factory is not dataclasses.MISSING else {}
+        if not isinstance(current, dict):
+            raise ConfigError(f"override {text!r}: {root} is not a mapping")
+        node = current
+        for k in keys[1:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+        data[root] = current
+    config = schema(**data)
+    config.validate()
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

@@ -1,0 +1,79 @@
+"""Single process, or torchrun/DDP: the same command works in both.
+
+Under ``torchrun`` the environment holds RANK/WORLD_SIZE/LOCAL_RANK; NCCL is used on GPUs and
+gloo on CPUs. SyncBatchNorm is used on CUDA only (PyTorch's SyncBatchNorm has no CPU kernel);
+on CPU, DDP keeps BatchNorm buffers in step by broadcasting rank 0's.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None = None) -> DistContext:
+    """Initialise the process group when launched by torchrun; pick the device for this rank."""
+    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
+    model = model.to(ctx.device)
+    if not ctx.distributed:
+        return model
+    if ctx.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank], broadcast_buffers=False,
+                                                   output_device=ctx.local_rank, find_unused_parameters=False)
+    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()

@@ -1,0 +1,345 @@
+"""The training loop: optimiser, poly LR, AMP, checkpoints + resume, logging, evaluation schedule.
+
+It drives :class:`unimatch.method.UniMatchStep` and knows nothing of what a sample contains: the
+task hands it datasets that follow the data contract (docs/architecture.md) and an
+``evaluate(model) -> EvalResult`` callable.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from unimatch.config import Config, save_config
+from unimatch.distributed import DistContext, all_reduce_mean, barrier, unwrap
+from unimatch.errors import CheckpointError
+from unimatch.losses import build_criterion
+from unimatch.method import StepSettings, UniMatchStep
+from unimatch.models.backbones import strip_wrappers
+from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+
+log = logging.getLogger("unimatch")
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation: ``metrics`` (flat floats, logged) and a human-readable ``table``."""
+    metrics: dict
+    table: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class RepeatDataset(Dataset):
+    """The labelled set repeated (cyclically) to ``length`` items, as the official ``nsample``."""
+
+    def __init__(self, dataset: Dataset, length: int):
+        self.dataset, self.length = dataset, max(length, len(dataset))
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.dataset[index % len(self.dataset)]
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding (DistributedSampler would evaluate duplicates)."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9) -> float:
+    """``base_lr * (1 - it / total) ** power``, the paper's schedule."""
+    return base_lr * (1 - iteration / total_iterations) ** power
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Per-worker numpy/random seeds derived from the loader's seed, so augmentation is reproducible."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD with two groups: backbone at ``lr``, the rest at ``lr * lr_multi`` (one group if the
+    model has no backbone, like the medical UNet)."""
+    groups_fn = getattr(unwrap(model), "param_groups", None)
+    if groups_fn is None:
+        groups = [{"params": list(model.parameters()), "lr": cfg.lr, "lr_scale": 1.0}]
+    else:
+        backbone, head = groups_fn()
+        groups = [{"params": backbone, "lr": cfg.lr, "lr_scale": 1.0}]
+        if head:
+            groups.append({"params": head, "lr": cfg.lr * cfg.lr_multi, "lr_scale": cfg.lr_multi})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def rng_state(perturbation: StrongPerturbation) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "perturbation": perturbation.generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, perturbation: StrongPerturbation) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    perturbation.generator.set_state(state["perturbation"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
+    """Load ``{'model': state_dict}`` (ours, or the official one with ``module.`` keys) into ``model``.
+
+    A key mismatch is one :class:`CheckpointError` listing the missing and unexpected keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict")
+    state_dict = strip_wrappers(checkpoint)
+    target = unwrap(model)
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in state_dict if k in expected and hasattr(state_dict[k], "shape")
+             and state_dict[k].shape != expected[k].shape]
+    if strict and (missing or unexpected or shape):
+        def listing(keys):
+            return f"{keys[:12]}{' ... (%d in all)' % len(keys) if len(keys) > 12 else ''}"
+        raise CheckpointError(f"{path}: keys do not fit the model ({type(target).__name__}). "
+                              f"Missing: {listing(missing)}; unexpected: {listing(unexpected)}; "
+                              f"shape mismatch: {listing(shape)}. Check --config (model, backbone, nclass).")
+    target.load_state_dict(state_dict, strict=strict)
+    return checkpoint
+
+
+def autocast_for(cfg: Config, device: torch.device):
+    if device.type == "cuda" and cfg.amp != "none":
+        dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def setup_logging(save_dir: Path | None, is_main: bool) -> None:
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    if log.handlers:
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    log.addHandler(console)
+    if save_dir is not None and is_main:
+        file_handler = logging.FileHandler(save_dir / "train.log")
+        file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+        log.addHandler(file_handler)
+    log.propagate = False
+
+
+class Trainer:
+    """Runs ``cfg.epochs`` epochs of the step; one epoch is one pass over the unlabelled set."""
+
+    def __init__(self, cfg: Config, model: nn.Module, labeled_set: Dataset, unlabeled_set: Dataset | None,
+                 evaluate: Callable[[nn.Module], EvalResult], ctx: DistContext, save_dir: str | Path,
+                 sup_criterion: nn.Module | None = None, progress: bool = True):
+        self.cfg, self.model, self.ctx = cfg, model, ctx
+        self.labeled_set, self.unlabeled_set, self.evaluate = labeled_set, unlabeled_set, evaluate
+        self.save_dir = Path(save_dir)
+        self.progress = progress and ctx.is_main
+        if ctx.is_main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        setup_logging(self.save_dir, ctx.is_main)
+        self.settings = StepSettings.from_config(cfg)
+        if self.settings.supervised_only:
+            self.unlabeled_needed = False
+        else:
+            if unlabeled_set is None or len(unlabeled_set) == 0:
+                raise ValueError(f"method {cfg.method!r} needs an unlabelled set")
+            self.unlabeled_needed = True
+        self.optimizer = build_optimizer(model, cfg)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
+        self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
+        self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
+        criterion = sup_criterion if sup_criterion is not None else build_criterion(cfg.criterion, cfg.nclass)
+        self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
+                                 self.normalizer, cfg.nclass)
+        self.autocast = autocast_for(cfg, ctx.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
+        self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
+        self.writer = None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.save_dir / "tensorboard"))
+            save_config(cfg, self.save_dir / "config.yaml")
+
+    # ---- data ----------------------------------------------------------------------------
+    def epoch_length(self) -> int:
+        """Iterations per epoch: the unlabelled set (or, without one, the labelled set) per rank."""
+        n = len(self.unlabeled_set) if self.unlabeled_set is not None else len(self.labeled_set)
+        per_rank = n // self.ctx.world_size
+        iterations = per_rank // self.cfg.batch_size
+        if iterations == 0:
+            raise ValueError(f"dataset of {n} samples is smaller than one batch of {self.cfg.batch_size} per rank "
+                             f"x {self.ctx.world_size} ranks; lower batch_size")
+        return iterations
+
+    def loader(self, dataset: Dataset, epoch: int, stream: int) -> DataLoader:
+        sampler = DistributedSampler(dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True,
+                                     seed=self.cfg.seed + 7919 * stream, drop_last=True)
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed((self.cfg.seed * 100003 + epoch * 1009 + stream * 101
+                                                   + self.ctx.rank) % 2 ** 63)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.cfg.num_workers, pin_memory=self.ctx.device.type == "cuda",
+                          worker_init_fn=seed_worker, generator=generator,
+                          persistent_workers=False)
+
+    def to_device(self, batch):
+        return [t.to(self.ctx.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def checkpoint_state(self, epoch: int) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
+                "best_metrics": self.best_metrics, "rng": rng_state(self.perturbation),
+                "config": self.cfg.to_dict()}
+
+    def save(self, name: str, state: dict) -> None:
+        if self.ctx.is_main:
+            tmp = self.save_dir / f".{name}.tmp"
+            torch.save(state, tmp)
+            tmp.replace(self.save_dir / name)
+
+    def resume(self) -> None:
+        path = self.save_dir / "latest.pth"
+        if not path.is_file():
+            return
+        checkpoint = load_model_weights(self.model, path)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.best_score = checkpoint["best_score"]
+        self.best_metrics = checkpoint.get("best_metrics", {})
+        if self.ctx.rank == 0:
+            restore_rng_state(checkpoint["rng"], self.perturbation)
+        else:
+            # only rank 0's RNG state is saved; other ranks derive theirs so streams stay distinct
+            seed_everything(self.cfg.seed + 1000 * self.start_epoch + self.ctx.rank)
+            self.perturbation.generator.manual_seed(self.cfg.seed * 1000 + 17 + self.ctx.rank + self.start_epoch)
+        log.info(f"resumed from {path}: continuing at epoch {self.start_epoch + 1}/{self.cfg.epochs}, "
+                 f"best {self.cfg.select_metric} so far {self.best_score:.4f}")
+
+    # ---- loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.resume()
+        cfg, ctx = self.cfg, self.ctx
+        iters_per_epoch = self.epoch_length()
+        total_iters = iters_per_epoch * cfg.epochs
+        labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
+                   if self.unlabeled_set is not None else self.labeled_set)
+        strong, fp = self.settings.strong_views, self.settings.fp_streams
+        log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
+                 f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
+                 f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
+                 f"process(es), device {ctx.device}")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self.model.train()
+            streams = [iter(self.loader(labeled, epoch, 0))]
+            if self.unlabeled_needed:
+                streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
+                streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
+            sums: dict[str, float] = {}
+            bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                       dynamic_ncols=True, leave=False, file=sys.stderr)
+            start = time.perf_counter()
+            for i in bar:
+                iteration = epoch * iters_per_epoch + i
+                lr = poly_lr(cfg.lr, iteration, total_iters)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                batches = [self.to_device(next(s)) for s in streams]
+                loss, stats = self.step(*batches, autocast=self.autocast)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.writer is not None:
+                    for k, v in stats.items():
+                        self.writer.add_scalar(f"train/{k}", v, iteration)
+                    self.writer.add_scalar("train/lr", lr, iteration)
+                if self.progress:
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
+                if cfg.log_every and (i + 1) % cfg.log_every == 0:
+                    log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +
+                             " ".join(f"{k} {v / (i + 1):.4f}" for k, v in sums.items()))
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            seconds = time.perf_counter() - start
+            bar.close()
+            record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
+                      "sec_per_iter": seconds / iters_per_epoch}
+            record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
+
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                result = self.evaluate(self.model)
+                record.update(result.metrics)
+                score = result.metrics[cfg.select_metric]
+                if result.table:
+                    log.info(f"epoch {epoch + 1} evaluation\n{result.table}")
+                if self.writer is not None:
+                    for k, v in result.metrics.items():
+                        if isinstance(v, (int, float)) and not math.isnan(v):
+                            self.writer.add_scalar(f"eval/{k}", v, epoch + 1)
+                if score > self.best_score:
+                    self.best_score, self.best_metrics = score, dict(result.metrics)
+                    self.save("best.pth", {"model": unwrap(self.model).state_dict(), "epoch": epoch,
+                                           "metrics": result.metrics, "config": cfg.to_dict()})
+                log.info(f"epoch {epoch + 1}: {cfg.select_metric} {score:.4f} "
+                         f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
+            self.save("latest.pth", self.checkpoint_state(epoch))
+            if ctx.is_main:
+                with open(self.save_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            barrier()
+        if self.writer is not None:
+            self.writer.close()
+        return {"best_score": self.best_score, "best_metrics": self.best_metrics}

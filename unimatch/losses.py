@@ -1,0 +1,100 @@
+"""Losses of the paper's code: cross-entropy / OHEM for labels, masked CE or Dice for pseudo-labels."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unimatch.errors import ConfigError
+
+IGNORE_INDEX = 255
+
+
+def masked_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor, confidence_mask: torch.Tensor,
+                         valid_mask: torch.Tensor) -> torch.Tensor:
+    """Pixel CE summed over confident, valid pixels and divided by the number of *valid* pixels.
+
+    Dividing by valid (not confident) pixels is what the official code does: early in training,
+    when few pixels are confident, the unlabelled loss is small rather than noisy.
+    """
+    loss = F.cross_entropy(logits.float(), pseudo_label, reduction="none")
+    loss = loss * (confidence_mask & valid_mask)
+    return loss.sum() / valid_mask.sum().clamp_min(1)
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice over the whole batch, averaged over all classes (background included).
+
+    As in the official medical code: per class ``1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps)``
+    over the pixels not ignored; ``probs`` are softmax probabilities.
+    """
+
+    def __init__(self, nclass: int, smooth: float = 1e-5):
+        super().__init__()
+        self.nclass = nclass
+        self.smooth = smooth
+
+    def forward(self, probs: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+        probs = probs.float()
+        keep = torch.ones_like(target, dtype=torch.bool) if ignore is None else ~ignore.bool()
+        keep = keep & (target != IGNORE_INDEX)
+        target = torch.where(keep, target, torch.zeros_like(target))
+        loss = probs.new_zeros(())
+        for c in range(self.nclass):
+            score = probs[:, c][keep]
+            truth = (target[keep] == c).float()
+            intersect = (score * truth).sum()
+            dice = (2 * intersect + self.smooth) / ((score * score).sum() + (truth * truth).sum() + self.smooth)
+            loss = loss + (1 - dice)
+        return loss / self.nclass
+
+
+class OhemCrossEntropy(nn.Module):
+    """Online hard example mining CE (official ``ProbOhemCrossEntropy2d``): keep pixels whose
+    probability of the true class is <= ``thresh``, and at least the ``min_kept`` hardest."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, thresh: float = 0.7, min_kept: int = 100000):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.thresh = thresh
+        self.min_kept = int(min_kept)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.clone()
+        valid = target != self.ignore_index
+        num_valid = int(valid.sum())
+        if 0 < num_valid and self.min_kept <= num_valid:
+            with torch.no_grad():
+                prob = logits.detach().float().softmax(1)
+                true_prob = prob.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+                true_prob = torch.where(valid, true_prob, torch.ones_like(true_prob))
+                threshold = self.thresh
+                if self.min_kept > 0:
+                    kth = torch.kthvalue(true_prob.flatten(), self.min_kept).values.item()
+                    threshold = max(threshold, kth)
+                target[valid & (true_prob > threshold)] = self.ignore_index
+        return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+
+
+class CrossEntropyDice(nn.Module):
+    """(CE + Dice) / 2, the labelled loss of the official ACDC code."""
+
+    def __init__(self, nclass: int, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.dice = DiceLoss(nclass)
+
+    def forward(self, logits, target):
+        return (self.ce(logits.float(), target) + self.dice(logits.float().softmax(1), target)) / 2
+
+
+def build_criterion(spec: dict, nclass: int) -> nn.Module:
+    """The labelled loss from the config's ``criterion: {name, kwargs}`` (official names accepted)."""
+    name, kwargs = spec.get("name"), dict(spec.get("kwargs") or {})
+    if name in ("CELoss", "ce"):
+        return nn.CrossEntropyLoss(ignore_index=kwargs.get("ignore_index", IGNORE_INDEX))
+    if name in ("OHEM", "ohem"):
+        return OhemCrossEntropy(**kwargs)
+    if name in ("CEDice", "ce_dice"):
+        return CrossEntropyDice(nclass, **kwargs)
+    raise ConfigError(f"criterion.name: {name!r} is not one of CELoss, OHEM, CEDice")

@@ -1,0 +1,151 @@
+"""The UniMatch training step; FixMatch, UniPerb, DusPerb and supervised are settings of it.
+
+One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w`` with their
+``ignore_mask``) and a batch of CutMix partners (other unlabelled images, weak views):
+
+1. strong views: each of ``strong_views`` streams perturbs ``x_w`` (and the partners) with
+   independent random parameters and pastes the partner's strong view into a CutMix box;
+2. partner pseudo-labels: a no-grad forward of the partners in *eval* mode;
+3. one train-mode forward of ``cat(x, x_w)`` (with the FP stream when ``fp_streams > 0``);
+4. one forward of ``cat(strong views)``;
+5. pseudo-labels = argmax of the weak prediction, confidence = its max softmax; inside each
+   CutMix box the partner's label, confidence and ignore mask are used;
+6. loss = (sup_weight L_sup + strong_weight mean_i L_s_i + fp_weight L_fp) / loss_divisor,
+   with the paper's weights (1, 0.5 -> 0.25 per view, 0.5) / 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from unimatch.losses import IGNORE_INDEX, DiceLoss, masked_cross_entropy
+from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
+
+
+@dataclass
+class StepSettings:
+    strong_views: int = 2
+    fp_streams: int = 1
+    conf_thresh: float = 0.95
+    sup_weight: float = 1.0
+    strong_weight: float | None = None
+    fp_weight: float = 0.5
+    loss_divisor: float = 2.0
+    unsup_loss: str = "ce"
+
+    @classmethod
+    def from_config(cls, cfg) -> "StepSettings":
+        strong, fp = cfg.streams
+        return cls(strong, fp, cfg.conf_thresh, cfg.sup_weight, cfg.strong_weight, cfg.fp_weight,
+                   cfg.loss_divisor, cfg.unsup_loss)
+
+    @property
+    def supervised_only(self) -> bool:
+        return self.strong_views == 0 and self.fp_streams == 0
+
+    def weights(self) -> tuple[float, float]:
+        """(total weight of the strong streams, weight of the FP stream).
+
+        With both kinds of stream the paper splits the unlabelled weight in half (0.5 each);
+        with one kind only, that kind takes the whole unit weight (FixMatch: (L_x + L_s) / 2).
+        """
+        fp = self.fp_weight if self.fp_streams else 0.0
+        if self.strong_weight is not None:
+            strong = self.strong_weight
+        else:
+            strong = (1.0 - fp) if self.strong_views else 0.0
+        if not self.strong_views and self.fp_streams and self.strong_weight is None:
+            fp = 1.0
+        return strong, fp
+
+
+class UniMatchStep:
+    """Computes the loss of one training iteration; knows nothing of datasets or tasks."""
+
+    def __init__(self, model: nn.Module, settings: StepSettings, sup_criterion: nn.Module,
+                 perturbation: StrongPerturbation, normalizer: Normalizer, nclass: int):
+        self.model = model
+        self.settings = settings
+        self.sup_criterion = sup_criterion
+        self.perturbation = perturbation
+        self.normalizer = normalizer
+        self.dice = DiceLoss(nclass) if settings.unsup_loss == "dice" else None
+
+    def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask) -> torch.Tensor:
+        confident = confidence >= self.settings.conf_thresh
+        valid = ignore_mask != IGNORE_INDEX
+        if self.dice is not None:
+            return self.dice(logits.float().softmax(1), pseudo_label, ignore=~(confident & valid))
+        return masked_cross_entropy(logits, pseudo_label, confident, valid)
+
+    def strong_views(self, weak: torch.Tensor, partner: torch.Tensor):
+        """``strong_views`` (view, CutMix box) pairs; each view perturbs its own copy of the batch."""
+        n, _, h, w = weak.shape
+        views = []
+        for _ in range(self.settings.strong_views):
+            perturbed = self.perturbation(torch.cat((weak, partner)))
+            own, pasted = perturbed[:n], perturbed[n:]
+            box = self.perturbation.cutmix_boxes(n, h, w, device=weak.device)
+            views.append((torch.where(box.unsqueeze(1), pasted, own), box))
+        return views
+
+    def __call__(self, labeled, unlabeled=None, partner=None, autocast=None):
+        """Returns (loss, stats) where stats holds floats: loss, loss_x, loss_s, loss_w_fp, mask_ratio."""
+        s = self.settings
+        autocast = autocast or torch.autocast("cpu", enabled=False)
+        x, y = labeled
+        x = self.normalizer(to_unit_float(x))
+        if s.supervised_only or unlabeled is None:
+            with autocast:
+                loss_x = self.sup_criterion(self.model(x), y)
+            loss = s.sup_weight * loss_x / s.loss_divisor
+            return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": 0.0, "loss_w_fp": 0.0,
+                          "mask_ratio": 0.0}
+
+        x_w_raw, ignore_mask = unlabeled
+        x_m_raw, ignore_mask_m = partner
+        x_w_raw, x_m_raw = to_unit_float(x_w_raw), to_unit_float(x_m_raw)
+        views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
+
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            with autocast:
+                prob_m = self.model(self.normalizer(x_m_raw)).float().softmax(1)
+            conf_m, label_m = prob_m.max(1)
+            self.model.train(was_training)
+
+        n_l = x.shape[0]
+        with autocast:
+            inputs = torch.cat((x, self.normalizer(x_w_raw)))
+            if s.fp_streams:
+                preds, preds_fp = self.model(inputs, need_fp=s.fp_streams)
+                pred_w_fp = preds_fp.view(s.fp_streams, -1, *preds_fp.shape[1:])[:, n_l:]
+            else:
+                preds = self.model(inputs)
+            pred_x, pred_w = preds[:n_l], preds[n_l:]
+            preds_s = (self.model(self.normalizer(torch.cat([v for v, _ in views]))).chunk(len(views))
+                       if views else [])
+
+            prob_w = pred_w.detach().float().softmax(1)
+            conf_w, label_w = prob_w.max(1)
+
+            loss_x = self.sup_criterion(pred_x, y)
+            strong_losses = []
+            for (_, box), pred_s in zip(views, preds_s):
+                label = torch.where(box, label_m, label_w)
+                conf = torch.where(box, conf_m, conf_w)
+                ignore = torch.where(box, ignore_mask_m, ignore_mask)
+                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore))
+            loss_s = torch.stack(strong_losses).mean() if strong_losses else loss_x.new_zeros(())
+            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask) for p in pred_w_fp]).mean()
+                       if s.fp_streams else loss_x.new_zeros(()))
+
+        strong_weight, fp_weight = s.weights()
+        loss = (s.sup_weight * loss_x + strong_weight * loss_s + fp_weight * loss_fp) / s.loss_divisor
+        valid = ignore_mask != IGNORE_INDEX
+        mask_ratio = ((conf_w >= s.conf_thresh) & valid).sum() / valid.sum().clamp_min(1)
+        return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": loss_s.item(),
+                      "loss_w_fp": loss_fp.item(), "mask_ratio": mask_ratio.item()}
