@@ -55,6 +55,7 @@ class Config:
     feature_channels: Optional[list] = None
     pretrained: Optional[str] = None
     replace_stride_with_dilation: list = field(default_factory=lambda: [False, False, True])
+    multi_grid: bool = False
     dilations: list = field(default_factory=lambda: [6, 12, 18])
     # method
     method: str = "unimatch"

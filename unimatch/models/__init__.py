@@ -14,6 +14,7 @@ def build_model(cfg) -> nn.Module:
     if cfg.model == "deeplabv3plus":
         from unimatch.models.deeplabv3plus import DeepLabV3Plus
         return DeepLabV3Plus(cfg.nclass, dilations=list(cfg.dilations), in_channels=cfg.in_channels,
+                             multi_grid=cfg.multi_grid,
                              reduce_channels=cfg.reduce_channels, decoder_channels=cfg.decoder_channels, **common)
     if cfg.model == "unet":
         from unimatch.models.unet import UNet

@@ -69,7 +69,7 @@ class ResNet(nn.Module):
 
     def __init__(self, block, layers: Sequence[int], deep_stem: bool = True, in_channels: int = 3,
                  width: int = 64, replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-                 norm_layer=nn.BatchNorm2d):
+                 multi_grid: bool = False, norm_layer=nn.BatchNorm2d):
         super().__init__()
         if len(replace_stride_with_dilation) != 3:
             raise ValueError("replace_stride_with_dilation needs 3 booleans (layer2, layer3, layer4)")
@@ -95,7 +95,8 @@ class ResNet(nn.Module):
         self.layer1 = self._make_layer(block, width, layers[0], 1, False, norm_layer)
         self.layer2 = self._make_layer(block, 2 * width, layers[1], 2, replace_stride_with_dilation[0], norm_layer)
         self.layer3 = self._make_layer(block, 4 * width, layers[2], 2, replace_stride_with_dilation[1], norm_layer)
-        self.layer4 = self._make_layer(block, 8 * width, layers[3], 2, replace_stride_with_dilation[2], norm_layer)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], 2, replace_stride_with_dilation[2], norm_layer,
+                                       multi_grid)
         self.channels = tuple(m * width * block.expansion for m in (1, 2, 4, 8))
 
         for m in self.modules():
@@ -105,7 +106,9 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, block, planes, blocks, stride, dilate, norm_layer):
+    def _make_layer(self, block, planes, blocks, stride, dilate, norm_layer, multi_grid=False):
+        """``multi_grid`` multiplies the dilations of layer4's three blocks by (2, 2, 4), as the
+        official Cityscapes setting does."""
         previous_dilation = self.dilation
         if dilate:
             self.dilation *= stride
@@ -114,10 +117,13 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
                                        norm_layer(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, norm_layer)]
+        grids = [2, 2, 4] if multi_grid else [1] * blocks
+        if len(grids) != blocks:
+            raise ValueError(f"multi_grid needs a 3-block layer4, this one has {blocks} blocks")
+        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation * grids[0], norm_layer)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, dilation=self.dilation, norm_layer=norm_layer)
-                   for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, dilation=self.dilation * grids[i], norm_layer=norm_layer)
+                   for i in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def base_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -193,13 +199,14 @@ def load_backbone_weights(backbone: ResNet, source: str | Path) -> None:
 
 def build_backbone(name: str = "resnet50", pretrained: str | Path | None = None,
                    replace_stride_with_dilation: Sequence[bool] = (False, False, True),
-                   deep_stem: bool = True, in_channels: int = 3, width: int = 64) -> ResNet:
+                   deep_stem: bool = True, in_channels: int = 3, width: int = 64,
+                   multi_grid: bool = False) -> ResNet:
     """A ResNet trunk by name (``tiny``, ``resnet18/34/50/101``), optionally with ImageNet weights."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(ARCHITECTURES)}")
     block, layers = ARCHITECTURES[name]
     backbone = ResNet(block, layers, deep_stem=deep_stem, in_channels=in_channels, width=width,
-                      replace_stride_with_dilation=replace_stride_with_dilation)
+                      replace_stride_with_dilation=replace_stride_with_dilation, multi_grid=multi_grid)
     backbone.arch = name
     if pretrained:
         load_backbone_weights(backbone, pretrained)

@@ -114,8 +114,9 @@ class DeepLabV3Plus(DeepLabV3PlusHead):
     def __init__(self, nclass: int, backbone: str = "resnet50", pretrained=None,
                  replace_stride_with_dilation: Sequence[bool] = (False, False, True),
                  dilations: Sequence[int] = (6, 12, 18), deep_stem: bool = True, in_channels: int = 3,
-                 width: int = 64, reduce_channels: int = 48, decoder_channels: int = 256):
-        encoder = build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width)
+                 width: int = 64, reduce_channels: int = 48, decoder_channels: int = 256, multi_grid: bool = False):
+        encoder = build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
+                                 multi_grid)
         super().__init__(encoder.channels[0], encoder.channels[-1], nclass, dilations,
                          reduce_channels, decoder_channels)
         self.backbone = encoder
