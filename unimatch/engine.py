@@ -79,11 +79,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reseed_dataset(dataset: Dataset, seed: int) -> None:
+    """Call ``reseed(seed)`` on a dataset (through :class:`RepeatDataset`) if it has one.
+
+    Datasets whose augmentation keeps its own RNG (an albumentations ``Compose(seed=...)``)
+    expose ``reseed`` so that every worker and every epoch draws distinct, reproducible views.
+    """
+    inner = dataset.dataset if isinstance(dataset, RepeatDataset) else dataset
+    if hasattr(inner, "reseed"):
+        inner.reseed(seed)
+
+
 def seed_worker(worker_id: int) -> None:
-    """Per-worker numpy/random seeds derived from the loader's seed, so augmentation is reproducible."""
+    """Per-worker seeds derived from the loader's per-epoch seed, so augmentation is reproducible."""
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        reseed_dataset(info.dataset, seed)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -223,8 +237,10 @@ class Trainer:
         sampler = DistributedSampler(dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True,
                                      seed=self.cfg.seed + 7919 * stream, drop_last=True)
         sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed((self.cfg.seed * 100003 + epoch * 1009 + stream * 101
-                                                   + self.ctx.rank) % 2 ** 63)
+        loader_seed = (self.cfg.seed * 100003 + epoch * 1009 + stream * 101 + self.ctx.rank) % 2 ** 31
+        generator = torch.Generator().manual_seed(loader_seed)
+        if self.cfg.num_workers == 0:
+            reseed_dataset(dataset, loader_seed)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.cfg.num_workers, pin_memory=self.ctx.device.type == "cuda",
                           worker_init_fn=seed_worker, generator=generator,
