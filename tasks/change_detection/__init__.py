@@ -1,0 +1,1 @@
+"""Bi-temporal building change detection (WHU-CD / LEVIR-CD layout, GeoTIFF pairs)."""
