@@ -1,0 +1,279 @@
+"""Whole-scene change prediction: sliding windows over a before/after pair, blended, streamed to disk.
+
+The scene is never held in memory. Windows of ``window`` pixels overlap by ``overlap``; each
+window's class probabilities are weighted by a 2-D raised-cosine ramp (1 in the middle, falling
+smoothly towards the window's edges over ``overlap`` pixels, never 0) and accumulated; the
+weighted mean is the prediction. The accumulators cover one strip of windows (``window`` rows x
+the scene width); rows that no later window can touch are written out and dropped as the strip
+moves down. Input is read one strip at a time with rasterio windows. Peak memory therefore grows
+with ``window x scene width``, not with the scene's height.
+
+Output
+------
+- GeoTIFF (``.tif``/``.tiff``): the input's CRS and geotransform, tiled 256x256, deflate;
+  band 1 = class index (uint8; 0 unchanged, 1 changed) with a colour map (0 black, 1 white,
+  further classes coloured), band 2 (``write_probability``) = probability of class 1 for a
+  binary model, of the predicted class otherwise, as uint8 ``round(255 * p)``.
+- PNG: band 1 as a palette PNG of class indices (the same colours); the probability as a
+  separate 8-bit PNG ``<name>_probability.png``. PNG cannot be written window by window, so a
+  PNG output is assembled in memory: use GeoTIFF for large scenes.
+
+Files are written under a temporary name and renamed when complete; existing outputs are never
+replaced unless ``overwrite=True``.
+
+Input bands are chosen and stretched to uint8 as in :mod:`tasks.change_detection.data` (for the
+percentile rule, the percentiles of the whole file, from a decimated read).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from tasks.change_detection.data import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
+                                         open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
+from unimatch.errors import DataError
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240)]
+OUTPUT_SUFFIXES = {".tif": "GTiff", ".tiff": "GTiff", ".png": "PNG"}
+
+
+class GeoTiffDate:
+    """One date of a GeoTIFF scene, read one strip of rows at a time."""
+
+    def __init__(self, path: Path, bands: Sequence[int], stretch):
+        self.src = open_raster(path)
+        self.info = raster_info(self.src)
+        self.bands = check_bands(bands, self.src.count, path)
+        self.stretch = stretch
+        self.limits = None
+        if stretch == "percentile" and self.src.dtypes[0] != "uint8":
+            self.limits = percentile_limits(self.src, self.bands)
+
+    def read_rows(self, row: int, count: int) -> np.ndarray:
+        array = self.src.read(self.bands, window=Window(0, row, self.info.width, count))
+        nodata = self.src.nodata
+        invalid = np.any(array == nodata, axis=0) if nodata is not None and array.dtype != np.uint8 else None
+        array = stretch_to_uint8(array, self.stretch, self.limits)
+        if invalid is not None:
+            array[:, invalid] = 0
+        return array
+
+    def close(self) -> None:
+        self.src.close()
+
+
+class ImageDate:
+    """One date of a PNG/JPEG pair (small by nature: decoded whole)."""
+
+    def __init__(self, path: Path, bands: Sequence[int], stretch):
+        self.array, self.info = read_image(path, bands, stretch)
+
+    def read_rows(self, row: int, count: int) -> np.ndarray:
+        return self.array[:, row:row + count]
+
+    def close(self) -> None:
+        self.array = None
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets covering ``length`` with ``window``-sized steps of ``stride``; the last flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def ramp(length: int, overlap: int) -> np.ndarray:
+    """1-D blending weights: raised cosine over ``overlap`` pixels at both ends, 1 in between, > 0 everywhere."""
+    weights = np.ones(length, np.float64)
+    width = min(overlap, length // 2)
+    if width > 0:
+        rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / width)
+        weights[:width] = rise
+        weights[length - width:] = rise[::-1]
+    return weights
+
+
+def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
+    return np.outer(ramp(height, overlap), ramp(width, overlap)).astype(np.float32)
+
+
+class GeoTiffSink:
+    """Writes finished rows into a tiled, deflate-compressed GeoTIFF under a temporary name."""
+
+    def __init__(self, path: Path, info, nclass: int, write_probability: bool):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+        profile = dict(driver="GTiff", width=info.width, height=info.height, count=2 if write_probability else 1,
+                       dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+        if info.crs is not None:
+            profile["crs"] = info.crs
+        if info.transform is not None:
+            profile["transform"] = info.transform
+        if write_probability:
+            profile["photometric"] = "MINISBLACK"
+        self.dst = rasterio.open(self.tmp, "w", **profile)
+        self.dst.set_band_description(1, "change class (0 unchanged, 1 changed)" if nclass == 2 else "class")
+        self.dst.write_colormap(1, {i: PALETTE[i % len(PALETTE)] + (255,) for i in range(max(nclass, 2))})
+        if write_probability:
+            self.dst.set_band_description(2, "probability x 255" + (" of change" if nclass == 2 else " of the class"))
+
+    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None) -> None:
+        window = Window(0, row, mask.shape[1], mask.shape[0])
+        self.dst.write(mask, 1, window=window)
+        if probability is not None:
+            self.dst.write(probability, 2, window=window)
+
+    def finish(self) -> None:
+        self.dst.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.dst.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class PngSink:
+    """Collects the rows of a PNG output (palette mask, optional 8-bit probability) in memory."""
+
+    def __init__(self, path: Path, info, nclass: int, write_probability: bool):
+        self.path = path
+        self.probability_path = probability_png_path(path) if write_probability else None
+        self.nclass = nclass
+        self.mask = np.zeros((info.height, info.width), np.uint8)
+        self.probability = np.zeros((info.height, info.width), np.uint8) if write_probability else None
+
+    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None) -> None:
+        self.mask[row:row + mask.shape[0]] = mask
+        if probability is not None:
+            self.probability[row:row + mask.shape[0]] = probability
+
+    def finish(self) -> None:
+        image = Image.fromarray(self.mask, mode="P")
+        image.putpalette([c for i in range(256) for c in PALETTE[i % len(PALETTE)]])
+        save_atomic(image, self.path)
+        if self.probability is not None:
+            save_atomic(Image.fromarray(self.probability, mode="L"), self.probability_path)
+
+    def abort(self) -> None:
+        self.mask = self.probability = None
+
+
+def probability_png_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_probability.png")
+
+
+def save_atomic(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_date(path: Path, bands, stretch):
+    if not path.is_file():
+        raise DataError(f"input scene {path} does not exist")
+    return GeoTiffDate(path, bands, stretch) if is_geotiff(path) else ImageDate(path, bands, stretch)
+
+
+def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str | Path, predict_fn: PredictFn,
+                  window: int = 256, overlap: int = 64, bands: Sequence[int] = DEFAULT_BANDS, stretch="percentile",
+                  write_probability: bool = False, overwrite: bool = False, progress: bool = True,
+                  batch_size: int = 4) -> Path:
+    """Predict the change between two co-registered scenes and write it to ``out_path``.
+
+    ``predict_fn`` takes a uint8 tensor ``(N, 2*len(bands), h, w)`` (before's bands then after's)
+    and returns class probabilities ``(N, nclass, h, w)`` (softmax already applied); it is
+    called under ``torch.no_grad``. Returns ``out_path``.
+    """
+    before_path, after_path, out_path = Path(before_path), Path(after_path), Path(out_path)
+    check_stretch(stretch)
+    if window < 1 or not 0 <= overlap < window:
+        raise DataError(f"need window >= 1 and 0 <= overlap < window, got window={window}, overlap={overlap}")
+    fmt = OUTPUT_SUFFIXES.get(out_path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"output {out_path} must end in .tif, .tiff or .png")
+    outputs = [out_path] + ([probability_png_path(out_path)] if fmt == "PNG" and write_probability else [])
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"output {', '.join(existing)} already exists; choose another path or pass overwrite=True")
+    if not out_path.parent.is_dir():
+        raise DataError(f"output folder {out_path.parent} does not exist")
+    if is_geotiff(before_path) != is_geotiff(after_path):
+        raise DataError(f"one date is a GeoTIFF and the other is not: {before_path} and {after_path}")
+
+    dates = []
+    sink = None
+    try:
+        dates = [open_date(before_path, bands, stretch)]
+        dates.append(open_date(after_path, bands, stretch))
+        check_pair(dates[0].info, dates[1].info)
+        height, width = dates[0].info.height, dates[0].info.width
+        win_h, win_w = min(window, height), min(window, width)
+        rows = window_starts(height, win_h, window - overlap)
+        cols = window_starts(width, win_w, window - overlap)
+        weights = blend_weights(win_h, win_w, overlap)
+        accumulator = weight_sum = None
+        with torch.no_grad(), tqdm(total=len(rows) * len(cols), unit="window", disable=not progress,
+                                   desc=f"predict {out_path.name}") as bar:
+            for index, top in enumerate(rows):
+                strips = [date.read_rows(top, win_h) for date in dates]
+                for start in range(0, len(cols), batch_size):
+                    lefts = cols[start:start + batch_size]
+                    batch = np.stack([np.concatenate([s[:, :, x:x + win_w] for s in strips]) for x in lefts])
+                    probabilities = run_predict(predict_fn, batch)
+                    if accumulator is None:
+                        nclass = probabilities.shape[1]
+                        accumulator = np.zeros((nclass, win_h, width), np.float32)
+                        weight_sum = np.zeros((win_h, width), np.float32)
+                        sink = (GeoTiffSink if fmt == "GTiff" else PngSink)(out_path, dates[0].info, nclass,
+                                                                            write_probability)
+                    for left, probability in zip(lefts, probabilities):
+                        accumulator[:, :, left:left + win_w] += probability * weights
+                        weight_sum[:, left:left + win_w] += weights
+                    bar.update(len(lefts))
+                done = (rows[index + 1] if index + 1 < len(rows) else top + win_h) - top
+                mean = accumulator[:, :done] / weight_sum[:done]
+                sink.write_rows(top, mean.argmax(0).astype(np.uint8), probability_band(mean) if write_probability else None)
+                accumulator[:, :win_h - done] = accumulator[:, done:]
+                accumulator[:, win_h - done:] = 0
+                weight_sum[:win_h - done] = weight_sum[done:]
+                weight_sum[win_h - done:] = 0
+        sink.finish()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    finally:
+        for date in dates:
+            date.close()
+    return out_path
+
+
+def run_predict(predict_fn: PredictFn, batch: np.ndarray) -> np.ndarray:
+    output = predict_fn(torch.from_numpy(batch))
+    output = output.detach().float().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output, np.float32)
+    n, _, h, w = batch.shape
+    if output.ndim != 4 or output.shape[0] != n or output.shape[2:] != (h, w):
+        raise ValueError(f"predict_fn must return probabilities of shape (N, nclass, {h}, {w}) for N={n}, "
+                         f"got {tuple(output.shape)}")
+    return output
+
+
+def probability_band(mean: np.ndarray) -> np.ndarray:
+    """uint8 255*p: p of class 1 for two classes, of the winning class otherwise."""
+    probability = mean[1] if mean.shape[0] == 2 else mean.max(0)
+    return np.clip(probability * 255 + 0.5, 0, 255).astype(np.uint8)
