@@ -1,0 +1,123 @@
+"""Siamese change-detection models: one shared encoder for both dates, decoded from |f(A) - f(B)|.
+
+The input is the two dates stacked on the channel axis, ``x = (N, 2C, H, W)`` (A's C bands then
+B's), so the UniMatch step handles a pair like any image. The backbone runs on A and on B in
+two separate forwards (as the official code does: BatchNorm statistics are per date in training).
+
+Feature perturbation: ``need_fp`` applies Dropout2d(0.5) to the *difference* features the
+decoder uses (DeepLabV3+: low-level c1 and high-level c4; PSPNet: c4) and decodes the clean and
+the perturbed copies in one forward, returning ``(logits, logits_fp)``; ``need_fp=k`` decodes k
+perturbed copies (stacked on the batch axis of ``logits_fp``).
+
+Module names equal the official UniMatch remote-sensing models (``backbone``, ``head``,
+``reduce``, ``fuse``, ``classifier``; PSPNet ``head.conv5``), so its released checkpoints
+(``{'model': state_dict}``, keys prefixed ``module.``) load key for key once the prefix is removed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unimatch.models.backbones import build_backbone
+from unimatch.models.deeplabv3plus import ASPPModule, feature_perturbation, split_fp_logits
+from unimatch.models.pspnet import PSPHead, decode_with_fp, split_param_groups
+
+
+def split_dates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) halves of the channel axis of a stacked pair."""
+    if x.dim() != 4 or x.shape[1] % 2:
+        raise ValueError(f"a siamese model takes (N, 2C, H, W): the two dates stacked on the channel axis; "
+                         f"got shape {tuple(x.shape)}")
+    return x.chunk(2, dim=1)
+
+
+class SiameseEncoder(nn.Module):
+    """Base class holding the shared ``backbone`` and computing absolute feature differences."""
+
+    def build_encoder(self, backbone: str, pretrained, replace_stride_with_dilation, deep_stem: bool,
+                      in_channels: int, width: int, multi_grid: bool) -> None:
+        if in_channels % 2:
+            raise ValueError(f"in_channels counts both dates and must be even, got {in_channels}")
+        self.backbone = build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem,
+                                       in_channels // 2, width, multi_grid)
+
+    def difference_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """|f(A) - f(B)| for every backbone stage [c1, c2, c3, c4]."""
+        image_a, image_b = split_dates(x)
+        features_a = self.backbone.base_forward(image_a)
+        features_b = self.backbone.base_forward(image_b)
+        return [(fa - fb).abs() for fa, fb in zip(features_a, features_b)]
+
+    def param_groups(self):
+        """(backbone parameters, the others): the head gets ``lr * lr_multi``."""
+        return split_param_groups(self)
+
+
+class SiameseDeepLabV3Plus(SiameseEncoder):
+    """Siamese DeepLabV3+ (the official remote-sensing model): ASPP on |c4 diff|, fused with |c1 diff|."""
+
+    def __init__(self, nclass: int = 2, backbone: str = "resnet101", pretrained=None,
+                 replace_stride_with_dilation: Sequence[bool] = (False, False, True),
+                 dilations: Sequence[int] = (6, 12, 18), deep_stem: bool = True, in_channels: int = 6,
+                 width: int = 64, reduce_channels: int = 48, decoder_channels: int = 256, multi_grid: bool = False):
+        super().__init__()
+        self.build_encoder(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
+                           multi_grid)
+        low_channels, high_channels = self.backbone.channels[0], self.backbone.channels[-1]
+        self.head = ASPPModule(high_channels, dilations)
+        self.reduce = nn.Sequential(nn.Conv2d(low_channels, reduce_channels, 1, bias=False),
+                                    nn.BatchNorm2d(reduce_channels), nn.ReLU(True))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(high_channels // 8 + reduce_channels, decoder_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(decoder_channels), nn.ReLU(True),
+            nn.Conv2d(decoder_channels, decoder_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(decoder_channels), nn.ReLU(True))
+        self.classifier = nn.Conv2d(decoder_channels, nclass, 1, bias=True)
+
+    def decode(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
+        c4 = F.interpolate(self.head(c4), size=c1.shape[-2:], mode="bilinear", align_corners=True)
+        return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], dim=1)))
+
+    def forward(self, x: torch.Tensor, need_fp: bool | int = False):
+        c1, _, _, c4 = self.difference_features(x)
+        size = x.shape[-2:]
+        if need_fp:
+            logits = self.decode(feature_perturbation(c1, int(need_fp)), feature_perturbation(c4, int(need_fp)))
+            return split_fp_logits(F.interpolate(logits, size=size, mode="bilinear", align_corners=True),
+                                   int(need_fp))
+        return F.interpolate(self.decode(c1, c4), size=size, mode="bilinear", align_corners=True)
+
+
+class SiamesePSPNet(SiameseEncoder):
+    """Siamese PSPNet (the official remote-sensing model): pyramid pooling head on |c4 diff|."""
+
+    def __init__(self, nclass: int = 2, backbone: str = "resnet50", pretrained=None,
+                 replace_stride_with_dilation: Sequence[bool] = (False, True, True), deep_stem: bool = True,
+                 in_channels: int = 6, width: int = 64, multi_grid: bool = False):
+        super().__init__()
+        self.build_encoder(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
+                           multi_grid)
+        self.head = PSPHead(self.backbone.channels[-1], nclass)
+
+    def forward(self, x: torch.Tensor, need_fp: bool | int = False):
+        c4 = self.difference_features(x)[-1]
+        return decode_with_fp(self.head, c4, x.shape[-2:], need_fp)
+
+
+def build_siamese(cfg) -> nn.Module:
+    """The siamese model named by ``cfg.model`` (``siamese_deeplabv3plus`` or ``siamese_pspnet``).
+
+    ``cfg.in_channels`` counts the channels of both dates (6 for two RGB images).
+    """
+    common = dict(nclass=cfg.nclass, backbone=cfg.backbone, pretrained=cfg.pretrained,
+                  replace_stride_with_dilation=list(cfg.replace_stride_with_dilation), deep_stem=cfg.deep_stem,
+                  in_channels=cfg.in_channels, width=cfg.width, multi_grid=cfg.multi_grid)
+    if cfg.model == "siamese_deeplabv3plus":
+        return SiameseDeepLabV3Plus(dilations=list(cfg.dilations), reduce_channels=cfg.reduce_channels,
+                                    decoder_channels=cfg.decoder_channels, **common)
+    if cfg.model == "siamese_pspnet":
+        return SiamesePSPNet(**common)
+    raise ValueError(f"{cfg.model!r} is not a siamese model (siamese_deeplabv3plus, siamese_pspnet)")
