@@ -1,0 +1,143 @@
+"""Colour palettes for class-index masks, palette PNG writing and prediction overlays.
+
+Pascal VOC stores its labels as palette ("P" mode) PNGs whose pixel values are class ids
+and whose palette is the VOC bit-interleaved colour map; writing our masks the same way
+keeps them readable by every VOC tool and viewable as colour images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unimatch.errors import DataError
+
+IGNORE_INDEX = 255
+
+# Cityscapes colours of the 19 evaluation classes, indexed by train id.
+CITYSCAPES_TRAIN_ID_COLORS = (
+    (128, 64, 128),   # road
+    (244, 35, 232),   # sidewalk
+    (70, 70, 70),     # building
+    (102, 102, 156),  # wall
+    (190, 153, 153),  # fence
+    (153, 153, 153),  # pole
+    (250, 170, 30),   # traffic light
+    (220, 220, 0),    # traffic sign
+    (107, 142, 35),   # vegetation
+    (152, 251, 152),  # terrain
+    (70, 130, 180),   # sky
+    (220, 20, 60),    # person
+    (255, 0, 0),      # rider
+    (0, 0, 142),      # car
+    (0, 0, 70),       # truck
+    (0, 60, 100),     # bus
+    (0, 80, 100),     # train
+    (0, 0, 230),      # motorcycle
+    (119, 11, 32),    # bicycle
+)
+
+
+def voc_palette() -> np.ndarray:
+    """The 256-entry Pascal VOC colour map, (256, 3) uint8: bits of the index spread over R, G, B."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        code, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((code >> 0) & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        palette[index] = (red, green, blue)
+    return palette
+
+
+def cityscapes_palette() -> np.ndarray:
+    """(256, 3) uint8 palette with the official Cityscapes colour of each train id; others black."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(CITYSCAPES_TRAIN_ID_COLORS)] = np.asarray(CITYSCAPES_TRAIN_ID_COLORS, dtype=np.uint8)
+    return palette
+
+
+def palette_for(dataset: str) -> np.ndarray:
+    """Palette conventionally used to show masks of ``dataset`` (Cityscapes colours or the VOC map)."""
+    return cityscapes_palette() if dataset == "cityscapes" else voc_palette()
+
+
+def _as_index_mask(mask) -> np.ndarray:
+    """A (H, W) uint8 array of class ids from a numpy array or torch tensor; refuses out-of-range ids."""
+    array = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    if array.ndim != 2:
+        raise DataError(f"a class-index mask must be 2-D (H, W); got shape {tuple(array.shape)}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise DataError(
+            f"mask values must lie in 0..255 to be stored as a palette PNG; got {array.min()}..{array.max()}"
+        )
+    return array.astype(np.uint8)
+
+
+def colorize(mask, palette: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 colour image of a class-index mask (VOC palette unless one is given)."""
+    palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
+    return palette[_as_index_mask(mask)]
+
+
+def save_palette_png(mask, path, palette: np.ndarray | None = None, overwrite: bool = False) -> Path:
+    """Write ``mask`` (class ids, 255 = ignore) as a palette PNG; the stored values stay the class ids.
+
+    Refuses to replace an existing file unless ``overwrite`` is true, so a run never
+    silently destroys earlier predictions or labels.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"{path} already exists; choose another output path or pass overwrite=True")
+    palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
+    image = Image.fromarray(_as_index_mask(mask))
+    image.putpalette(palette.reshape(-1).tolist())  # turns the "L" image into "P", values unchanged
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _as_hwc_image(image) -> np.ndarray:
+    """(H, W, 3) uint8 from an (H, W, 3) array or a (3, H, W) tensor/array (uint8 or float in [0, 1])."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise DataError(f"an overlay needs an RGB image (H, W, 3) or (3, H, W); got shape {tuple(array.shape)}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return array
+
+
+def overlay(
+    image,
+    mask,
+    alpha: float = 0.5,
+    palette: np.ndarray | None = None,
+    background_index: int | None = 0,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """Blend class colours over ``image`` with weight ``alpha``: a (H, W, 3) uint8 picture for predictions.
+
+    Pixels of ``background_index`` (None: none) and ``ignore_index`` keep the image unchanged,
+    so the scene stays visible where nothing was found.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise DataError(f"overlay alpha must lie in [0, 1]; got {alpha}")
+    picture = _as_hwc_image(image)
+    labels = _as_index_mask(mask)
+    if labels.shape != picture.shape[:2]:
+        raise DataError(
+            f"overlay: mask shape {labels.shape} differs from image shape {picture.shape[:2]}; "
+            "resize the prediction to the image first"
+        )
+    colours = colorize(labels, palette).astype(np.float32)
+    blended = (1.0 - alpha) * picture.astype(np.float32) + alpha * colours
+    keep = labels == ignore_index
+    if background_index is not None:
+        keep |= labels == background_index
+    blended[keep] = picture[keep]
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)

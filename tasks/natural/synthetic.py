@@ -1,0 +1,338 @@
+"""A small synthetic segmentation dataset written in the real Pascal VOC layout.
+
+Why synthetic: the suite must train, evaluate and be tested without downloading anything.
+Why this design: an object's class is told by its SHAPE and its TEXTURE, never by its colour
+(every object gets random colours), on a cluttered background that also carries the object
+textures on irregular blobs. Colour jitter and grayscale are therefore real perturbations,
+and a few labelled images do not saturate a supervised model, which leaves the unlabelled
+images something to teach.
+
+On disk (read by :mod:`tasks.natural.data` exactly like Pascal VOC)::
+
+    JPEGImages/<id>.jpg          RGB JPEG, sizes vary between 3/4 * size and size per side
+    SegmentationClass/<id>.png   palette PNG (VOC colour map), class ids, 255 = void boundary ring
+    splits/train.txt             every training image  } official UniMatch line format:
+    splits/labeled.txt           the labelled subset   } "JPEGImages/<id>.jpg SegmentationClass/<id>.png"
+    splits/unlabeled.txt         the other train images}
+    splits/val.txt               held-out images
+    meta.json                    parameters, class names, counts (written last)
+
+The whole directory is written into a temporary sibling and renamed into place, so a crash
+never leaves a half-written dataset that later looks complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from tasks.natural.palette import save_palette_png, voc_palette
+from unimatch.errors import DataError
+from unimatch.paths import data_home
+
+SYNTHETIC_VERSION = 1
+SYNTHETIC_CLASSES = (
+    "background",
+    "striped disc",
+    "checkered square",
+    "dotted triangle",
+    "hatched ring",
+    "speckled cross",
+)
+SYNTHETIC_NCLASS = len(SYNTHETIC_CLASSES)
+IGNORE_INDEX = 255
+
+DEFAULT_N_IMAGES = 400
+DEFAULT_SIZE = 96
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_LABELED_FRACTION = 0.1
+JPEG_QUALITY = 90
+
+
+def default_synthetic_root(
+    n_images: int = DEFAULT_N_IMAGES,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    labeled_fraction: float = DEFAULT_LABELED_FRACTION,
+) -> Path:
+    """Cache directory of one parameter set: ``synthetic-v1`` for the defaults, a suffixed name otherwise."""
+    name = f"synthetic-v{SYNTHETIC_VERSION}"
+    defaults = (DEFAULT_N_IMAGES, DEFAULT_SIZE, 0, DEFAULT_LABELED_FRACTION)
+    if (n_images, size, seed, labeled_fraction) != defaults:
+        name += f"-n{n_images}-s{size}-seed{seed}-lab{labeled_fraction:g}"
+    return data_home() / "natural" / name
+
+
+def split_counts(n_images: int, labeled_fraction: float, val_fraction: float = DEFAULT_VAL_FRACTION):
+    """(n_train, n_val, n_labeled) for a dataset of ``n_images``; each part has at least one image."""
+    n_val = max(1, int(round(n_images * val_fraction)))
+    n_train = n_images - n_val
+    n_labeled = min(n_train - 1, max(1, int(round(n_train * labeled_fraction))))
+    return n_train, n_val, n_labeled
+
+
+def ensure_synthetic_voc(
+    root: str | os.PathLike | None = None,
+    n_images: int = DEFAULT_N_IMAGES,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    labeled_fraction: float = DEFAULT_LABELED_FRACTION,
+) -> Path:
+    """Return the root of the synthetic VOC-layout dataset, writing it once if it is not there yet.
+
+    ``root`` None means the shared cache (:func:`default_synthetic_root`). An existing root
+    written with other parameters is never overwritten: a :class:`DataError` says so.
+    """
+    if n_images < 3:
+        raise DataError(f"the synthetic dataset needs at least 3 images (train, labelled, val); got {n_images}")
+    if size < 16:
+        raise DataError(f"the synthetic image size must be at least 16 pixels; got {size}")
+    if not 0.0 < labeled_fraction < 1.0:
+        raise DataError(f"labeled_fraction must lie strictly between 0 and 1; got {labeled_fraction}")
+    root = Path(root) if root is not None else default_synthetic_root(n_images, size, seed, labeled_fraction)
+    wanted = _parameters(n_images, size, seed, labeled_fraction)
+    if root.exists():
+        _check_existing(root, wanted)
+        return root
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        _write_dataset(staging, wanted)
+        try:
+            os.rename(staging, root)
+        except OSError:
+            if not root.exists():
+                raise
+            # Another process finished the same dataset first; keep theirs.
+            shutil.rmtree(staging, ignore_errors=True)
+            _check_existing(root, wanted)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float) -> dict:
+    return {
+        "version": SYNTHETIC_VERSION,
+        "n_images": n_images,
+        "size": size,
+        "seed": seed,
+        "labeled_fraction": labeled_fraction,
+    }
+
+
+def _check_existing(root: Path, wanted: dict) -> None:
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(
+            f"{root} exists but holds no meta.json, so it is not a finished synthetic dataset; "
+            "delete it or pass another root"
+        )
+    found = json.loads(meta_path.read_text())
+    differing = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
+    if differing:
+        details = ", ".join(f"{key}: on disk {have!r}, asked {want!r}" for key, (have, want) in differing.items())
+        raise DataError(
+            f"{root} holds a synthetic dataset made with other parameters ({details}); "
+            "delete it or pass another root"
+        )
+
+
+def _write_dataset(out: Path, parameters: dict) -> None:
+    n_images, size, seed = parameters["n_images"], parameters["size"], parameters["seed"]
+    n_train, n_val, n_labeled = split_counts(n_images, parameters["labeled_fraction"])
+    (out / "JPEGImages").mkdir()
+    (out / "SegmentationClass").mkdir()
+    (out / "splits").mkdir()
+    palette = voc_palette()
+    ids = [f"synth_{index:05d}" for index in range(n_images)]
+    pixel_counts = np.zeros(SYNTHETIC_NCLASS + 1, dtype=np.int64)
+    for index, sample_id in enumerate(ids):
+        image, label = render_sample(np.random.default_rng([seed, index]), size)
+        Image.fromarray(image).save(out / "JPEGImages" / f"{sample_id}.jpg", quality=JPEG_QUALITY)
+        save_palette_png(label, out / "SegmentationClass" / f"{sample_id}.png", palette)
+        counts = np.bincount(np.where(label == IGNORE_INDEX, SYNTHETIC_NCLASS, label).ravel(),
+                             minlength=SYNTHETIC_NCLASS + 1)
+        pixel_counts += counts
+
+    def line(sample_id: str) -> str:
+        return f"JPEGImages/{sample_id}.jpg SegmentationClass/{sample_id}.png\n"
+
+    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    chosen = np.random.default_rng([seed, n_images]).permutation(n_train)[:n_labeled]
+    labeled_ids = [train_ids[i] for i in chosen]
+    labeled_set = set(labeled_ids)
+    unlabeled_ids = [sample_id for sample_id in train_ids if sample_id not in labeled_set]
+    for name, subset in (("train", train_ids), ("labeled", labeled_ids),
+                         ("unlabeled", unlabeled_ids), ("val", val_ids)):
+        (out / "splits" / f"{name}.txt").write_text("".join(line(sample_id) for sample_id in subset))
+
+    meta = dict(parameters)
+    meta.update({
+        "layout": "pascal",
+        "classes": list(SYNTHETIC_CLASSES),
+        "nclass": SYNTHETIC_NCLASS,
+        "ignore_index": IGNORE_INDEX,
+        "counts": {"train": n_train, "labeled": n_labeled, "unlabeled": n_train - n_labeled, "val": n_val},
+        "pixel_fraction": {
+            name: round(float(count) / float(pixel_counts.sum()), 4)
+            for name, count in zip(list(SYNTHETIC_CLASSES) + ["void"], pixel_counts)
+        },
+    })
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 and its label (H, W) uint8 with class ids and a 255 void ring."""
+    height = int(rng.integers(math.ceil(0.75 * size), size + 1))
+    width = int(rng.integers(math.ceil(0.75 * size), size + 1))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    canvas = _background(rng, height, width, ys, xs)
+    label = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(int(rng.integers(1, 5))):
+        class_id = int(rng.integers(1, SYNTHETIC_NCLASS))
+        radius = float(rng.uniform(0.12, 0.32)) * min(height, width)
+        centre_y = float(rng.uniform(-0.05, 1.05)) * height
+        centre_x = float(rng.uniform(-0.05, 1.05)) * width
+        angle = float(rng.uniform(0.0, 2.0 * math.pi))
+        u, v = _local_coordinates(xs, ys, centre_x, centre_y, angle)
+        region = _shape(class_id, u, v, radius, rng)
+        if not region.any():
+            continue
+        pattern = _texture(class_id, u, v, rng)
+        canvas[region] = _two_colour_fill(rng, pattern)[region]
+        label[region] = class_id
+
+    image = _finish(rng, canvas, height, width)
+    return image, _with_void_ring(label)
+
+
+def _local_coordinates(xs, ys, centre_x, centre_y, angle):
+    """Pixel coordinates rotated into an object's frame (units stay pixels)."""
+    dx, dy = xs - centre_x, ys - centre_y
+    cos, sin = math.cos(angle), math.sin(angle)
+    return dx * cos + dy * sin, -dx * sin + dy * cos
+
+
+def _smooth_noise(rng, height, width, cells, channels) -> np.ndarray:
+    """Low-frequency noise in [0, 1], (H, W, channels) float32."""
+    coarse = rng.random((cells, cells, channels)).astype(np.float32)
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth.reshape(height, width, channels), 0.0, 1.0)
+
+
+def _random_colour(rng) -> np.ndarray:
+    return rng.random(3).astype(np.float32)
+
+
+def _two_colour_fill(rng, pattern: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours: ``pattern`` picks between two random colours that differ visibly."""
+    first = _random_colour(rng)
+    second = _random_colour(rng)
+    for _ in range(20):
+        if np.abs(first - second).mean() >= 0.2:
+            break
+        second = _random_colour(rng)
+    return np.where(pattern[..., None], first, second).astype(np.float32)
+
+
+def _texture(class_id: int, u: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
+    """Boolean texture of a class in the object's frame; the period (pixels) is random per object."""
+    period = float(rng.uniform(4.0, 8.0))
+    if class_id == 1:  # stripes
+        return np.sin(2.0 * math.pi * u / period) > 0.0
+    if class_id == 2:  # checkerboard
+        return (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+    if class_id == 3:  # dots on a square grid
+        du = u / period - np.round(u / period)
+        dv = v / period - np.round(v / period)
+        return du * du + dv * dv < 0.3 ** 2
+    if class_id == 4:  # diagonal cross-hatching
+        return (np.abs(np.sin(math.pi * (u + v) / period)) < 0.3) | (np.abs(np.sin(math.pi * (u - v) / period)) < 0.3)
+    # speckle: random cells of about 2 px
+    cell = 2.0
+    grid = rng.random((64, 64)) < 0.5
+    iu = np.mod(np.floor(u / cell).astype(np.int64), 64)
+    iv = np.mod(np.floor(v / cell).astype(np.int64), 64)
+    return grid[iv, iu]
+
+
+def _shape(class_id: int, u: np.ndarray, v: np.ndarray, radius: float, rng) -> np.ndarray:
+    """Boolean region of a class's shape centred at the frame origin."""
+    aspect = float(rng.uniform(0.7, 1.0))
+    if class_id == 1:  # disc (slightly elliptic)
+        return (u / radius) ** 2 + (v / (radius * aspect)) ** 2 <= 1.0
+    if class_id == 2:  # square (slightly rectangular)
+        half = radius * 0.85
+        return (np.abs(u) <= half) & (np.abs(v) <= half * aspect)
+    if class_id == 3:  # equilateral triangle
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            theta = 2.0 * math.pi * k / 3.0 + math.pi / 2.0
+            inside &= u * math.cos(theta) + v * math.sin(theta) <= 0.5 * radius * 1.15
+        return inside
+    if class_id == 4:  # ring
+        distance = np.sqrt(u * u + v * v)
+        return (distance <= radius) & (distance >= radius * float(rng.uniform(0.45, 0.6)))
+    # cross (plus sign)
+    arm = radius * float(rng.uniform(0.25, 0.35))
+    return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
+
+
+def _background(rng, height, width, ys, xs) -> np.ndarray:
+    """Smooth colour field with irregular clutter blobs and lines, some carrying object textures."""
+    canvas = 0.15 + 0.7 * _smooth_noise(rng, height, width, int(rng.integers(3, 7)), 3)
+    for _ in range(int(rng.integers(3, 9))):
+        blob = _irregular_blob(rng, height, width, ys, xs)
+        if rng.random() < 0.35:
+            u, v = _local_coordinates(xs, ys, 0.0, 0.0, float(rng.uniform(0.0, 2.0 * math.pi)))
+            fill = _two_colour_fill(rng, _texture(int(rng.integers(1, SYNTHETIC_NCLASS)), u, v, rng))
+        else:
+            fill = _random_colour(rng) * (0.6 + 0.4 * _smooth_noise(rng, height, width, 3, 1))
+        canvas[blob] = np.broadcast_to(fill, canvas.shape)[blob]
+    lines = np.ascontiguousarray(canvas)
+    for _ in range(int(rng.integers(0, 4))):
+        start = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        end = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.line(lines, start, end, _random_colour(rng).tolist(), int(rng.integers(1, 3)))
+    return lines
+
+
+def _irregular_blob(rng, height, width, ys, xs) -> np.ndarray:
+    """A star-convex blob with a wobbly outline: clutter that matches none of the class shapes."""
+    centre_y, centre_x = rng.uniform(0, height), rng.uniform(0, width)
+    base = float(rng.uniform(0.08, 0.3)) * min(height, width)
+    harmonics = rng.normal(0.0, 0.25, size=4)
+    phases = rng.uniform(0.0, 2.0 * math.pi, size=4)
+    angle = np.arctan2(ys - centre_y, xs - centre_x)
+    boundary = base * (1.0 + sum(h * np.sin((k + 2) * angle + p) for k, (h, p) in enumerate(zip(harmonics, phases))))
+    return np.hypot(ys - centre_y, xs - centre_x) <= np.maximum(boundary, 0.2 * base)
+
+
+def _finish(rng, canvas, height, width) -> np.ndarray:
+    """Uneven lighting, a slight blur and sensor noise; returns uint8 RGB."""
+    lighting = 0.7 + 0.5 * _smooth_noise(rng, height, width, 2, 1)
+    picture = cv2.GaussianBlur(np.ascontiguousarray(canvas * lighting), (0, 0), sigmaX=0.7)
+    picture = picture + rng.normal(0.0, 0.03, size=picture.shape).astype(np.float32)
+    return np.clip(np.round(picture * 255.0), 0, 255).astype(np.uint8)
+
+
+def _with_void_ring(label: np.ndarray) -> np.ndarray:
+    """Mark a thin ring (about one pixel) where classes meet as 255, as VOC marks object outlines."""
+    kernel = np.ones((2, 2), dtype=np.uint8)
+    boundary = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
+    out = label.copy()
+    out[boundary] = IGNORE_INDEX
+    return out
