@@ -201,14 +201,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             _coerce(schema, {root: None}, f"override {text!r}")
         current = data.get(root)
         if current is None:
-            current = default.default_factory() if default.default_factory is not dataclasses.MISSING else {}
+            if default.default_factory is not dataclasses.MISSING:
+                current = default.default_factory()
+            else:
+                current = {} if default.default is None else default.default
         if not isinstance(current, dict):
             raise ConfigError(f"override {text!r}: {root} is not a mapping")
         node = current
         for k in keys[1:-1]:
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a mapping")
         node[keys[-1]] = value
-        data[root] = current
+        data.update(_coerce(schema, {root: current}, f"override {text!r}"))
     config = schema(**data)
     config.validate()
     return config
