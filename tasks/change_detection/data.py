@@ -31,6 +31,7 @@ label: random rescale 0.8-1.2, crop with padding (image 0, label 255), horizonta
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,13 +246,18 @@ class PairAugment:
     ``crop_size`` at the bottom/right (image 0, mask 255), random crop, horizontal flip p=0.5;
     ``nadir_augment`` adds vertical flip p=0.5 and a uniform rotation by 0/90/180/270 degrees
     (sensible for nadir imagery, where there is no "up").
+
+    The draws come from one generator stream owned by this object (:meth:`reseed`). Not
+    albumentations' ``Compose(seed=...)``: in albumentations 2.0 that gives every transform its
+    own generator with the *same* seed, so e.g. the horizontal and vertical flips always fire
+    together.
     """
 
     def __init__(self, crop_size: int = 256, scale_range: tuple[float, float] = (0.8, 1.2),
-                 hflip: float = 0.5, nadir_augment: bool = False):
+                 hflip: float = 0.5, nadir_augment: bool = False, seed: int = 0):
         transforms = [
             A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
                           border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
             A.RandomCrop(crop_size, crop_size),
@@ -260,15 +266,19 @@ class PairAugment:
         if nadir_augment:
             transforms += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
         self.crop_size = crop_size
-        self.transform = A.Compose(transforms, additional_targets={"image_b": "image"}, seed=0)
+        self.transform = A.Compose(transforms, additional_targets={"image_b": "image"})
+        self.reseed(seed)
 
-    def __call__(self, image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray, seed: int):
-        """(C,H,W) uint8 images and (H,W) mask -> augmented copies; ``seed`` fixes the draw."""
-        self.transform.set_random_seed(seed)
-        out = self.transform(image=np.moveaxis(image_a, 0, -1), image_b=np.moveaxis(image_b, 0, -1),
-                             mask=mask)
-        return (np.ascontiguousarray(np.moveaxis(out["image"], -1, 0)),
-                np.ascontiguousarray(np.moveaxis(out["image_b"], -1, 0)), out["mask"])
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation stream from ``seed`` (one stream shared by all transforms)."""
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray):
+        """(C,H,W) uint8 images and (H,W) mask -> augmented copies, the same draw for all three."""
+        out = self.transform(image=np.moveaxis(image_a, 0, -1), image_b=np.moveaxis(image_b, 0, -1), mask=mask)
+        return (np.ascontiguousarray(np.moveaxis(out["image"], -1, 0).reshape(image_a.shape[0], *out["mask"].shape)),
+                np.ascontiguousarray(np.moveaxis(out["image_b"], -1, 0).reshape(image_b.shape[0], *out["mask"].shape)),
+                out["mask"])
 
 
 def read_split(split_file: str | Path) -> list[tuple[int, str]]:
@@ -282,15 +292,6 @@ def read_split(split_file: str | Path) -> list[tuple[int, str]]:
     if not entries:
         raise DataError(f"split file {split_file} lists no files; write one file name per line")
     return entries
-
-
-def sample_seed() -> int:
-    """Seed of one sample's augmentation, drawn from torch's generator.
-
-    DataLoader seeds torch differently in every worker and every epoch, so workers never repeat
-    each other's draws, and ``torch.manual_seed`` makes a single-process run reproducible.
-    """
-    return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 class PairDataset(Dataset):
@@ -333,43 +334,55 @@ class PairDataset(Dataset):
         return mask
 
 
-class LabeledPairs(PairDataset):
+class AugmentedPairs(PairDataset):
+    """Training pairs: the augmentation stream restarts from ``seed`` and on :meth:`reseed`.
+
+    The engine calls ``reseed`` in every loader worker and every epoch, so workers never repeat
+    each other's views and a run is reproducible.
+    """
+
+    def __init__(self, root, split_file, crop_size: int = 256, nadir_augment: bool = False,
+                 scale_range=(0.8, 1.2), seed: int = 0, need_labels: bool = True, **kwargs):
+        super().__init__(root, split_file, need_labels=need_labels, **kwargs)
+        self.augment = PairAugment(crop_size, scale_range, nadir_augment=nadir_augment, seed=seed)
+
+    def reseed(self, seed: int) -> None:
+        self.augment.reseed(seed)
+
+
+class LabeledPairs(AugmentedPairs):
     """Training pairs with labels: ``(image uint8 (2C,h,w), mask int64 (h,w))``, augmented.
 
     ``nsample`` repeats the list (then truncates) to that length, as the official code does to
     match the labelled set to the unlabelled one.
     """
 
-    def __init__(self, root, split_file, crop_size: int = 256, nadir_augment: bool = False,
-                 nsample: int | None = None, scale_range=(0.8, 1.2), **kwargs):
+    def __init__(self, root, split_file, nsample: int | None = None, **kwargs):
         super().__init__(root, split_file, **kwargs)
         if nsample is not None and nsample > len(self.names):
             self.names = (self.names * math.ceil(nsample / len(self.names)))[:nsample]
-        self.augment = PairAugment(crop_size, scale_range, nadir_augment=nadir_augment)
 
     def __getitem__(self, index: int):
         name = self.names[index]
         image_a, image_b = self.read_images(name)
         mask = self.read_mask(name, image_a.shape[1:]).astype(np.uint8)
-        image_a, image_b, mask = self.augment(image_a, image_b, mask, sample_seed())
+        image_a, image_b, mask = self.augment(image_a, image_b, mask)
         return torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(mask.astype(np.int64))
 
 
-class UnlabeledPairs(PairDataset):
+class UnlabeledPairs(AugmentedPairs):
     """Training pairs without labels: ``(image, ignore_mask)``; 255 marks crop padding.
 
     Never opens a label file (the folder need not exist).
     """
 
-    def __init__(self, root, split_file, crop_size: int = 256, nadir_augment: bool = False,
-                 scale_range=(0.8, 1.2), **kwargs):
+    def __init__(self, root, split_file, **kwargs):
         super().__init__(root, split_file, need_labels=False, **kwargs)
-        self.augment = PairAugment(crop_size, scale_range, nadir_augment=nadir_augment)
 
     def __getitem__(self, index: int):
         image_a, image_b = self.read_images(self.names[index])
         inside = np.zeros(image_a.shape[1:], np.uint8)
-        image_a, image_b, ignore = self.augment(image_a, image_b, inside, sample_seed())
+        image_a, image_b, ignore = self.augment(image_a, image_b, inside)
         return torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(ignore.astype(np.int64))
 
 
