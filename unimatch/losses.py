@@ -63,15 +63,14 @@ class OhemCrossEntropy(nn.Module):
         target = target.clone()
         valid = target != self.ignore_index
         num_valid = int(valid.sum())
-        if 0 < num_valid and self.min_kept <= num_valid:
+        # as the official code: no mining when min_kept is 0 or exceeds the valid pixels
+        if 0 < self.min_kept <= num_valid:
             with torch.no_grad():
                 prob = logits.detach().float().softmax(1)
                 true_prob = prob.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
                 true_prob = torch.where(valid, true_prob, torch.ones_like(true_prob))
-                threshold = self.thresh
-                if self.min_kept > 0:
-                    kth = torch.kthvalue(true_prob.flatten(), self.min_kept).values.item()
-                    threshold = max(threshold, kth)
+                kth = torch.kthvalue(true_prob.flatten(), self.min_kept).values.item()
+                threshold = max(self.thresh, kth)
                 target[valid & (true_prob > threshold)] = self.ignore_index
         return F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
 
