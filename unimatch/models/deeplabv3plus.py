@@ -57,8 +57,8 @@ class ASPPModule(nn.Module):
         self.b2 = conv_bn_relu(in_channels, out_channels, 3, rate2)
         self.b3 = conv_bn_relu(in_channels, out_channels, 3, rate3)
         self.b4 = ASPPPooling(in_channels, out_channels)
-        self.project = nn.Sequential(nn.Conv2d(5 * out_channels, out_channels, 1, bias=False),
-                                     nn.BatchNorm2d(out_channels), nn.ReLU(True), nn.Dropout2d(0.5, False))
+        # no dropout here: the official ASPP has none, and its only channel dropout is the FP stream
+        self.project = conv_bn_relu(5 * out_channels, out_channels)
         self.out_channels = out_channels
 
     def forward(self, x):
@@ -78,8 +78,9 @@ class DeepLabV3PlusHead(nn.Module):
         super().__init__()
         self.head = ASPPModule(high_channels, dilations)
         self.reduce = conv_bn_relu(low_channels, reduce_channels)
-        self.fuse = nn.Sequential(conv_bn_relu(self.head.out_channels + reduce_channels, decoder_channels, 3),
-                                  conv_bn_relu(decoder_channels, decoder_channels, 3))
+        # one flat Sequential (conv, bn, relu, conv, bn, relu): keys fuse.0/1/3/4 as the official checkpoints
+        self.fuse = nn.Sequential(*conv_bn_relu(self.head.out_channels + reduce_channels, decoder_channels, 3),
+                                  *conv_bn_relu(decoder_channels, decoder_channels, 3))
         self.classifier = nn.Conv2d(decoder_channels, nclass, 1, bias=True)
 
     def decode(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
