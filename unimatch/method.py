@@ -12,6 +12,9 @@ One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w
    CutMix box the partner's label, confidence and ignore mask are used;
 6. loss = (sup_weight L_sup + strong_weight mean_i L_s_i + fp_weight L_fp) / loss_divisor,
    with the paper's weights (1, 0.5 -> 0.25 per view, 0.5) / 2.
+
+Supervised-only training (no unlabelled stream) uses the plain ``sup_weight L_sup``, as the
+official ``supervised.py``: halving it would halve the effective learning rate of the baseline.
 """
 from __future__ import annotations
 
@@ -100,7 +103,8 @@ class UniMatchStep:
         if s.supervised_only or unlabeled is None:
             with autocast:
                 loss_x = self.sup_criterion(self.model(x), y)
-            loss = s.sup_weight * loss_x / s.loss_divisor
+            # the official supervised.py trains on the plain labelled loss: no division by 2
+            loss = s.sup_weight * loss_x
             return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": 0.0, "loss_w_fp": 0.0,
                           "mask_ratio": 0.0}
 
