@@ -69,3 +69,32 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_training_sets, make_evaluator,
+                 sup_criterion=None) -> dict:
+    """The body every task's ``train`` shares: distributed set-up, data, model, Trainer.fit.
+
+    ``resolve_data(cfg, ctx) -> cfg`` fills in data paths (writing the synthetic set on rank 0),
+    ``build_training_sets(cfg) -> (labelled, unlabelled or None)``,
+    ``make_evaluator(cfg, ctx) -> callable(model) -> EvalResult``.
+    """
+    from unimatch.distributed import cleanup, setup_distributed, wrap_model
+    from unimatch.engine import Trainer, log, seed_everything
+    from unimatch.models import build_model
+
+    ctx = setup_distributed(args.device)
+    try:
+        cfg = resolve_data(cfg, ctx)
+        seed_everything(cfg.seed + ctx.rank)
+        model = wrap_model(build_model(cfg), ctx)
+        labeled, unlabeled = build_training_sets(cfg)
+        trainer = Trainer(cfg, model, labeled, unlabeled, make_evaluator(cfg, ctx), ctx, default_save_dir(cfg),
+                          sup_criterion=sup_criterion, progress=not args.no_progress)
+        result = trainer.fit()
+        if ctx.is_main:
+            log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in "
+                     f"{default_save_dir(cfg)}")
+        return result
+    finally:
+        cleanup()
