@@ -111,6 +111,7 @@ def percentile_limits(src, bands: Sequence[int], percentiles=PERCENTILE_RANGE,
     high = np.ones(len(bands))
     for i, band in enumerate(sample):
         values = band.compressed()
+        values = values[np.isfinite(values)]
         if values.size:
             low[i], high[i] = np.percentile(values, percentiles)
     return low, high
@@ -163,7 +164,7 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
     array = array[[b - 1 for b in bands]]
     limits = None
     if stretch == "percentile" and array.dtype != np.uint8:
-        limits = tuple(np.stack(v) for v in zip(*(np.percentile(band, PERCENTILE_RANGE) for band in array)))
+        limits = tuple(np.stack(v) for v in zip(*(np.nanpercentile(band, PERCENTILE_RANGE) for band in array)))
     info = RasterInfo(str(path), width, height, count, str(array.dtype))
     return stretch_to_uint8(np.ascontiguousarray(array), stretch, limits), info
 
