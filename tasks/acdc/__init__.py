@@ -1,0 +1,1 @@
+"""ACDC cardiac cine-MRI adapter: readers, splits, NIfTI output and a synthetic phantom."""

@@ -1,0 +1,177 @@
+"""NIfTI reading and writing for ACDC, with one internal axis order.
+
+nibabel hands out arrays in the file's voxel order (X, Y, Z[, T]). Everything in this
+package works slices-first, ``(Z, Y, X)`` = ``(D, H, W)``, the order of the official
+preprocessed ``.h5`` volumes (made with SimpleITK's ``GetArrayFromImage``), so a 2-D
+model sees the same in-plane orientation whichever layout a volume came from.
+``to_internal`` and ``to_nibabel`` are the only two places where the axes are swapped;
+readers and the writer go through them. Spacings follow the same order: ``(z, y, x)`` mm.
+"""
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from unimatch.errors import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Errors nibabel/gzip/zlib raise on a truncated, corrupt or non-NIfTI file.
+_DECODE_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile)
+
+
+@dataclass(frozen=True)
+class NiftiVolume:
+    """One decoded 3-D volume: data in (Z, Y, X) order, its spacing and the source image."""
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    image: nib.Nifti1Image
+    path: Path
+
+
+def to_internal(array_xyz: np.ndarray) -> np.ndarray:
+    """nibabel (X, Y, Z) -> internal (Z, Y, X)."""
+    return np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0)))
+
+
+def to_nibabel(array_zyx: np.ndarray) -> np.ndarray:
+    """Internal (Z, Y, X) -> nibabel (X, Y, Z)."""
+    return np.ascontiguousarray(np.transpose(array_zyx, (2, 1, 0)))
+
+
+def is_nifti(path: Path | str) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path | str) -> str:
+    """File name without ``.nii`` / ``.nii.gz``."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_nifti(path: Path | str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Open a NIfTI file and decode its whole array (so truncation is found here, not later).
+
+    Returns the image (header and affine) and its raw array in nibabel's (X, Y, Z[, T]) order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except _DECODE_ERRORS as error:
+        raise DataError(
+            f"{path}: not a readable NIfTI file ({type(error).__name__}: {error}); "
+            "the file may be truncated or of another format - re-copy or re-export it"
+        ) from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{path}: {type(image).__name__} is not a NIfTI image; convert it to .nii.gz")
+    return image, array
+
+
+def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def spacing_of(image: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Voxel size in internal order (z, y, x), millimetres."""
+    zooms = image.header.get_zooms()[:3]
+    return (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+
+
+def read_nifti_volume(path: Path | str, frame: int | None = None, dtype=np.float32) -> NiftiVolume:
+    """Read a 3-D NIfTI volume as (Z, Y, X).
+
+    A 4-D (cine) file needs ``frame`` (0-based index along its time axis); without it this is
+    a DataError telling the user to pick a frame. Anything that is not 2-D/3-D is refused.
+    """
+    path = Path(path)
+    image, array = load_nifti(path)
+    array = _squeeze_trailing(array)
+    if array.ndim == 4:
+        n_frames = array.shape[3]
+        if frame is None:
+            raise DataError(
+                f"{path}: 4-D volume with {n_frames} frames; pick a frame with --frame N (0..{n_frames - 1})"
+            )
+        if not 0 <= frame < n_frames:
+            raise DataError(f"{path}: frame {frame} out of range, the file has frames 0..{n_frames - 1}")
+        array = array[..., frame]
+    elif array.ndim == 2:
+        array = array[..., np.newaxis]
+    elif array.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got an array of shape {array.shape}")
+    data = to_internal(np.asarray(array, dtype=dtype))
+    return NiftiVolume(data=data, spacing=spacing_of(image), image=image, path=path)
+
+
+def list_nifti_files(path: Path | str) -> list[Path]:
+    """A NIfTI file, or the NIfTI files of a folder (sorted, not recursive).
+
+    In a folder, ACDC's ground-truth (``*_gt``) and cine (``*_4d``) files are skipped: a folder
+    is a set of images to segment. Pass a ``_4d`` file by name together with a frame.
+    """
+    path = Path(path)
+    if path.is_file():
+        if not is_nifti(path):
+            raise DataError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(
+        p for p in path.iterdir()
+        if p.is_file() and is_nifti(p) and not nifti_stem(p).endswith(("_gt", "_4d"))
+    )
+    if not files:
+        raise DataError(f"{path}: folder holds no .nii/.nii.gz images (ground-truth *_gt and *_4d files are skipped)")
+    return files
+
+
+def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: Path | str,
+                      overwrite: bool = False) -> Path:
+    """Write a (Z, Y, X) label volume as uint8 NIfTI on the grid of ``reference_img``.
+
+    The affine and header come from the reference (its sform/qform codes kept, or set to
+    "scanner" (1) where the source left them unset), data scaling is removed, and the array is
+    turned back into the source's (X, Y, Z) order. An existing file is never replaced unless
+    ``overwrite``.
+    """
+    path = Path(path)
+    label = np.asarray(label)
+    ref_shape = tuple(reference_img.shape[:3])
+    expected = (ref_shape[2], ref_shape[1], ref_shape[0])
+    if label.shape != expected:
+        raise DataError(f"{path}: label shape {label.shape} does not match the reference volume (Z,Y,X) {expected}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise DataError(f"{path}: label values {label.min()}..{label.max()} do not fit uint8")
+    if path.exists() and not overwrite:
+        raise DataError(f"{path}: exists; refusing to overwrite (choose another output folder or pass overwrite)")
+
+    header = reference_img.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(ref_shape)
+    header["scl_slope"] = 1.0
+    header["scl_inter"] = 0.0
+    affine = reference_img.affine
+    out = nib.Nifti1Image(to_nibabel(label.astype(np.uint8)), affine, header)
+    _, sform_code = reference_img.header.get_sform(coded=True)
+    _, qform_code = reference_img.header.get_qform(coded=True)
+    out.set_sform(affine, code=int(sform_code) or 1)
+    out.set_qform(affine, code=int(qform_code) or 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".partial-" + path.name)  # same suffix, so nibabel compresses alike
+    nib.save(out, str(tmp))
+    tmp.replace(path)
+    return path
