@@ -115,6 +115,9 @@ class Config:
             raise ConfigError(f"unsup_loss: {self.unsup_loss!r} must be 'ce' or 'dice'")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
+        # checked here, not at the first evaluation after a whole epoch of training
+        if self.eval_mode not in ("original", "center_crop", "sliding_window"):
+            raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of original, center_crop, sliding_window")
         if not 0.0 <= self.conf_thresh <= 1.0:
             raise ConfigError(f"conf_thresh: {self.conf_thresh} must lie in [0, 1]")
         if len(self.mean) != len(self.std):
