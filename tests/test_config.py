@@ -90,6 +90,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ("conf_thresh=1.5", "conf_thresh"),
     ("epochs=0", "epochs"),
     ("amp=fp8", "amp"),
+    ("eval_mode=sliding", "eval_mode.*sliding_window"),
     ("in_channels=4", "in_channels"),
     ("criterion=OHEM", "wrong type"),
 ])
