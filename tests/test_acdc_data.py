@@ -243,7 +243,9 @@ def test_raw_datasets_follow_the_data_contract(phantom):
     sets = acdc.build_acdc_datasets(phantom, cases=2, crop_size=24, seed=1)
     split = sets.split
     assert len(split.labeled) == 2 and sets.layout == "raw"
-    assert len(sets.train_l) == len(sets.train_u)  # labelled slices repeated to the unlabelled count
+    n_slices_l = sum(nib.load(str(_patient_dir(phantom, p) / f"{f}.nii.gz")).shape[2]
+                     for p in split.labeled for f in _frames(phantom, p))
+    assert len(sets.train_l) == n_slices_l  # not repeated here: the engine repeats the labelled set
     image, mask = sets.train_l[0]
     assert image.shape == (1, 24, 24) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
@@ -274,15 +276,30 @@ def test_unlabelled_set_never_opens_ground_truth(phantom_copy):
         acdc.load_raw_case(acdc.list_raw_cases(phantom_copy, [split.unlabeled[0]])[split.unlabeled[0]][0], True)
 
 
-def test_augmentation_is_seeded_by_torch():
-    slices = [(np.random.default_rng(0).random((20, 30), dtype=np.float32), np.zeros((20, 30), dtype=np.int64))]
-    dataset = acdc.LabeledSlices(slices, crop_size=16, nsample=8)
-    torch.manual_seed(5)
+def _one_slice_dataset(length):
+    image = np.random.default_rng(0).random((20, 30), dtype=np.float32)
+    return acdc.LabeledSlices([(image, np.zeros((20, 30), dtype=np.int64))], crop_size=16, nsample=length)
+
+
+def test_augmentation_is_reproducible_after_reseed():
+    dataset = _one_slice_dataset(8)
+    dataset.reseed(5)
     first = [dataset[i][0] for i in range(8)]
-    torch.manual_seed(5)
+    dataset.reseed(5)
     second = [dataset[i][0] for i in range(8)]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert len({a.numpy().tobytes() for a in first}) > 1
+    dataset.reseed(6)
+    assert any(not torch.equal(a, dataset[i][0]) for i, a in enumerate(first))
+
+
+def test_workers_that_were_not_reseeded_do_not_repeat_each_other():
+    dataset = _one_slice_dataset(12)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    views = [image[0].numpy().tobytes() for image, _ in loader]
+    worker0, worker1 = views[0::2], views[1::2]  # the loader alternates between the two workers
+    assert worker0 != worker1
 
 
 def test_weak_augmentation_keeps_image_and_mask_aligned():
@@ -435,7 +452,7 @@ def test_h5_layout_with_official_lists(tmp_path):
     sets = acdc.build_acdc_datasets(root, crop_size=16, labeled_list=lists / "labeled.txt",
                                     unlabeled_list=lists / "unlabeled.txt", val_list=lists / "val.txt",
                                     h5_spacing=(10.0, 1.5, 1.5))
-    assert sets.layout == "h5" and len(sets.train_u) == 4 and len(sets.train_l) == 4
+    assert sets.layout == "h5" and len(sets.train_u) == 4 and len(sets.train_l) == 2
     assert len(sets.val) == 2 and len(sets.test) == 0
     volume, label, case_id, spacing = sets.val[0]
     assert case_id == "patient003_frame01" and volume.shape == (2, 20, 24) and spacing == (10.0, 1.5, 1.5)

@@ -36,9 +36,8 @@ Training slices get the official weak augmentation: with p=0.5 a random rot90 (k
 plus a flip along a random axis, else with p=0.5 a rotation by an integer angle in [-20, 20)
 degrees (nearest neighbour, no reshape, zero fill); then both image and mask are resized to
 ``crop_size`` x ``crop_size``. Labels always use order 0; the image uses ``image_order``
-(default 0, the official's choice). Each item draws its numpy Generator's seed from torch's
-global generator, which PyTorch seeds differently in every DataLoader worker and epoch, and
-which ``torch.manual_seed`` fixes when loading in the main process.
+(default 0, the official's choice). The datasets own a numpy Generator that the engine
+reseeds per worker and epoch (``reseed(seed)``); see ``_Augmenting``.
 
 All slices and volumes are decoded once, at construction, and kept in memory (ACDC is about
 1.5k slices), so an epoch never re-decodes a ``.nii.gz``.
@@ -46,6 +45,7 @@ All slices and volumes are decoded once, at construction, and kept in memory (AC
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -274,22 +274,36 @@ def weak_augment(image: np.ndarray, mask: np.ndarray | None, crop_size: int, rng
     return image, mask
 
 
-def _item_rng() -> np.random.Generator:
-    """A numpy Generator for one item, seeded from torch's global generator.
+class _Augmenting(Dataset):
+    """Owns the numpy Generator of the weak augmentation.
 
-    PyTorch seeds that generator differently in every DataLoader worker (and epoch), and
-    ``torch.manual_seed`` fixes it when loading in the main process.
+    The engine calls ``reseed(seed)`` in every worker and at every epoch (and in the main
+    process when it loads without workers), which makes views reproducible across a resume. A
+    worker that was not reseeded (a plain DataLoader) seeds itself from ``torch.initial_seed()``,
+    which PyTorch makes distinct per worker and epoch, so workers never repeat each other's views.
     """
-    return np.random.default_rng(int(torch.randint(0, 2 ** 62, ()).item()))
+
+    def __init__(self, seed: int):
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._rng_pid = os.getpid()
+
+    def rng(self) -> np.random.Generator:
+        if self._rng_pid != os.getpid():
+            self.reseed(torch.initial_seed())
+        return self._rng
 
 
 # ----------------------------------------------------------------------------- datasets
 
-class LabeledSlices(Dataset):
+class LabeledSlices(_Augmenting):
     """Labelled training slices; ``nsample`` repeats the list (like the official) to that length."""
 
     def __init__(self, slices: Sequence[tuple[np.ndarray, np.ndarray]], crop_size: int = 256,
-                 nsample: int | None = None, image_order: int = 0):
+                 nsample: int | None = None, image_order: int = 0, seed: int = 0):
+        super().__init__(seed)
         if not slices:
             raise DataError("labelled ACDC set is empty: no labelled slices were found")
         self.slices = list(slices)
@@ -304,15 +318,16 @@ class LabeledSlices(Dataset):
 
     def __getitem__(self, item: int):
         image, mask = self.slices[self.indices[item]]
-        image, mask = weak_augment(image, mask, self.crop_size, _item_rng(), self.image_order)
+        image, mask = weak_augment(image, mask, self.crop_size, self.rng(), self.image_order)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0), \
             torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 
-class UnlabeledSlices(Dataset):
+class UnlabeledSlices(_Augmenting):
     """Unlabelled training slices (images only): the weak view and an all-zero ignore mask."""
 
-    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 256, image_order: int = 0):
+    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 256, image_order: int = 0, seed: int = 0):
+        super().__init__(seed)
         self.images = list(images)
         self.crop_size = crop_size
         self.image_order = image_order
@@ -321,7 +336,7 @@ class UnlabeledSlices(Dataset):
         return len(self.images)
 
     def __getitem__(self, item: int):
-        image, _ = weak_augment(self.images[item], None, self.crop_size, _item_rng(), self.image_order)
+        image, _ = weak_augment(self.images[item], None, self.crop_size, self.rng(), self.image_order)
         ignore = torch.zeros((self.crop_size, self.crop_size), dtype=torch.int64)
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0), ignore
 
@@ -464,7 +479,7 @@ class _Reader:
 
 
 def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size: int = 256, seed: int = 0,
-                        normalization: str = "minmax", image_order: int = 0, repeat_labeled: bool = True,
+                        normalization: str = "minmax", image_order: int = 0,
                         labeled_list: Path | str | None = None, unlabeled_list: Path | str | None = None,
                         val_list: Path | str | None = None, test_list: Path | str | None = None,
                         h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> ACDCDatasets:
@@ -473,8 +488,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
     Either ``cases`` (labelled training patients; partition from ``tasks.acdc.splits`` with
     ``seed``) or the official list files ``labeled_list``, ``unlabeled_list``, ``val_list``
     (and optionally ``test_list``; entries relative to ``root``) choose who is in which set.
-    ``repeat_labeled`` repeats the labelled slices to the number of unlabelled ones, as the
-    official script does.
+    The labelled set is not repeated here: the engine repeats it to the unlabelled length (the
+    official ``nsample``); ``LabeledSlices(nsample=...)`` does the same for standalone use.
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -498,8 +513,7 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
         unlabeled = [image for p in split.unlabeled for image, _ in reader.patient_slices(p, with_label=False)]
         val = [v for p in split.val for v in reader.patient_volumes(p)]
         test = [v for p in split.test for v in reader.patient_volumes(p)]
-    nsample = len(unlabeled) if repeat_labeled and unlabeled else None
     return ACDCDatasets(
-        train_l=LabeledSlices(labeled, crop_size, nsample=nsample, image_order=image_order),
-        train_u=UnlabeledSlices(unlabeled, crop_size, image_order=image_order),
+        train_l=LabeledSlices(labeled, crop_size, image_order=image_order, seed=seed),
+        train_u=UnlabeledSlices(unlabeled, crop_size, image_order=image_order, seed=seed + 1),
         val=VolumeDataset(val), test=VolumeDataset(test), split=split, layout=reader.layout)
