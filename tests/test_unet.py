@@ -70,6 +70,18 @@ def test_output_shapes():
     assert out[0].shape == (3, 4, 32, 48) and out[1].shape == (3, 4, 32, 48)
 
 
+def test_need_fp_k_decodes_k_independent_perturbations():
+    torch.manual_seed(0)
+    model = UNet(1, 4, feature_channels=TINY).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        logits, logits_fp = model(x, need_fp=3)
+        assert torch.allclose(logits, model(x), atol=1e-6)
+    assert logits_fp.shape == (6, 4, 32, 32)
+    first, second, third = logits_fp.split(2)
+    assert not torch.allclose(first, second) and not torch.allclose(second, third)
+
+
 def test_bad_channel_list_is_refused():
     with pytest.raises(ValueError):
         UNet(1, 4, feature_channels=(4, 8, 16))

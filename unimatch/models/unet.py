@@ -10,7 +10,8 @@ LeakyReLU], so its parameters sit at indices 0, 1, 4 and 5.
 Contract: ``model(x) -> logits``; ``model(x, need_fp=True) -> (logits, logits_fp)``. The
 feature-perturbation stream applies ``Dropout2d(fp_dropout)`` to every encoder feature the
 decoder reads (the four skip features and the bottleneck), concatenates clean and dropped
-copies along the batch and decodes both in one forward. As in the official code this dropout
+copies along the batch and decodes both in one forward. ``need_fp=k`` (an int) decodes k
+independently dropped copies, returned one after the other in ``logits_fp``. As in the official code this dropout
 is active in eval mode too: it is a perturbation, not a regulariser.
 """
 from __future__ import annotations
@@ -117,10 +118,15 @@ class UNet(nn.Module):
         self.encoder = Encoder(in_chns, feature_channels, dropout)
         self.decoder = Decoder(feature_channels, class_num)
 
-    def forward(self, x: torch.Tensor, need_fp: bool = False):
+    def forward(self, x: torch.Tensor, need_fp: bool | int = False):
+        """Logits, or ``(logits, logits_fp)`` with ``int(need_fp)`` perturbed decodings in
+        ``logits_fp``, stacked one after the other on the batch axis (``True`` means one)."""
         features = self.encoder(x)
         if not need_fp:
             return self.decoder(features)
-        both = [torch.cat((f, F.dropout2d(f, self.fp_dropout, training=True))) for f in features]
-        logits, logits_fp = self.decoder(both).chunk(2)
-        return logits, logits_fp
+        copies = int(need_fp)
+        stacked = [torch.cat([f] + [F.dropout2d(f, self.fp_dropout, training=True) for _ in range(copies)])
+                   for f in features]
+        logits = self.decoder(stacked)
+        batch = x.shape[0]
+        return logits[:batch], logits[batch:]
