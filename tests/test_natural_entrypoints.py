@@ -1,0 +1,135 @@
+"""The natural-image command-line entry points, end to end on a tiny synthetic VOC-layout set."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks.natural import evaluate as evaluate_cli
+from tasks.natural import predict as predict_cli
+from tasks.natural import train as train_cli
+from tasks.natural.synthetic import ensure_synthetic_voc
+from unimatch.errors import CheckpointError, ConfigError, DataError
+
+TINY = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
+        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny UniMatch run (1 epoch) on a 24-image synthetic set; returns (root, run dir)."""
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("natural")
+    root = ensure_synthetic_voc(base / "voc", n_images=24, size=40, seed=3, labeled_fraction=0.2)
+    run = base / "run"
+    train_cli.main(["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+                    "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
+                    str(root / "splits/val.txt"), "--save-dir", str(run), "--epochs", "1", "--batch-size", "4",
+                    "--num-workers", "0", "--no-progress", "--device", "cpu", *TINY,
+                    "conf_thresh=0.0"])   # every pseudo-label counts, so the strong loss is surely non-zero
+    return root, run
+
+
+def eval_args(root, run, *flags, overrides=()):
+    return ["--checkpoint", str(run / "best.pth"), "--data-root", str(root), "--split",
+            str(root / "splits/val.txt"), "--device", "cpu", *flags, *TINY, *overrides]
+
+
+def test_train_writes_run_directory(trained):
+    _, run = trained
+    for name in ("best.pth", "latest.pth", "config.yaml", "metrics.jsonl", "train.log"):
+        assert (run / name).is_file(), name
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and 0.0 <= record["mIoU"] <= 100.0
+    assert {"loss", "loss_x", "loss_s", "loss_w_fp", "mask_ratio", "sec_per_iter"} <= set(record)
+    assert record["loss_s"] > 0 and record["loss_w_fp"] >= 0
+
+
+def test_evaluate_writes_json_and_named_pngs(trained, tmp_path):
+    root, run = trained
+    preds = tmp_path / "preds"
+    metrics = evaluate_cli.main(eval_args(root, run, "--json", str(tmp_path / "m.json"),
+                                          "--save-predictions", str(preds)))
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["metrics"]["mIoU"] == pytest.approx(metrics["mIoU"])
+    val_ids = [line.split()[0].split("/")[-1].rsplit(".", 1)[0]
+               for line in (root / "splits/val.txt").read_text().splitlines() if line.strip()]
+    assert sorted(p.stem for p in preds.glob("*.png")) == sorted(val_ids)
+    mask = np.array(Image.open(preds / f"{val_ids[0]}.png"))
+    image = Image.open(root / "JPEGImages" / f"{val_ids[0]}.jpg")
+    assert mask.shape == (image.height, image.width) and mask.max() < 6
+    with pytest.raises(DataError, match="already holds files"):
+        evaluate_cli.main(eval_args(root, run, "--save-predictions", str(preds)))
+
+
+def test_evaluate_modes_and_center_crop_error(trained):
+    root, run = trained
+    original = evaluate_cli.main(eval_args(root, run, "--mode", "original"))
+    window = evaluate_cli.main(eval_args(root, run, "--mode", "sliding_window"))
+    assert 0 <= original["mIoU"] <= 100 and 0 <= window["mIoU"] <= 100
+    with pytest.raises(DataError, match="smaller than the 64x64 centre crop"):
+        evaluate_cli.main(eval_args(root, run, "--mode", "center_crop", overrides=["crop_size=64"]))
+
+
+def test_official_checkpoint_gives_same_predictions(trained, tmp_path):
+    """An official release stores {'model': DDP state dict} with 'module.' keys."""
+    root, run = trained
+    ours = torch.load(run / "best.pth", map_location="cpu", weights_only=False)["model"]
+    torch.save({"model": {f"module.{k}": v for k, v in ours.items()}}, tmp_path / "official.pth")
+    a, b = tmp_path / "a", tmp_path / "b"
+    evaluate_cli.main(eval_args(root, run, "--save-predictions", str(a)))
+    official = eval_args(root, run, "--save-predictions", str(b))
+    official[1] = str(tmp_path / "official.pth")
+    evaluate_cli.main(official)
+    for png in a.glob("*.png"):
+        assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(b / png.name)))
+
+
+def test_checkpoint_of_another_model_is_one_clear_error(trained):
+    root, run = trained
+    with pytest.raises(CheckpointError, match="Missing.*unexpected"):
+        evaluate_cli.main(eval_args(root, run, overrides=["width=16"]))
+
+
+def test_unknown_config_key_lists_valid_keys(trained):
+    root, run = trained
+    with pytest.raises(ConfigError, match="unknown config key 'nclas'.*Valid keys: task, dataset"):
+        evaluate_cli.main(eval_args(root, run, overrides=["nclas=3"]))
+
+
+def test_predict_writes_masks_and_overlays_and_refuses_overwrite(trained, tmp_path):
+    root, run = trained
+    images = sorted((root / "JPEGImages").glob("*.jpg"))[:3]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for image in images:
+        (folder / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(run / "best.pth"), "--input", str(folder), "--output", str(out), "--overlay",
+            "--device", "cpu", *TINY]
+    written = predict_cli.main(args)
+    assert sorted(p.name for p in written) == sorted(f"{p.stem}.png" for p in images)
+    assert all((out / f"{p.stem}_overlay.jpg").is_file() for p in images)
+    with pytest.raises(DataError, match="exist already"):
+        predict_cli.main(args)
+    single = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(images[0]), "--output",
+                               str(tmp_path / "one"), "--device", "cpu", *TINY])
+    assert [p.name for p in single] == [f"{images[0].stem}.png"]
+
+
+def test_resume_continues_after_last_epoch(trained, tmp_path):
+    """Running the same command with more epochs resumes from latest.pth instead of starting over."""
+    root, run = trained
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    train_cli.main(["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+                    "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
+                    str(root / "splits/val.txt"), "--save-dir", str(copy), "--epochs", "2", "--batch-size", "4",
+                    "--num-workers", "0", "--no-progress", "--device", "cpu", *TINY])
+    epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert "resumed from" in (copy / "train.log").read_text()
