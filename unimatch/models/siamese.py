@@ -19,10 +19,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from unimatch.models.backbones import build_backbone
-from unimatch.models.deeplabv3plus import ASPPModule, feature_perturbation, split_fp_logits
+from unimatch.models.deeplabv3plus import DeepLabV3PlusHead
 from unimatch.models.pspnet import PSPHead, decode_with_fp, split_param_groups
 
 
@@ -34,15 +33,17 @@ def split_dates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.chunk(2, dim=1)
 
 
-class SiameseEncoder(nn.Module):
-    """Base class holding the shared ``backbone`` and computing absolute feature differences."""
+def siamese_backbone(backbone: str, pretrained, replace_stride_with_dilation, deep_stem: bool, in_channels: int,
+                     width: int, multi_grid: bool) -> nn.Module:
+    """The encoder shared by both dates: ``in_channels`` counts both, so it reads half of them."""
+    if in_channels % 2:
+        raise ValueError(f"in_channels counts both dates and must be even, got {in_channels}")
+    return build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels // 2, width,
+                          multi_grid)
 
-    def build_encoder(self, backbone: str, pretrained, replace_stride_with_dilation, deep_stem: bool,
-                      in_channels: int, width: int, multi_grid: bool) -> None:
-        if in_channels % 2:
-            raise ValueError(f"in_channels counts both dates and must be even, got {in_channels}")
-        self.backbone = build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem,
-                                       in_channels // 2, width, multi_grid)
+
+class SiameseEncoder:
+    """Mixin for a model with a shared ``backbone``: absolute feature differences of the two dates."""
 
     def difference_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """|f(A) - f(B)| for every backbone stage [c1, c2, c3, c4]."""
@@ -56,50 +57,39 @@ class SiameseEncoder(nn.Module):
         return split_param_groups(self)
 
 
-class SiameseDeepLabV3Plus(SiameseEncoder):
-    """Siamese DeepLabV3+ (the official remote-sensing model): ASPP on |c4 diff|, fused with |c1 diff|."""
+class SiameseDeepLabV3Plus(SiameseEncoder, DeepLabV3PlusHead):
+    """Siamese DeepLabV3+ (the official remote-sensing model): ASPP on |c4 diff|, fused with |c1 diff|.
+
+    The decoder (``head``, ``reduce``, ``fuse``, ``classifier``, the FP decoding) is the plain
+    DeepLabV3+'s, inherited, so both models load the same official key names.
+    """
 
     def __init__(self, nclass: int = 2, backbone: str = "resnet101", pretrained=None,
                  replace_stride_with_dilation: Sequence[bool] = (False, False, True),
                  dilations: Sequence[int] = (6, 12, 18), deep_stem: bool = True, in_channels: int = 6,
                  width: int = 64, reduce_channels: int = 48, decoder_channels: int = 256, multi_grid: bool = False):
-        super().__init__()
-        self.build_encoder(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
-                           multi_grid)
-        low_channels, high_channels = self.backbone.channels[0], self.backbone.channels[-1]
-        self.head = ASPPModule(high_channels, dilations)
-        self.reduce = nn.Sequential(nn.Conv2d(low_channels, reduce_channels, 1, bias=False),
-                                    nn.BatchNorm2d(reduce_channels), nn.ReLU(True))
-        self.fuse = nn.Sequential(
-            nn.Conv2d(high_channels // 8 + reduce_channels, decoder_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(decoder_channels), nn.ReLU(True),
-            nn.Conv2d(decoder_channels, decoder_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(decoder_channels), nn.ReLU(True))
-        self.classifier = nn.Conv2d(decoder_channels, nclass, 1, bias=True)
-
-    def decode(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
-        c4 = F.interpolate(self.head(c4), size=c1.shape[-2:], mode="bilinear", align_corners=True)
-        return self.classifier(self.fuse(torch.cat([self.reduce(c1), c4], dim=1)))
+        encoder = siamese_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
+                                   multi_grid)
+        super().__init__(encoder.channels[0], encoder.channels[-1], nclass, dilations, reduce_channels,
+                         decoder_channels)
+        self.backbone = encoder
+        # the official checkpoints list the backbone first; keep their key order, not only their names
+        self._modules = {"backbone": self._modules.pop("backbone"), **self._modules}
 
     def forward(self, x: torch.Tensor, need_fp: bool | int = False):
         c1, _, _, c4 = self.difference_features(x)
-        size = x.shape[-2:]
-        if need_fp:
-            logits = self.decode(feature_perturbation(c1, int(need_fp)), feature_perturbation(c4, int(need_fp)))
-            return split_fp_logits(F.interpolate(logits, size=size, mode="bilinear", align_corners=True),
-                                   int(need_fp))
-        return F.interpolate(self.decode(c1, c4), size=size, mode="bilinear", align_corners=True)
+        return self.decode_to(x.shape[-2:], c1, c4, int(need_fp))
 
 
-class SiamesePSPNet(SiameseEncoder):
+class SiamesePSPNet(SiameseEncoder, nn.Module):
     """Siamese PSPNet (the official remote-sensing model): pyramid pooling head on |c4 diff|."""
 
     def __init__(self, nclass: int = 2, backbone: str = "resnet50", pretrained=None,
                  replace_stride_with_dilation: Sequence[bool] = (False, True, True), deep_stem: bool = True,
                  in_channels: int = 6, width: int = 64, multi_grid: bool = False):
         super().__init__()
-        self.build_encoder(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels, width,
-                           multi_grid)
+        self.backbone = siamese_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem, in_channels,
+                                         width, multi_grid)
         self.head = PSPHead(self.backbone.channels[-1], nclass)
 
     def forward(self, x: torch.Tensor, need_fp: bool | int = False):
