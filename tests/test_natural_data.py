@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tasks.natural import make_splits as make_splits_module  # noqa: E402
 from tasks.natural import synthetic  # noqa: E402
 from tasks.natural.data import (  # noqa: E402
+    ImageFolderDataset,
     LabeledDataset,
     RandomLongSideRescale,
     UnlabeledDataset,
@@ -121,7 +122,8 @@ def test_cityscapes_layout_reads_train_id_masks(tmp_path):
     root = tmp_path / "cityscapes"
     rng = np.random.default_rng(1)
     lines = []
-    for split, city, name in [("train", "aachen", "aachen_000000_000019"), ("val", "frankfurt", "frankfurt_000000_000294")]:
+    samples = [("train", "aachen", "aachen_000000_000019"), ("val", "frankfurt", "frankfurt_000000_000294")]
+    for split, city, name in samples:
         image_rel = f"leftImg8bit/{split}/{city}/{name}_leftImg8bit.png"
         mask_rel = f"gtFine/{split}/{city}/{name}_gtFine_labelTrainIds.png"
         mask = rng.integers(0, 19, size=(16, 32)).astype(np.uint8)
@@ -148,6 +150,30 @@ def test_coco_layout_reads_81_classes(tmp_path):
     assert [val[i][2] for i in range(2)] == ["000000000009", "000000000139"]
     assert val[1][1].max().item() == 80
     assert LabeledDataset("coco", root, split, crop_size=8)[0][0].shape == (3, 8, 8)
+
+
+def test_image_folder_dataset_lists_images_for_prediction(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((10, 12, 3), 7, np.uint8)).save(folder / "b.png")
+    Image.fromarray(np.full((8, 6), 200, np.uint8)).save(folder / "a.jpg")  # grayscale becomes RGB
+    (folder / "notes.txt").write_text("not an image")
+    dataset = ImageFolderDataset(folder)
+    assert [dataset[i][1] for i in range(len(dataset))] == ["a", "b"]
+    image, _ = dataset[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 8, 6)
+
+    root = make_voc(tmp_path / "voc", ["x"])
+    (root / "SegmentationClass" / "x.png").unlink()  # prediction needs no masks
+    listed = ImageFolderDataset(write_lines(tmp_path / "list.txt", ["x"]), root=root)
+    assert listed[0][1] == "x"
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "a.png")
+    with pytest.raises(DataError, match="share the id 'a'"):
+        ImageFolderDataset(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        ImageFolderDataset(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------------- weak augmentation

@@ -530,6 +530,14 @@ class ImageFolderDataset(Dataset):
             if root is None:
                 raise DataError(f"{source} is not a folder; reading it as a split file needs the data root")
             self.entries = read_split(source, root, dataset, need_masks=False)
+        first_with_id: dict[str, SplitEntry] = {}
+        for entry in self.entries:
+            other = first_with_id.setdefault(entry.sample_id, entry)
+            if other is not entry:
+                raise DataError(
+                    f"{entry.where()} and {other.where()} share the id {entry.sample_id!r}, so their predictions "
+                    "would overwrite each other; rename one of the images"
+                )
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -42,7 +42,8 @@ def training_pool(dataset: str, data_root: Path, source_split: Path | None = Non
     if dataset in DEFAULT_SOURCE_SPLITS:
         for relative in DEFAULT_SOURCE_SPLITS[dataset]:
             if (data_root / relative).is_file():
-                return [_pair(entry) for entry in read_split(data_root / relative, data_root, dataset, need_masks=False)]
+                entries = read_split(data_root / relative, data_root, dataset, need_masks=False)
+                return [_pair(entry) for entry in entries]
         expected = " or ".join(str(data_root / relative) for relative in DEFAULT_SOURCE_SPLITS[dataset])
         raise DataError(
             f"no training list found ({expected}); pass --source-split FILE listing the training images, "
