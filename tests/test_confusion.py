@@ -48,11 +48,12 @@ def test_accumulating_batches_equals_one_update():
     assert cm.matrix.tolist() == MATRIX
 
 
-def test_class_absent_from_truth_and_prediction_is_left_out_of_miou():
+def test_class_absent_from_truth_and_prediction_has_nan_iou_and_counts_zero_in_miou():
+    """As the official intersection / (union + 1e-10): the absent class adds a 0 to the mean."""
     cm = ConfusionMatrix(4)
     cm.update(PRED, TARGET)
     assert math.isnan(cm.iou()[3].item())
-    assert cm.miou() == pytest.approx((1 / 2 + 2 / 3 + 1 / 2) / 3)
+    assert cm.miou() == pytest.approx((1 / 2 + 2 / 3 + 1 / 2 + 0) / 4)
     assert math.isnan(cm.precision()[3].item()) and math.isnan(cm.recall()[3].item())
 
 

@@ -77,3 +77,15 @@ def all_reduce_mean(value: float, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    Without SyncBatchNorm (CPU) each rank's running statistics drift apart after the last
+    training forward; evaluation and checkpoints must all see rank 0's.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer, src=0)

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from unimatch.config import Config, save_config
-from unimatch.distributed import DistContext, all_reduce_mean, barrier, unwrap
+from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
 from unimatch.errors import CheckpointError
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
@@ -253,8 +253,18 @@ class Trainer:
     def checkpoint_state(self, epoch: int) -> dict:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
-                "best_metrics": self.best_metrics, "rng": rng_state(self.perturbation),
+                "best_metrics": self.best_metrics, "rng": self.gather_rng_states(),
                 "config": self.cfg.to_dict()}
+
+    def gather_rng_states(self) -> list:
+        """Every rank's RNG states (rank order), so each rank resumes exactly its own streams."""
+        state = rng_state(self.perturbation)
+        if not self.ctx.distributed:
+            return [state]
+        import torch.distributed as dist
+        states = [None] * self.ctx.world_size
+        dist.all_gather_object(states, state)
+        return states
 
     def save(self, name: str, state: dict) -> None:
         if self.ctx.is_main:
@@ -272,10 +282,12 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
-        if self.ctx.rank == 0:
-            restore_rng_state(checkpoint["rng"], self.perturbation)
+        states = checkpoint["rng"]
+        if len(states) == self.ctx.world_size:
+            restore_rng_state(states[self.ctx.rank], self.perturbation)
         else:
-            # only rank 0's RNG state is saved; other ranks derive theirs so streams stay distinct
+            log.warning(f"{path} was saved by {len(states)} process(es), this run has {self.ctx.world_size}: "
+                        f"random streams are re-derived from the seed, so the run will not repeat bit for bit")
             seed_everything(self.cfg.seed + 1000 * self.start_epoch + self.ctx.rank)
             self.perturbation.generator.manual_seed(self.cfg.seed * 1000 + 17 + self.ctx.rank + self.start_epoch)
         log.info(f"resumed from {path}: continuing at epoch {self.start_epoch + 1}/{self.cfg.epochs}, "
@@ -283,6 +295,17 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            for handler in list(log.handlers):
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()
+                    log.removeHandler(handler)
+
+    def _fit(self) -> dict:
         self.resume()
         cfg, ctx = self.cfg, self.ctx
         iters_per_epoch = self.epoch_length()
@@ -335,6 +358,7 @@ class Trainer:
             record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
 
             last = epoch + 1 == cfg.epochs
+            broadcast_buffers(self.model)
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 result = self.evaluate(self.model)
                 record.update(result.metrics)
@@ -356,6 +380,4 @@ class Trainer:
                 with open(self.save_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             barrier()
-        if self.writer is not None:
-            self.writer.close()
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}

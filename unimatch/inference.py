@@ -60,7 +60,11 @@ def evaluate_segmentation(model: nn.Module, loader, nclass: int, normalizer: Nor
     """Confusion matrix over ``loader`` of ``(image, mask, id)`` batches, summed over ranks.
 
     ``on_prediction(sample_id, pred, mask)`` is called per sample (e.g. to save PNGs).
+    The DDP wrapper is bypassed: ranks evaluate different numbers of images, and DDP's
+    per-forward buffer broadcast would then wait forever for the rank that finished first.
     """
+    from unimatch.distributed import unwrap
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(nclass, device=device)

@@ -40,8 +40,10 @@ class ConfusionMatrix:
         return self._ratio(tp, self.matrix.sum(0) + self.matrix.sum(1) - tp)
 
     def miou(self) -> float:
-        """Mean IoU over classes present in the ground truth or the prediction (NaN classes skipped)."""
-        return float(torch.nanmean(self.iou()))
+        """Mean IoU over all ``nclass`` classes; a class absent from both ground truth and
+        prediction counts as 0, exactly as the official ``intersection / (union + 1e-10)`` does,
+        so our mIoU equals the published one even on a split that lacks a class."""
+        return float(torch.nan_to_num(self.iou(), nan=0.0).mean())
 
     def overall_accuracy(self) -> float:
         total = self.matrix.sum()

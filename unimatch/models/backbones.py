@@ -172,6 +172,10 @@ def load_backbone_weights(backbone: ResNet, source: str | Path) -> None:
         if backbone.deep_stem:
             raise CheckpointError("torchvision weights fit only backbone_variant: torchvision "
                                   "(7x7 stem); the deep-stem ResNet needs the official resnet50.pth/resnet101.pth file")
+        if backbone.arch not in TORCHVISION_WEIGHTS or backbone.channels[0] != 64 * (
+                4 if backbone.arch in ("resnet50", "resnet101") else 1):
+            raise CheckpointError(f"torchvision has ImageNet weights for {sorted(TORCHVISION_WEIGHTS)} at width 64 "
+                                  f"only, not for backbone {backbone.arch!r} of this width")
         import torchvision.models as tvm
         weights = getattr(tvm, TORCHVISION_WEIGHTS[backbone.arch]).IMAGENET1K_V1
         state_dict = weights.get_state_dict(progress=True)
