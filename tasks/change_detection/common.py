@@ -1,0 +1,284 @@
+"""What train, evaluate and predict share for change detection: the config, data resolution,
+the change metrics and their report, evaluation."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.synthetic import ensure_synthetic_cd
+from unimatch.config import Config
+from unimatch.distributed import DistContext, barrier
+from unimatch.engine import EvalResult, ShardSampler, autocast_for
+from unimatch.errors import CheckpointError, ConfigError, DataError
+from unimatch.inference import evaluate_segmentation
+from unimatch.metrics.confusion import ConfusionMatrix
+from unimatch.paths import config_path
+from unimatch.perturb import Normalizer
+from unimatch.report import format_table
+
+DEFAULT_CONFIG = config_path("change_detection", "synthetic.yaml")
+DATASETS = ("synthetic", "whu", "levir", "custom")
+SPLIT_KINDS = ("labeled", "unlabeled", "val", "test")
+# name in the metrics dict -> row label of the table; all in % (kappa x 100), as papers report them
+CHANGE_METRICS = {
+    "changed_IoU": "changed IoU",
+    "unchanged_IoU": "unchanged IoU",
+    "OA": "overall accuracy",
+    "precision": "precision (changed)",
+    "recall": "recall (changed)",
+    "F1": "F1 (changed)",
+    "kappa": "Cohen's kappa x100",
+    "mIoU": "mean IoU",
+}
+
+
+@dataclass
+class CDConfig(Config):
+    """The core config plus what a bi-temporal dataset needs; defaults follow the official
+    remote-sensing UniMatch (siamese DeepLabV3+, 256 crops, lr 0.02 for head and backbone alike)."""
+
+    task: str = "change_detection"
+    dataset: str = "synthetic"
+    nclass: int = 2
+    class_names: Optional[list] = field(default_factory=lambda: ["unchanged", "changed"])
+    crop_size: int = 256
+    in_channels: int = 6
+    model: str = "siamese_deeplabv3plus"
+    backbone: str = "resnet50"
+    replace_stride_with_dilation: list = field(default_factory=lambda: [False, False, True])
+    lr: float = 0.02
+    lr_multi: float = 1.0
+    grayscale_p: float = 0.0          # the official change-detection strong view has no grayscale
+    select_metric: str = "changed_IoU"
+    # task fields
+    bands: list = field(default_factory=lambda: list(DEFAULT_BANDS))
+    stretch: Union[str, float] = "percentile"
+    class_values: list = field(default_factory=lambda: list(DEFAULT_CLASS_VALUES))
+    nadir_augment: bool = False
+    scale_range: list = field(default_factory=lambda: [0.8, 1.2])
+    test_split: Optional[str] = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.model not in ("siamese_deeplabv3plus", "siamese_pspnet"):
+            raise ConfigError(f"model: {self.model!r}; change detection takes siamese_deeplabv3plus or siamese_pspnet")
+        if not self.bands or any(not isinstance(b, int) or b < 1 for b in self.bands):
+            raise ConfigError(f"bands: {self.bands!r} must list 1-based band numbers, e.g. [1, 2, 3]")
+        if self.in_channels != 2 * len(self.bands):
+            raise ConfigError(f"in_channels ({self.in_channels}) must be 2 x len(bands) = {2 * len(self.bands)}: "
+                              f"the two dates are stacked on the channel axis")
+        if self.channel_group_size != len(self.bands):
+            raise ConfigError(f"channel_group_size ({self.channel_group_size}) must equal len(bands) "
+                              f"({len(self.bands)}) so each date is jittered as one image")
+        if self.stretch != "percentile" and (isinstance(self.stretch, str) or not self.stretch > 0):
+            raise ConfigError(f"stretch: {self.stretch!r} must be 'percentile' or a positive divisor (e.g. 256)")
+        if len(self.class_values) != self.nclass or len(set(self.class_values)) != self.nclass:
+            raise ConfigError(f"class_values {self.class_values} must give one distinct pixel value per class "
+                              f"(nclass = {self.nclass})")
+        if self.class_names is not None and len(self.class_names) != self.nclass:
+            raise ConfigError(f"class_names {self.class_names} must name {self.nclass} classes")
+        if self.nclass < 2:
+            raise ConfigError("nclass: change detection needs at least 2 classes (0 = unchanged)")
+        if self.select_metric not in CHANGE_METRICS:
+            raise ConfigError(f"select_metric: {self.select_metric!r} is not one of {', '.join(CHANGE_METRICS)}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(f"scale_range: {self.scale_range} must be [low, high] with 0 < low <= high")
+
+
+# ---- metrics -------------------------------------------------------------------------------
+def change_confusion(confusion: ConfusionMatrix) -> ConfusionMatrix:
+    """The 2x2 unchanged/changed matrix: every class but 0 counts as change (identity for 2 classes)."""
+    if confusion.nclass == 2:
+        return confusion
+    binary = ConfusionMatrix(2, device=confusion.matrix.device)
+    m = confusion.matrix
+    binary.matrix[0, 0], binary.matrix[0, 1] = m[0, 0], m[0, 1:].sum()
+    binary.matrix[1, 0], binary.matrix[1, 1] = m[1:, 0].sum(), m[1:, 1:].sum()
+    return binary
+
+
+def change_metrics(confusion: ConfusionMatrix, class_names=None) -> dict:
+    """Changed/unchanged IoU, OA, precision, recall, F1 of the changed class and Cohen's kappa, in %.
+
+    OA is the paper's: correct pixels over all labelled pixels. With more than two classes the
+    binary scores treat every non-zero class as change; per-class IoU is added for each class.
+    """
+    binary = change_confusion(confusion)
+    iou = binary.iou() * 100
+    tp, fp, fn = binary.matrix[1, 1], binary.matrix[0, 1], binary.matrix[1, 0]
+    # 2TP / (2TP + FP + FN): equals 2PR / (P + R), and is 0 (not NaN) when no change is predicted
+    f1 = float(2 * tp / (2 * tp + fp + fn) * 100) if 2 * tp + fp + fn > 0 else float("nan")
+    metrics = {
+        "changed_IoU": float(iou[1]), "unchanged_IoU": float(iou[0]),
+        "OA": binary.overall_accuracy() * 100,
+        "precision": float(binary.precision()[1] * 100), "recall": float(binary.recall()[1] * 100),
+        "F1": f1, "kappa": binary.kappa() * 100,
+        "mIoU": confusion.miou() * 100,
+    }
+    if confusion.nclass > 2:
+        names = class_names if class_names and len(class_names) == confusion.nclass else \
+            [f"class {i}" for i in range(confusion.nclass)]
+        metrics.update({f"IoU/{name}": value for name, value in zip(names, (confusion.iou() * 100).tolist())})
+    return metrics
+
+
+def change_report(confusion: ConfusionMatrix, class_names=None, column: str = "score %") -> tuple[dict, str]:
+    """(metrics, table) of :func:`change_metrics`; the table lists every score on its own row."""
+    metrics = change_metrics(confusion, class_names)
+    rows = [[label, metrics[key]] for key, label in CHANGE_METRICS.items()]
+    rows += [[key, value] for key, value in metrics.items() if key.startswith("IoU/")]
+    return metrics, format_table(["metric", column], rows)
+
+
+# ---- data ----------------------------------------------------------------------------------
+def find_split(cfg: CDConfig, kind: str, given: Optional[str]) -> Optional[Path]:
+    """A split file: ``given`` as a path (or, if relative and absent, under the data root), else
+    ``<root>/splits/<kind>.txt`` or ``<root>/<kind>.txt``; None when there is none."""
+    root = Path(cfg.data_root)
+    if given:
+        path = Path(given)
+        if path.is_file() or path.is_absolute():
+            return path
+        return root / path if (root / path).is_file() else path
+    for candidate in (root / "splits" / f"{kind}.txt", root / f"{kind}.txt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_data(cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
+    """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
+    given) and the split files (see :func:`find_split`)."""
+    changes = {}
+    if cfg.data_root is None or str(cfg.data_root).startswith("Your/"):
+        if cfg.dataset != "synthetic":
+            raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
+        if ctx is None or ctx.is_main:
+            ensure_synthetic_cd()
+        barrier()
+        changes["data_root"] = str(ensure_synthetic_cd())
+    cfg = dataclasses.replace(cfg, **changes)
+    for kind in SPLIT_KINDS:
+        key = f"{kind}_split"
+        path = find_split(cfg, kind, getattr(cfg, key))
+        changes[key] = None if path is None else str(path)
+    return dataclasses.replace(cfg, **changes)
+
+
+def required_split(cfg: CDConfig, kind: str) -> str:
+    path = getattr(cfg, f"{kind}_split")
+    if path is None:
+        flag = f"--{kind}-split" if kind != "test" else "--split FILE (or test_split=FILE)"
+        raise ConfigError(f"no {kind} split: {cfg.data_root} has no splits/{kind}.txt or {kind}.txt; give {flag}")
+    if not Path(path).is_file():
+        raise DataError(f"{kind} split file {path} does not exist")
+    return path
+
+
+def pair_options(cfg: CDConfig) -> dict:
+    return dict(bands=tuple(cfg.bands), stretch=cfg.stretch, class_values=tuple(cfg.class_values))
+
+
+def build_training_sets(cfg: CDConfig):
+    """(labelled, unlabelled or None). ``supervised`` still reads the unlabelled list when there is
+    one, so its epochs have as many iterations as the semi-supervised runs."""
+    augment = dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range))
+    labeled = LabeledPairs(cfg.data_root, required_split(cfg, "labeled"), seed=cfg.seed, **augment,
+                           **pair_options(cfg))
+    if cfg.unlabeled_split is None and cfg.method == "supervised":
+        return labeled, None
+    unlabeled = UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
+                               bands=tuple(cfg.bands), stretch=cfg.stretch)
+    return labeled, unlabeled
+
+
+def split_path(cfg: CDConfig, split: Optional[str]) -> str:
+    """``val``/``test`` (the config's lists) or a split file's path; default ``val``."""
+    if split in (None, "val", "test"):
+        return required_split(cfg, split or "val")
+    if not Path(split).is_file():
+        raise DataError(f"split file {split} does not exist (give val, test or the path of a split file)")
+    return split
+
+
+def eval_loader(cfg: CDConfig, ctx: DistContext, split: Optional[str] = None) -> DataLoader:
+    dataset = EvalPairs(cfg.data_root, split_path(cfg, split), **pair_options(cfg))
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size,
+                      sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=min(cfg.num_workers, 2), pin_memory=ctx.device.type == "cuda")
+
+
+def evaluate_model(model, cfg: CDConfig, ctx: DistContext, loader: DataLoader, mode: Optional[str] = None,
+                   on_prediction=None, column: str = "score %") -> EvalResult:
+    """Change scores over ``loader``, the confusion matrix summed over every rank."""
+    confusion = evaluate_segmentation(model, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, cfg.in_channels),
+                                      mode or cfg.eval_mode, cfg.crop_size, ctx.device, on_prediction,
+                                      autocast_for(cfg, ctx.device))
+    metrics, table = change_report(confusion, cfg.class_names, column)
+    return EvalResult(metrics, table, {"confusion": confusion.matrix.cpu().tolist()})
+
+
+def make_val_evaluator(cfg: CDConfig, ctx: DistContext):
+    loader = eval_loader(cfg, ctx, "val")
+    return lambda model: evaluate_model(model, cfg, ctx, loader, column="val %")
+
+
+# ---- output --------------------------------------------------------------------------------
+def prepare_prediction_dir(directory: Optional[Path], overwrite: bool) -> None:
+    """Create the folder for predicted masks; one holding files already is refused unless ``overwrite``."""
+    if directory is None:
+        return
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def mask_writer(directory: Optional[Path], class_values):
+    """A callback writing each prediction as ``<tile stem>.png`` in the label encoding (0/255).
+
+    Every rank writes the tiles of its own shard (see :func:`prepare_prediction_dir`)."""
+    if directory is None:
+        return None
+    lookup = np.asarray(class_values, np.uint8 if max(class_values) < 256 else np.uint16)
+
+    def write(sample_id, pred, mask):
+        Image.fromarray(lookup[pred.cpu().numpy()]).save(directory / f"{Path(sample_id).stem}.png")
+    return write
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{', '.join(existing)} already exist(s); choose another path or pass --overwrite")
+
+
+def write_csv(path: Optional[Path], row: dict) -> None:
+    """One header line and one row (the metrics of one evaluation)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+
+
+def exit_on_user_error(main):
+    """Run ``main(argv)``; a data/config/checkpoint error is one message and exit status 2, not a traceback."""
+    try:
+        main(sys.argv[1:])
+    except (DataError, ConfigError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
