@@ -240,6 +240,9 @@ def test_change_metrics_by_hand():
     nothing_predicted = ConfusionMatrix(2)
     nothing_predicted.update(torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1]))
     assert change_report(nothing_predicted)[0]["F1"] == 0.0
+    no_change_anywhere = ConfusionMatrix(2)
+    no_change_anywhere.update(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    assert change_report(no_change_anywhere)[0]["changed_IoU"] == 0.0  # the official 0 / (0 + 1e-10)
 
 
 def test_three_classes_count_every_nonzero_class_as_change():

@@ -18,10 +18,11 @@ from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, Eva
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import Config
 from unimatch.distributed import DistContext, barrier
-from unimatch.engine import EvalResult, ShardSampler, autocast_for
+from unimatch.engine import EvalResult, ShardSampler, autocast_for, load_model_weights
 from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.inference import evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
+from unimatch.models import build_model
 from unimatch.paths import config_path
 from unimatch.perturb import Normalizer
 from unimatch.report import format_table
@@ -112,13 +113,15 @@ def change_confusion(confusion: ConfusionMatrix) -> ConfusionMatrix:
 def change_metrics(confusion: ConfusionMatrix, class_names=None) -> dict:
     """Changed/unchanged IoU, OA, precision, recall, F1 of the changed class and Cohen's kappa, in %.
 
-    OA is the paper's: correct pixels over all labelled pixels. With more than two classes the
+    OA is the paper's: correct pixels over all labelled pixels. IoU is 0 where a class is in
+    neither truth nor prediction (as the official code); precision is NaN when nothing is
+    predicted as change, F1 then 0 (2TP / (2TP + FP + FN)). With more than two classes the
     binary scores treat every non-zero class as change; per-class IoU is added for each class.
     """
     binary = change_confusion(confusion)
-    iou = binary.iou() * 100
+    # a class absent from truth and prediction has IoU 0, as the official intersection / (union + 1e-10)
+    iou = torch.nan_to_num(binary.iou(), nan=0.0) * 100
     tp, fp, fn = binary.matrix[1, 1], binary.matrix[0, 1], binary.matrix[1, 0]
-    # 2TP / (2TP + FP + FN): equals 2PR / (P + R), and is 0 (not NaN) when no change is predicted
     f1 = float(2 * tp / (2 * tp + fp + fn) * 100) if 2 * tp + fp + fn > 0 else float("nan")
     metrics = {
         "changed_IoU": float(iou[1]), "unchanged_IoU": float(iou[0]),
@@ -130,7 +133,8 @@ def change_metrics(confusion: ConfusionMatrix, class_names=None) -> dict:
     if confusion.nclass > 2:
         names = class_names if class_names and len(class_names) == confusion.nclass else \
             [f"class {i}" for i in range(confusion.nclass)]
-        metrics.update({f"IoU/{name}": value for name, value in zip(names, (confusion.iou() * 100).tolist())})
+        per_class = torch.nan_to_num(confusion.iou(), nan=0.0) * 100
+        metrics.update({f"IoU/{name}": value for name, value in zip(names, per_class.tolist())})
     return metrics
 
 
@@ -233,6 +237,15 @@ def evaluate_model(model, cfg: CDConfig, ctx: DistContext, loader: DataLoader, m
 def make_val_evaluator(cfg: CDConfig, ctx: DistContext):
     loader = eval_loader(cfg, ctx, "val")
     return lambda model: evaluate_model(model, cfg, ctx, loader, column="val %")
+
+
+def load_trained_model(cfg: CDConfig, checkpoint: Path, device: torch.device):
+    """The config's model with the weights of ``checkpoint`` (ours or official), in eval mode on ``device``.
+
+    ``pretrained`` is ignored: the checkpoint holds every weight, so no backbone file is needed."""
+    model = build_model(dataclasses.replace(cfg, pretrained=None))
+    load_model_weights(model, checkpoint)
+    return model.to(device).eval()
 
 
 # ---- output --------------------------------------------------------------------------------

@@ -12,18 +12,15 @@ encoding (0 unchanged, 255 changed).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, eval_loader, evaluate_model,
-                                           exit_on_user_error, mask_writer, prepare_prediction_dir,
+                                           exit_on_user_error, load_trained_model, mask_writer, prepare_prediction_dir,
                                            refuse_existing, resolve_data, split_path, write_csv)
 from unimatch.cli import eval_parser, write_json
 from unimatch.config import load_config
 from unimatch.distributed import barrier, cleanup, setup_distributed
-from unimatch.engine import load_model_weights
 from unimatch.inference import EVAL_MODES
-from unimatch.models import build_model
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,14 +32,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="replace an existing --json/--csv file and write into a non-empty --save-predictions")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides, schema=CDConfig, data_root=args.data_root)
-    cfg = dataclasses.replace(cfg, pretrained=None)
     refuse_existing([args.json, args.csv], args.overwrite)
     ctx = setup_distributed(args.device)
     try:
         cfg = resolve_data(cfg, ctx)
-        model = build_model(cfg)
-        load_model_weights(model, args.checkpoint)
-        model = model.to(ctx.device)
+        model = load_trained_model(cfg, args.checkpoint, ctx.device)
         split_name = args.split or "val"
         split_file = split_path(cfg, split_name)
         loader = eval_loader(cfg, ctx, split_file)

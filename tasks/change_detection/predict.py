@@ -13,18 +13,16 @@ without ``--overwrite`` stop with one message naming the files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from tasks.change_detection.common import DEFAULT_CONFIG, CDConfig, exit_on_user_error
+from tasks.change_detection.common import DEFAULT_CONFIG, CDConfig, exit_on_user_error, load_trained_model
 from tasks.change_detection.scene_io import predict_scene
 from unimatch.cli import pick_device
 from unimatch.config import load_config
-from unimatch.engine import autocast_for, load_model_weights
+from unimatch.engine import autocast_for
 from unimatch.errors import ConfigError
-from unimatch.models import build_model
 from unimatch.perturb import Normalizer, to_unit_float
 
 
@@ -82,13 +80,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     cfg = load_config(args.config, args.overrides, schema=CDConfig, bands=parse_bands(args.bands),
                       stretch=parse_stretch(args.stretch))
-    cfg = dataclasses.replace(cfg, pretrained=None)
     window = args.window or cfg.crop_size
     overlap = window // 4 if args.overlap is None else args.overlap
     device = pick_device(args.device)
-    model = build_model(cfg)
-    load_model_weights(model, args.checkpoint)
-    model = model.to(device).eval()
+    model = load_trained_model(cfg, args.checkpoint, device)
     out = predict_scene(args.before, args.after, args.out, make_predict_fn(model, cfg, device), window=window,
                         overlap=overlap, bands=cfg.bands, stretch=cfg.stretch, write_probability=args.probability,
                         overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
