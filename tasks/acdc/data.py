@@ -57,7 +57,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from tasks.acdc.nifti_io import read_nifti_volume
-from tasks.acdc.splits import PatientSplit, case_parts, make_patient_split, split_from_lists
+from tasks.acdc.splits import PatientSplit, case_parts, make_patient_split, read_split_list, split_from_lists
 from unimatch.errors import DataError
 
 NUM_CLASSES = 4
@@ -517,3 +517,25 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
         train_l=LabeledSlices(labeled, crop_size, image_order=image_order, seed=seed),
         train_u=UnlabeledSlices(unlabeled, crop_size, image_order=image_order, seed=seed + 1),
         val=VolumeDataset(val), test=VolumeDataset(test), split=split, layout=reader.layout)
+
+
+def build_eval_volumes(root: Path | str, which: str = "val", *, seed: int = 0, normalization: str = "minmax",
+                       list_file: Path | str | None = None,
+                       h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> VolumeDataset:
+    """The validation or test volumes of an ACDC folder, without reading any training data.
+
+    ``which`` (``"val"`` or ``"test"``) picks from the partition ``build_acdc_datasets`` makes
+    with the same ``seed`` (its validation and test patients do not depend on ``cases``); a
+    ``list_file`` (an official list such as ``val.txt`` or ``test.txt``) names the volumes instead.
+    """
+    root = Path(root)
+    if normalization not in NORMALIZATIONS:
+        raise DataError(f"unknown intensity normalisation {normalization!r}; choose one of {NORMALIZATIONS}")
+    reader = _Reader(root, detect_layout(root), normalization, h5_spacing)
+    if list_file is not None:
+        return VolumeDataset([reader.entry_volume(e, Path(list_file)) for e in read_split_list(list_file)])
+    if which not in ("val", "test"):
+        raise DataError(f"evaluation set {which!r}: expected 'val', 'test' or an official list file")
+    split = make_patient_split(reader.patients, 1, seed)
+    patients = split.val if which == "val" else split.test
+    return VolumeDataset([v for p in patients for v in reader.patient_volumes(p)])
