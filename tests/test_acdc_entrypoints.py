@@ -1,0 +1,268 @@
+"""ACDC entry points end to end on a tiny phantom: train, evaluate (val/test/list file, JSON, CSV,
+NIfTI predictions), predict (NIfTI geometry, overlays), official checkpoints, bad input."""
+import csv
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tasks.acdc import evaluate, predict, train
+from tasks.acdc.common import evaluate_volumes, load_acdc_config
+from tasks.acdc.data import VolumeDataset, build_eval_volumes
+from tasks.acdc.synthetic import ensure_synthetic_acdc
+from unimatch.distributed import DistContext
+from unimatch.engine import load_model_weights
+from unimatch.errors import DataError
+from unimatch.losses import CrossEntropyDice
+from unimatch.metrics.volume import score_volume
+from unimatch.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "acdc" / "synthetic.yaml"
+# 8 patients: 1 validation, 2 test, 5 training (1 labelled, 4 unlabelled)
+PHANTOM = dict(n_patients=8, image_size=48, n_slices=(3, 4), seed=5)
+MODEL = ["crop_size=32", "feature_channels=[4,8,16,32,64]"]
+
+
+def _train_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
+    return ["--config", str(CONFIG), "--data-root", str(root), "--save-dir", str(save_dir), "--epochs", "1",
+            "--batch-size", "4", "--num-workers", "0", "--seed", "0", "--no-progress", "--device", "cpu",
+            *extra, *MODEL]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    return ensure_synthetic_acdc(tmp_path_factory.mktemp("phantom") / "acdc", **PHANTOM)
+
+
+@pytest.fixture(scope="module")
+def run(phantom, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    save_dir = tmp_path_factory.mktemp("run")
+    train.main(_train_args(phantom, save_dir, "--cases", "1"))
+    return save_dir
+
+
+@pytest.fixture(scope="module")
+def fitted(run, phantom, tmp_path_factory) -> Path:
+    """A checkpoint in our format (with the run's config) whose predictions hold several classes.
+
+    One epoch of the entry point on a 48 px phantom predicts a single class everywhere, which
+    would make every "same predictions" check pass trivially; here the run's model is fitted
+    directly on the test patients' slices for a few dozen steps.
+    """
+    stored = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    cfg = load_acdc_config(None, **stored["config"])
+    model = build_model(cfg)
+    model.load_state_dict(stored["model"])
+    items = build_eval_volumes(phantom, "test", seed=cfg.seed).items
+    size = (cfg.crop_size, cfg.crop_size)
+    x = torch.cat([F.interpolate(torch.from_numpy(i.volume)[:, None], size, mode="bilinear", align_corners=False)
+                   for i in items])
+    y = torch.cat([F.interpolate(torch.from_numpy(i.label)[:, None].float(), size, mode="nearest")[:, 0].long()
+                   for i in items])
+    criterion = CrossEntropyDice(cfg.nclass)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(30):
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("fitted") / "fitted.pth"
+    torch.save({"model": model.state_dict(), "config": stored["config"]}, path)
+    return path
+
+
+def _image_file(phantom: Path, patient: str = "patient001") -> Path:
+    folder = phantom / "training" / patient
+    return sorted(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_gt.nii.gz"))[0]
+
+
+# ----------------------------------------------------------------------------- train
+
+def test_train_writes_checkpoints_metrics_and_the_patient_split(run):
+    assert (run / "best.pth").is_file() and (run / "latest.pth").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    for key in ("mean_dice", "dice/RV", "dice/Myo", "dice/LV", "hd95_mm/LV", "hd95_vox/LV", "asd_mm/LV"):
+        assert key in records[0]
+    assert 0.0 <= records[0]["mean_dice"] <= 100.0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["labeled"]) == 1 and len(split["unlabeled"]) == 4
+    assert len(split["val"]) == 1 and len(split["test"]) == 2
+    everyone = split["labeled"] + split["unlabeled"] + split["val"] + split["test"]
+    assert len(set(everyone)) == 8
+    best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    assert best["metrics"]["n_cases"] == 2.0  # the validation patient's ED and ES volumes only
+
+
+def test_cases_beyond_the_training_patients_is_one_clear_error(phantom, tmp_path):
+    with pytest.raises(DataError, match=r"cases=6 .* 5 training patients"):
+        train.main(_train_args(phantom, tmp_path / "run", "--cases", "6"))
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def test_evaluate_reports_the_test_patients_only(run, phantom, tmp_path):
+    split = json.loads((run / "split.json").read_text())
+    out = evaluate.main(["--checkpoint", str(run / "best.pth"), "--split", "test", "--device", "cpu",
+                         "--json", str(tmp_path / "test.json"), "--csv", str(tmp_path / "test.csv")])
+    report = json.loads((tmp_path / "test.json").read_text())
+    cases = {row["case"] for row in report["per_case"]}
+    patients = {case.split("_")[0] for case in cases}
+    assert patients == set(split["test"])
+    assert len(cases) == 2 * len(split["test"])  # ED and ES of each
+    assert report["summary"]["n_cases"] == len(cases) and out["cases"] == sorted(cases)
+    assert set(report["summary"]["classes"]) == {"RV", "Myo", "LV"}
+    for name in ("dice", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox"):
+        assert name in report["summary"]["mean"]
+    with open(tmp_path / "test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * len(cases)
+    assert {r["case"] for r in rows} == cases and {r["class"] for r in rows} == {"RV", "Myo", "LV"}
+
+    val = evaluate.main(["--checkpoint", str(run / "best.pth"), "--split", "val", "--device", "cpu"])
+    assert {c.split("_")[0] for c in val["cases"]} == set(split["val"])
+    assert not set(val["cases"]) & cases
+    # the validation score equals the one the training run selected its best checkpoint with
+    best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    assert val["metrics"]["mean_dice"] == pytest.approx(best["metrics"]["mean_dice"])
+
+
+def test_evaluate_official_list_file_and_saved_predictions(run, fitted, phantom, tmp_path):
+    patient = json.loads((run / "split.json").read_text())["test"][0]
+    case = sorted(p.name[:-len(".nii.gz")] for p in (phantom / "training" / patient).glob("*_frame??.nii.gz"))[0]
+    listing = tmp_path / "test.txt"
+    listing.write_text(f"data/{case}.h5\n")
+    args = ["--checkpoint", str(fitted), "--split", str(listing), "--device", "cpu",
+            "--save-predictions", str(tmp_path / "pred")]
+    out = evaluate.main(args)
+    assert out["cases"] == [case]
+    written = nib.load(str(tmp_path / "pred" / f"{case}.nii.gz"))
+    source = nib.load(str(phantom / "training" / patient / f"{case}.nii.gz"))
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine)
+    labels = set(np.unique(np.asarray(written.dataobj)).tolist())
+    assert labels <= {0, 1, 2, 3} and len(labels) > 1
+    # the saved map is the one that was scored
+    truth = np.asarray(nib.load(str(phantom / "training" / patient / f"{case}_gt.nii.gz")).dataobj)
+    saved = np.asarray(written.dataobj)
+    dice_lv = 2 * ((saved == 3) & (truth == 3)).sum() / ((saved == 3).sum() + (truth == 3).sum())
+    assert out["metrics"]["dice/LV"] == pytest.approx(100 * dice_lv)
+    with pytest.raises(DataError, match="exist"):
+        evaluate.main(args)
+
+
+def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, phantom):
+    cfg = load_acdc_config(CONFIG, MODEL, data_root=str(phantom))
+    model = build_model(cfg)
+    load_model_weights(model, fitted)
+    model.eval()
+    item = build_eval_volumes(phantom, "val", seed=0).items[0]
+    result = evaluate_volumes(model, VolumeDataset([item]), cfg, DistContext())
+
+    slices = []
+    with torch.no_grad():
+        for z in range(item.volume.shape[0]):
+            x = torch.from_numpy(item.volume[z])[None, None]
+            h, w = x.shape[-2:]
+            logits = model(F.interpolate(x, (32, 32), mode="bilinear", align_corners=False))
+            slices.append(F.interpolate(logits, (h, w), mode="bilinear", align_corners=False).argmax(1)[0])
+    labels = torch.stack(slices).numpy()
+    assert len(np.unique(labels)) > 1
+    by_hand = score_volume(labels, item.label, item.spacing)
+    assert result.per_case == [(item.case_id, by_hand)]
+    assert result.summary["mean"]["dice"] == pytest.approx(np.mean([s.dice for s in by_hand.values()]))
+
+
+# ----------------------------------------------------------------------------- predict
+
+def test_predict_keeps_the_source_geometry_and_writes_overlays(fitted, phantom, tmp_path):
+    source_path = _image_file(phantom)
+    predict.main(["--checkpoint", str(fitted), "--input", str(source_path), "--output",
+                  str(tmp_path / "out"), "--overlay-slices", "0,2", "--device", "cpu"])
+    stem = source_path.name[:-len(".nii.gz")]
+    written = nib.load(str(tmp_path / "out" / f"{stem}_seg.nii.gz"))
+    source = nib.load(str(source_path))
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert int(written.header["sform_code"]) == int(source.header["sform_code"]) == 1
+    assert int(written.header["qform_code"]) == int(source.header["qform_code"]) == 1
+    labels = np.asarray(written.dataobj)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3} and len(np.unique(labels)) > 1
+    for z in (0, 2):
+        png = np.asarray(Image.open(tmp_path / "out" / f"{stem}_slice{z:02d}.png"))
+        assert png.shape == (source.shape[1], source.shape[0], 3)
+
+
+def test_official_checkpoint_predicts_like_ours(fitted, phantom, tmp_path):
+    ours = torch.load(fitted, map_location="cpu", weights_only=False)["model"]
+    official = tmp_path / "official.pth"
+    torch.save({"model": {"module." + k: v for k, v in ours.items()}}, official)
+    folder = phantom / "training" / "patient002"
+    predict.main(["--checkpoint", str(fitted), "--input", str(folder), "--output", str(tmp_path / "a"),
+                  "--device", "cpu"])
+    predict.main(["--checkpoint", str(official), "--config", str(CONFIG), "--input", str(folder),
+                  "--output", str(tmp_path / "b"), "--device", "cpu", *MODEL])
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) == 2 and names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in names:
+        ours_labels = np.asarray(nib.load(str(tmp_path / "a" / name)).dataobj)
+        assert len(np.unique(ours_labels)) > 1
+        np.testing.assert_array_equal(ours_labels, np.asarray(nib.load(str(tmp_path / "b" / name)).dataobj))
+
+
+def test_predict_4d_needs_a_frame(run, phantom, tmp_path):
+    source = nib.load(str(_image_file(phantom)))
+    data = np.asarray(source.dataobj)
+    cine = nib.Nifti1Image(np.stack([data, data[::-1]], axis=-1), source.affine, source.header)
+    path = tmp_path / "patient001_4d.nii.gz"
+    nib.save(cine, str(path))
+    args = ["--checkpoint", str(run / "best.pth"), "--input", str(path), "--output", str(tmp_path / "out"),
+            "--device", "cpu"]
+    with pytest.raises(DataError, match="--frame"):
+        predict.main(args)
+    assert not (tmp_path / "out").exists()
+    predict.main(args + ["--frame", "1"])
+    written = nib.load(str(tmp_path / "out" / "patient001_4d_t01_seg.nii.gz"))
+    assert written.shape == data.shape
+    np.testing.assert_allclose(written.affine, source.affine)
+
+
+def test_predict_refuses_truncated_and_non_nifti_files(run, phantom, tmp_path):
+    raw = _image_file(phantom).read_bytes()
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        predict.main(["--checkpoint", str(run / "best.pth"), "--input", str(truncated), "--output",
+                      str(tmp_path / "out"), "--device", "cpu"])
+    fake = tmp_path / "notes.nii.gz"
+    fake.write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    with pytest.raises(DataError, match="not a readable NIfTI"):
+        predict.main(["--checkpoint", str(run / "best.pth"), "--input", str(fake), "--output",
+                      str(tmp_path / "out"), "--device", "cpu"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_never_replaces_existing_output_without_overwrite(run, phantom, tmp_path):
+    source_path = _image_file(phantom)
+    local = Path(shutil.copy(source_path, tmp_path / source_path.name))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / f"{local.name[:-len('.nii.gz')]}_seg.nii.gz"
+    target.write_bytes(b"keep me")
+    args = ["--checkpoint", str(run / "best.pth"), "--input", str(local), "--output", str(out), "--device", "cpu"]
+    with pytest.raises(DataError, match="exist"):
+        predict.main(args)
+    assert target.read_bytes() == b"keep me"
+    predict.main(args + ["--overwrite"])
+    assert nib.load(str(target)).shape == nib.load(str(local)).shape
