@@ -3,7 +3,11 @@ NIfTI predictions), predict (NIfTI geometry, overlays), official checkpoints, ba
 import csv
 import gzip
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -266,3 +270,43 @@ def test_predict_never_replaces_existing_output_without_overwrite(run, phantom, 
     assert target.read_bytes() == b"keep me"
     predict.main(args + ["--overwrite"])
     assert nib.load(str(target)).shape == nib.load(str(local)).shape
+
+
+# ----------------------------------------------------------------------------- distributed
+
+DISTRIBUTED_WORKER = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from tasks.acdc import evaluate
+out = evaluate.main(sys.argv[2:])
+with open(os.path.join(sys.argv[1], "rank_%s.json" % os.environ["RANK"]), "w") as f:
+    json.dump(out, f)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_shard_the_volumes_and_report_the_same_scores(fitted, phantom, tmp_path):
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (phantom / "training").glob("patient00[45]/*_frame??.nii.gz"))
+    listing = tmp_path / "three.txt"
+    listing.write_text("".join(f"data/{case}.h5\n" for case in cases[:3]))  # uneven: 2 + 1 volumes
+    script = tmp_path / "worker.py"
+    script.write_text(DISTRIBUTED_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--checkpoint", str(fitted), "--split", str(listing), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", str(script), str(tmp_path),
+               *args, "--save-predictions", str(tmp_path / "pred")]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["cases"] == cases[:3]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{c}.nii.gz" for c in cases[:3]]
+    single = evaluate.main(args)
+    assert single["cases"] == ranks[0]["cases"]
+    assert single["metrics"] == pytest.approx(ranks[0]["metrics"], nan_ok=True)
