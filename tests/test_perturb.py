@@ -266,3 +266,16 @@ def test_unit_float_and_normalizer_over_channel_groups():
     expected = [(v - m) / s for v, m, s in zip([0, 0.2, 1.0], mean, std)] * 2
     assert normalized.flatten().tolist() == pytest.approx(expected, rel=1e-5)
     assert math.isclose(grayscale(unit[:, :3]).item(), 0.587 * 0.2 + 0.114, rel_tol=1e-6)
+
+
+def test_multispectral_groups_get_brightness_contrast_blur_but_no_colour_ops():
+    """A 4-band group (e.g. RGB+NIR per date) is jittered without RGB-only saturation/hue/grayscale."""
+    from unimatch.perturb import PerturbationSettings, StrongPerturbation, adjust_hue, adjust_saturation, grayscale
+    x = torch.rand(2, 4, 16, 16)
+    factor = torch.tensor([0.5, 1.5])
+    assert torch.equal(adjust_saturation(x, factor), x) and torch.equal(adjust_hue(x, factor - 1), x)
+    assert torch.allclose(grayscale(x), x.mean(1, keepdim=True))
+    perturb = StrongPerturbation(PerturbationSettings(channel_group_size=4, color_jitter_p=1.0, blur_p=0.0),
+                                 torch.Generator().manual_seed(0))
+    out = perturb(torch.rand(3, 8, 16, 16))
+    assert out.shape == (3, 8, 16, 16) and 0 <= out.min() and out.max() <= 1

@@ -124,9 +124,8 @@ class Config:
             raise ConfigError("mean and std must have the same length")
         if self.in_channels % len(self.mean) != 0:
             raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of len(mean) ({len(self.mean)})")
-        if self.channel_group_size not in (1, 3):
-            raise ConfigError(f"channel_group_size: {self.channel_group_size} must be 3 (RGB images, e.g. 6-channel "
-                              f"pairs = two groups) or 1 (grayscale)")
+        if self.channel_group_size < 1:
+            raise ConfigError(f"channel_group_size: must be >= 1, got {self.channel_group_size}")
         if self.in_channels % self.channel_group_size != 0:
             raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of channel_group_size "
                               f"({self.channel_group_size})")

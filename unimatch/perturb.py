@@ -10,6 +10,8 @@ adjustments per sample, factors uniform in ``[1-b, 1+b]``, hue shift uniform in 
 ``RandomGrayscale`` and the official ``blur`` (Gaussian, sigma uniform in ``[0.1, 2.0]``).
 Images whose channels are several images stacked (a bi-temporal pair: 6 channels) are split into
 *channel groups* of ``channel_group_size`` channels, each perturbed as an independent image.
+Saturation, hue and grayscale need RGB groups; one-band (MRI) and multispectral groups get
+brightness, contrast (around the band mean) and blur only.
 """
 from __future__ import annotations
 
@@ -50,11 +52,14 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, 1, H, W) luma; a one-channel image is its own grayscale."""
+    """(N, C, H, W) -> (N, 1, H, W): luma of RGB; a one-channel image is its own grayscale;
+    other band counts (multispectral) use the band mean."""
     if images.shape[1] == 1:
         return images
+    if images.shape[1] != 3:
+        return images.mean(1, keepdim=True)
     w = images.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-    return (images[:, :3] * w).sum(1, keepdim=True)
+    return (images * w).sum(1, keepdim=True)
 
 
 def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -95,14 +100,14 @@ def adjust_contrast(x, factor):
 
 
 def adjust_saturation(x, factor):
-    if x.shape[1] == 1:
+    if x.shape[1] != 3:
         return x
     f = factor.view(-1, 1, 1, 1)
     return (f * x + (1 - f) * grayscale(x)).clamp_(0, 1)
 
 
 def adjust_hue(x, shift):
-    if x.shape[1] == 1:
+    if x.shape[1] != 3:
         return x
     hsv = _rgb_to_hsv(x)
     hsv[:, 0] = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
