@@ -339,8 +339,11 @@ def reference_image(cfg: AcdcConfig, case_id: str, shape_zyx: tuple, spacing_zyx
         if source.is_file():
             return nib.load(str(source))
     z, y, x = (float(s) for s in spacing_zyx)
-    image = nib.Nifti1Image(to_nibabel(np.zeros(shape_zyx, dtype=np.uint8)), np.diag([x, y, z, 1.0]))
+    affine = np.diag([x, y, z, 1.0])
+    image = nib.Nifti1Image(to_nibabel(np.zeros(shape_zyx, dtype=np.uint8)), affine)
     image.header.set_xyzt_units("mm")
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
     return image
 
 
