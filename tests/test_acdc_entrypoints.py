@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 
 from tasks.acdc import evaluate, predict, train
 from tasks.acdc.common import evaluate_volumes, load_acdc_config
-from tasks.acdc.data import VolumeDataset, build_eval_volumes
+from tasks.acdc.data import VolumeDataset, build_eval_volumes, list_raw_cases, load_raw_case
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights
@@ -270,6 +271,50 @@ def test_predict_never_replaces_existing_output_without_overwrite(run, phantom, 
     assert target.read_bytes() == b"keep me"
     predict.main(args + ["--overwrite"])
     assert nib.load(str(target)).shape == nib.load(str(local)).shape
+
+
+def _h5_copy(phantom: Path, root: Path) -> dict[str, list[str]]:
+    """The phantom in the official preprocessed layout (data/*.h5 volumes, data/slices/*.h5), and
+    official-style list files: patients 1 labelled, 2-5 unlabelled, 6 validation, 7-8 test."""
+    lists: dict[str, list[str]] = {"labeled": [], "unlabeled": [], "val": [], "test": []}
+    (root / "data" / "slices").mkdir(parents=True)
+    for patient, cases in list_raw_cases(phantom).items():
+        number = int(patient[-3:])
+        kind = "labeled" if number == 1 else "unlabeled" if number <= 5 else "val" if number == 6 else "test"
+        for case in cases:
+            volume, label, _, _ = load_raw_case(case, with_label=True)
+            with h5py.File(root / "data" / f"{case.case_id}.h5", "w") as f:
+                f["image"], f["label"] = volume, label.astype(np.uint8)
+            if kind in ("val", "test"):
+                lists[kind].append(f"data/{case.case_id}.h5")
+                continue
+            for z in range(volume.shape[0]):
+                with h5py.File(root / "data" / "slices" / f"{case.case_id}_slice_{z}.h5", "w") as f:
+                    f["image"], f["label"] = volume[z], label[z].astype(np.uint8)
+                lists[kind].append(f"data/slices/{case.case_id}_slice_{z}.h5")
+    for kind, entries in lists.items():
+        (root / f"{kind}.txt").write_text("".join(e + "\n" for e in entries))
+    return lists
+
+
+def test_h5_layout_with_official_lists_trains_evaluates_and_writes_spacing_scaled_nifti(phantom, tmp_path):
+    root = tmp_path / "ACDC"
+    lists = _h5_copy(phantom, root)
+    run = tmp_path / "run"
+    train.main(_train_args(root, run, "--labeled-split", str(root / "labeled.txt"), "--unlabeled-split",
+                           str(root / "unlabeled.txt"), "--val-split", str(root / "val.txt"),
+                           f"test_split={root / 'test.txt'}", "h5_spacing=[10.0,1.5,1.25]"))
+    split = json.loads((run / "split.json").read_text())
+    assert split["layout"] == "h5" and split["labeled"] == ["patient001"] and split["val"] == ["patient006"]
+    out = evaluate.main(["--checkpoint", str(run / "best.pth"), "--split", "test", "--device", "cpu",
+                         "--save-predictions", str(tmp_path / "pred")])
+    assert out["cases"] == sorted(Path(e).stem for e in lists["test"])
+    written = nib.load(str(tmp_path / "pred" / f"{out['cases'][0]}.nii.gz"))
+    np.testing.assert_allclose(written.affine, np.diag([1.25, 1.5, 10.0, 1.0]))
+    with h5py.File(root / "data" / f"{out['cases'][0]}.h5") as f:
+        depth, height, width = f["image"].shape
+    assert written.shape == (width, height, depth)
+    assert int(written.header["sform_code"]) == 1 and int(written.header["qform_code"]) == 1
 
 
 # ----------------------------------------------------------------------------- distributed
