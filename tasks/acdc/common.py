@@ -90,8 +90,12 @@ class AcdcConfig(Config):
             raise ConfigError(f"cases: {self.cases} labelled patients; give at least 1")
         if self.intensity_norm not in ("minmax", "percentile"):
             raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be 'minmax' or 'percentile'")
-        if self.image_order not in (0, 1, 3):
-            raise ConfigError(f"image_order: {self.image_order} must be 0 (nearest, official), 1 or 3")
+        if not 0 <= self.image_order <= 5:
+            raise ConfigError(f"image_order: {self.image_order} must be a spline order 0..5 (0 = nearest, official)")
+        dice_keys = ["mean_dice"] + [f"dice/{name}" for name in class_map(self).values()]
+        if self.select_metric not in dice_keys:
+            # the engine keeps the checkpoint with the highest score: a distance would pick the worst
+            raise ConfigError(f"select_metric: {self.select_metric!r} must be one of {dice_keys}")
         if len(self.h5_spacing) != 3 or any(not isinstance(s, (int, float)) or s <= 0 for s in self.h5_spacing):
             raise ConfigError(f"h5_spacing: {self.h5_spacing} must be three positive numbers (z, y, x) in mm")
         if len(self.synthetic_slices) != 2 or not 1 <= self.synthetic_slices[0] <= self.synthetic_slices[1]:

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", type=Path, metavar="FILE", help="write one row per case and class here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the summary and per-case scores here")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write <case>.nii.gz label maps here")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing prediction, --csv and --json files")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
