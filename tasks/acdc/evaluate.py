@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint (ours, or an official UniMatch release) on ACDC volumes: per-class and
-mean Dice, HD95 and ASD (mm and voxels).
+"""Evaluate a checkpoint (ours or an official release) on ACDC volumes: Dice, HD95, ASD per class.
+
+Dice in percent, HD95 and ASD in mm and in voxels, per class (RV, Myo, LV) and their mean.
 
     python -m tasks.acdc.evaluate --checkpoint runs/acdc/synthetic/unimatch/best.pth --split test
     python -m tasks.acdc.evaluate --config configs/acdc/acdc.yaml --checkpoint unimatch_acdc_7.pth \\
@@ -29,20 +30,19 @@ from unimatch.models import build_model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tasks.acdc.evaluate", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tasks.acdc.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our best.pth/latest.pth or an official {'model': ...} checkpoint")
     parser.add_argument("--config", type=Path,
                         help="YAML config of the model (default: the one stored in the checkpoint, else the "
                              "synthetic config)")
     parser.add_argument("--data-root", help="ACDC folder (default: the config's; the synthetic phantom if none)")
-    parser.add_argument("--split", default="val", help="val, test, or an official list file of volumes")
+    parser.add_argument("--split", default="val", help="val (default), test, or an official list file of volumes")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="write one row per case and class here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the summary and per-case scores here")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write <case>.nii.gz label maps here")
     parser.add_argument("--overwrite", action="store_true", help="replace existing prediction, --csv and --json files")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
 

@@ -65,8 +65,7 @@ def output_stem(volume: NiftiVolume, frame: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(prog="python -m tasks.acdc.predict", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tasks.acdc.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--config", type=Path,
                         help="YAML config of the model (default: the one stored in the checkpoint, else the "
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--frame", type=int, help="time frame (0-based) to segment in 4-D cine files")
     parser.add_argument("--overlay-slices", metavar="Z,Z", help="also write PNG overlays of these slices (0-based)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
