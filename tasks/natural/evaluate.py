@@ -12,19 +12,21 @@ from tasks.natural.common import DEFAULT_CONFIG, evaluate_model, resolve_data, v
 from tasks.natural.palette import palette_for, save_palette_png
 from unimatch.cli import eval_parser, write_json
 from unimatch.config import load_config
-from unimatch.distributed import cleanup, setup_distributed
+from unimatch.distributed import barrier, cleanup, setup_distributed
 from unimatch.engine import load_model_weights
 from unimatch.errors import DataError
 from unimatch.inference import EVAL_MODES
 from unimatch.models import build_model
 
 
-def prediction_writer(directory, dataset: str, overwrite: bool):
-    """A callback saving each prediction as a palette PNG named by its id."""
+def prediction_writer(directory, dataset: str, overwrite: bool, ctx):
+    """A callback saving each prediction as a palette PNG named by its id; every rank writes the
+    images of its own shard (rank 0 checks the folder first)."""
     if directory is None:
         return None
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
+    if ctx.is_main and directory.exists() and any(directory.iterdir()) and not overwrite:
         raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+    barrier()
     directory.mkdir(parents=True, exist_ok=True)
     palette = palette_for(dataset)
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = model.to(ctx.device)
         split = args.split or cfg.val_split
         loader = val_loader(cfg, ctx, split)
-        writer = prediction_writer(args.save_predictions, cfg.dataset, args.overwrite) if ctx.is_main else None
+        writer = prediction_writer(args.save_predictions, cfg.dataset, args.overwrite, ctx)
         mode = args.mode or cfg.eval_mode
         result = evaluate_model(model, cfg, ctx, loader, mode, writer)
         if ctx.is_main:
