@@ -187,7 +187,8 @@ def required_split(cfg: CDConfig, kind: str) -> str:
         flag = f"--{kind}-split" if kind != "test" else "--split FILE (or test_split=FILE)"
         raise ConfigError(f"no {kind} split: {cfg.data_root} has no splits/{kind}.txt or {kind}.txt; give {flag}")
     if not Path(path).is_file():
-        raise DataError(f"{kind} split file {path} does not exist")
+        where = "" if Path(path).is_absolute() else f" (neither in the working folder nor under {cfg.data_root})"
+        raise DataError(f"{kind} split file {path} does not exist{where}")
     return path
 
 
@@ -204,7 +205,7 @@ def build_training_sets(cfg: CDConfig):
     if cfg.unlabeled_split is None and cfg.method == "supervised":
         return labeled, None
     unlabeled = UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
-                               bands=tuple(cfg.bands), stretch=cfg.stretch)
+                               **pair_options(cfg))
     return labeled, unlabeled
 
 
