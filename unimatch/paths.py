@@ -13,3 +13,54 @@ def config_path(*parts: str) -> Path:
     """A file under the installed ``configs/`` folder (works from a clone and an editable install)."""
     import configs
     return Path(configs.__file__).resolve().parent.joinpath(*parts)
+
+
+def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json") -> Path:
+    """Make ``root`` hold a generated dataset exactly once, atomically, and return it.
+
+    ``write(folder)`` fills a temporary sibling folder, which is then renamed into place, so an
+    interrupted run never leaves a folder that looks complete. ``root/manifest`` (JSON) records
+    ``parameters`` (``write`` may store more in it); a later call with other parameters, or a
+    non-empty folder without a manifest, is a :class:`DataError`, never an overwrite. Two
+    processes racing to write the same dataset both end up using the first one renamed.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from unimatch.errors import DataError
+
+    root = Path(root)
+
+    def check() -> Path:
+        try:
+            found = json.loads((root / manifest).read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(f"{root} exists but holds no readable {manifest}, so it is not a finished generated "
+                            f"dataset ({error}); delete it or choose another root") from error
+        differing = {k: (found.get(k), v) for k, v in parameters.items() if found.get(k) != v}
+        if differing:
+            details = ", ".join(f"{k}: on disk {have!r}, asked {want!r}" for k, (have, want) in differing.items())
+            raise DataError(f"{root / manifest}: this folder holds a dataset generated with other parameters "
+                            f"({details}); delete it or choose another root")
+        return root
+
+    if root.exists() and (any(root.iterdir()) or (root / manifest).exists()):
+        return check()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        write(staging)
+        if not (staging / manifest).exists():
+            (staging / manifest).write_text(json.dumps(parameters, indent=2) + "\n")
+        if root.exists():
+            root.rmdir()
+        try:
+            os.rename(staging, root)
+        except OSError:
+            if not (root / manifest).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return check()

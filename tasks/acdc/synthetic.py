@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +40,7 @@ from scipy import ndimage
 
 from tasks.acdc.nifti_io import to_nibabel
 from unimatch.errors import DataError
-from unimatch.paths import data_home
+from unimatch.paths import data_home, write_once
 
 SYNTHETIC_VERSION = "synthetic-v1"
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
@@ -88,37 +85,7 @@ def ensure_synthetic_acdc(root: Path | str | None = None, n_patients: int = 20, 
                         f"(>=16), n_slices={n_slices}")
     params = PhantomParams(n_patients, image_size, int(n_slices[0]), int(n_slices[1]), seed)
     root = Path(root) if root is not None else default_synthetic_root(params)
-    manifest = root / _MANIFEST
-    if manifest.is_file():
-        _check_manifest(manifest, params)
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise DataError(f"{root}: exists, is not empty and holds no {_MANIFEST}; "
-                        "choose another folder for the synthetic ACDC phantom")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_phantom(tmp, params)
-        (tmp / _MANIFEST).write_text(json.dumps(params.as_dict(), indent=2) + "\n")
-        if root.exists():
-            root.rmdir()  # the empty folder left by a user; non-empty was refused above
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / _MANIFEST).is_file():  # lost a race to another process writing the same
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _check_manifest(manifest, params)
-    return root
-
-
-def _check_manifest(manifest: Path, params: PhantomParams) -> None:
-    found = json.loads(manifest.read_text())
-    if found != params.as_dict():
-        raise DataError(f"{manifest}: this folder holds a phantom made with {found}, not {params.as_dict()}; "
-                        "use another root for other parameters")
+    return write_once(root, params.as_dict(), lambda folder: _write_phantom(folder, params), manifest=_MANIFEST)
 
 
 def _write_phantom(folder: Path, params: PhantomParams) -> None:

@@ -26,9 +26,6 @@ On disk (the layout the official UniMatch remote-sensing code reads)::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from scipy import ndimage
 
 from tasks.change_detection.make_splits import choose_labeled, percent_name, write_name_list
 from unimatch.errors import DataError
-from unimatch.paths import data_home
+from unimatch.paths import data_home, write_once
 
 VERSION = "v1"
 FRACTIONS = (0.05, 0.1, 0.2, 0.4)
@@ -100,36 +97,7 @@ def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed
         if spec != SyntheticSpec():
             name += f"-train{n_train}-val{n_val}-test{n_test}-tile{tile}-seed{seed}"
         root = data_home() / "change_detection" / name
-    root = Path(root)
-    if root.exists():
-        check_existing(root, spec)
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_dataset(tmp, spec)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not root.exists():
-                raise
-            # another process finished first; its copy is identical by construction
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    check_existing(root, spec)
-    return root
-
-
-def check_existing(root: Path, spec: SyntheticSpec) -> None:
-    meta_path = root / "meta.json"
-    try:
-        found = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{root} exists but is not a synthetic change-detection dataset ({meta_path}: {error}); "
-                        f"remove it or choose another root") from error
-    if found != asdict(spec):
-        raise DataError(f"{root} was generated with {found}, not {asdict(spec)}; remove it or choose another root")
+    return write_once(Path(root), asdict(spec), lambda folder: write_dataset(folder, spec))
 
 
 def tile_names(spec: SyntheticSpec) -> dict[str, list[str]]:

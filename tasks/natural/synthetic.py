@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -38,7 +36,7 @@ from PIL import Image
 
 from tasks.natural.palette import save_palette_png, voc_palette
 from unimatch.errors import DataError
-from unimatch.paths import data_home
+from unimatch.paths import data_home, write_once
 
 SYNTHETIC_VERSION = 1
 SYNTHETIC_CLASSES = (
@@ -104,27 +102,8 @@ def ensure_synthetic_voc(
     if not 0.0 < labeled_fraction < 1.0:
         raise DataError(f"labeled_fraction must lie strictly between 0 and 1; got {labeled_fraction}")
     root = Path(root) if root is not None else default_synthetic_root(n_images, size, seed, labeled_fraction)
-    wanted = _parameters(n_images, size, seed, labeled_fraction)
-    if root.exists():
-        _check_existing(root, wanted)
-        return root
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        _write_dataset(staging, wanted)
-        try:
-            os.rename(staging, root)
-        except OSError:
-            if not root.exists():
-                raise
-            # Another process finished the same dataset first; keep theirs.
-            shutil.rmtree(staging, ignore_errors=True)
-            _check_existing(root, wanted)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    parameters = _parameters(n_images, size, seed, labeled_fraction)
+    return write_once(root, parameters, lambda folder: _write_dataset(folder, parameters))
 
 
 def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float) -> dict:
@@ -135,23 +114,6 @@ def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float) ->
         "seed": seed,
         "labeled_fraction": labeled_fraction,
     }
-
-
-def _check_existing(root: Path, wanted: dict) -> None:
-    meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(
-            f"{root} exists but holds no meta.json, so it is not a finished synthetic dataset; "
-            "delete it or pass another root"
-        )
-    found = json.loads(meta_path.read_text())
-    differing = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
-    if differing:
-        details = ", ".join(f"{key}: on disk {have!r}, asked {want!r}" for key, (have, want) in differing.items())
-        raise DataError(
-            f"{root} holds a synthetic dataset made with other parameters ({details}); "
-            "delete it or pass another root"
-        )
 
 
 def _write_dataset(out: Path, parameters: dict) -> None:
