@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import sys
@@ -22,6 +23,8 @@ from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import load_config
 from unimatch.errors import ConfigError, DataError
 from unimatch.metrics.confusion import ConfusionMatrix
+from unimatch.models import build_model
+from unimatch.paths import config_path
 
 TILE = 48
 TINY = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
@@ -263,3 +266,16 @@ def test_config_checks_bands_against_channels():
     with pytest.raises(ConfigError, match="class_values"):
         load_config(None, ["class_values=[0,1,255]"], schema=CDConfig)
     assert load_config(None, ["stretch=256"], schema=CDConfig).stretch == 256
+
+
+@pytest.mark.parametrize("name, params", [("whu.yaml", "40.5M"), ("levir.yaml", "40.5M"),
+                                          ("whu_pspnet.yaml", "46.7M"), ("levir_pspnet.yaml", "46.7M")])
+def test_shipped_configs_are_the_official_set_up(name, params):
+    """Official hyperparameters, and the model size printed by the official training logs."""
+    cfg = load_config(config_path("change_detection", name), schema=CDConfig)
+    assert (cfg.crop_size, cfg.batch_size, cfg.lr, cfg.lr_multi, cfg.epochs, cfg.conf_thresh) == \
+        (256, 8, 0.02, 1.0, 80, 0.95)
+    assert cfg.grayscale_p == 0.0 and cfg.select_metric == "changed_IoU" and cfg.class_values == [0, 255]
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(cfg, pretrained=None))
+    assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M" == params
