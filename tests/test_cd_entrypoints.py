@@ -18,7 +18,8 @@ from rasterio.transform import Affine
 from tasks.change_detection import evaluate as evaluate_cli
 from tasks.change_detection import predict as predict_cli
 from tasks.change_detection import train as train_cli
-from tasks.change_detection.common import CDConfig, change_report, exit_on_user_error
+from tasks.change_detection.common import CDConfig, change_report
+from unimatch.cli import exit_on_user_error
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import load_config
 from unimatch.errors import ConfigError, DataError

@@ -242,7 +242,7 @@ def test_strong_views_are_perturbed_copies_with_the_partner_in_the_box():
 
 def test_pair_images_share_one_box_over_all_channels():
     step, model, perturbation = make_step(channels=6)
-    (_, _), (weak, _), (partner, _) = batches = batch(channels=6)
+    (_, _), (weak, _), (partner, _) = batch(channels=6)
     views = step.strong_views(weak.float() / 255, partner.float() / 255)
     for (view, box), (_, strong) in zip(views, perturbation.views):
         expected = torch.where(box.unsqueeze(1), strong[N_U:], strong[:N_U])

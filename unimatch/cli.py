@@ -49,7 +49,8 @@ def eval_parser(prog: str, description: str, default_config: Path) -> argparse.A
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our best.pth/latest.pth or an official {'model': ...} checkpoint")
     parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
-    parser.add_argument("--split", help="split file to evaluate (default: the config's validation list)")
+    parser.add_argument("--split", help="the split to evaluate: a split file (or a task's named split such as "
+                                        "val/test); default: the config's validation list")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write each predicted mask here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON here")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -58,6 +59,7 @@ def eval_parser(prog: str, description: str, default_config: Path) -> argparse.A
 
 
 def write_json(path: Path | None, payload: dict) -> None:
+    """Write ``payload``; callers check with :func:`refuse_existing` before any work is done."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,3 +100,50 @@ def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_trai
         return result
     finally:
         cleanup()
+
+
+def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device):
+    """The config's model with the weights of ``checkpoint`` (ours or an official release), in eval
+    mode on ``device``. ``pretrained`` is ignored: the checkpoint holds every weight."""
+    import dataclasses
+
+    from unimatch.engine import load_model_weights
+    from unimatch.models import build_model
+
+    model = build_model(dataclasses.replace(cfg, pretrained=None))
+    load_model_weights(model, checkpoint)
+    return model.to(device).eval()
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Output files that exist already stop the command before any work, unless ``--overwrite``."""
+    from unimatch.errors import DataError
+
+    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{', '.join(existing)} already exist(s); choose another path or pass --overwrite")
+
+
+def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
+    """Create a folder for predictions; one that already holds files is refused unless ``--overwrite``."""
+    from unimatch.errors import DataError
+
+    if directory is None:
+        return
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def exit_on_user_error(main) -> None:
+    """Run ``main(argv)``; a data/config/checkpoint error prints one ``error:`` line and exits with
+    status 2 instead of a traceback (bugs still show their traceback)."""
+    import sys
+
+    from unimatch.errors import CheckpointError, ConfigError, DataError
+
+    try:
+        main(sys.argv[1:])
+    except (DataError, ConfigError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

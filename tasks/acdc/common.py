@@ -35,7 +35,7 @@ from unimatch.config import Config, load_config
 from unimatch.distributed import DistContext, barrier, unwrap
 from unimatch.engine import EvalResult, ShardSampler, autocast_for
 from unimatch.errors import ConfigError, DataError
-from unimatch.metrics.volume import ACDC_CLASSES, ClassScore, aggregate, score_volume
+from unimatch.metrics.volume import ACDC_CLASSES, aggregate, score_volume
 from unimatch.paths import config_path
 from unimatch.perturb import Normalizer
 from unimatch.report import format_table

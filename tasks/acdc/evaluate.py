@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from tasks.acdc.common import (eval_volumes, evaluate_volumes, inference_config, prediction_writer, resolve_data,
                                write_evaluation_csv, write_evaluation_json)
+from unimatch.cli import exit_on_user_error, load_trained_model
 from unimatch.distributed import barrier, cleanup, setup_distributed
-from unimatch.engine import load_model_weights
-from unimatch.errors import CheckpointError, ConfigError, DataError
-from unimatch.models import build_model
+from unimatch.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = setup_distributed(args.device)
     try:
         cfg = resolve_data(cfg, ctx)
-        model = build_model(cfg)
-        load_model_weights(model, args.checkpoint)
-        model = model.to(ctx.device)
+        model = load_trained_model(cfg, args.checkpoint, ctx.device)
         volumes = eval_volumes(cfg, args.split)
         writer = None
         if args.save_predictions is not None:
@@ -82,7 +78,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    exit_on_user_error(main)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,9 @@ from PIL import Image
 from tasks.acdc.common import inference_config, predict_volume
 from tasks.acdc.data import normalize_intensity
 from tasks.acdc.nifti_io import NiftiVolume, list_nifti_files, nifti_stem, read_nifti_volume, write_label_nifti
-from unimatch.cli import pick_device
-from unimatch.engine import autocast_for, load_model_weights
-from unimatch.errors import CheckpointError, ConfigError, DataError
-from unimatch.models import build_model
+from unimatch.cli import exit_on_user_error, load_trained_model, pick_device
+from unimatch.engine import autocast_for
+from unimatch.errors import DataError
 from unimatch.perturb import Normalizer
 
 # RV red, Myo green, LV blue (class ids 1, 2, 3)
@@ -103,9 +101,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         "choose another --output folder or pass --overwrite")
 
     device = pick_device(args.device)
-    model = build_model(cfg)
-    load_model_weights(model, args.checkpoint)
-    model = model.to(device).eval()
+    model = load_trained_model(cfg, args.checkpoint, device)
     normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
     autocast = autocast_for(cfg, device)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -123,7 +119,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    exit_on_user_error(main)

@@ -12,11 +12,9 @@ The best checkpoint is chosen on the validation patients only; report the test p
 """
 from __future__ import annotations
 
-import sys
 
 from tasks.acdc.common import DEFAULT_CONFIG, AcdcConfig, build_training_sets, make_val_evaluator, resolve_data
-from unimatch.cli import config_from_args, run_training, train_parser
-from unimatch.errors import CheckpointError, ConfigError, DataError
+from unimatch.cli import config_from_args, exit_on_user_error, run_training, train_parser
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +28,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    exit_on_user_error(main)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -18,11 +17,10 @@ from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, Eva
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import Config
 from unimatch.distributed import DistContext, barrier
-from unimatch.engine import EvalResult, ShardSampler, autocast_for, load_model_weights
-from unimatch.errors import CheckpointError, ConfigError, DataError
+from unimatch.engine import EvalResult, ShardSampler, autocast_for
+from unimatch.errors import ConfigError, DataError
 from unimatch.inference import evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
-from unimatch.models import build_model
 from unimatch.paths import config_path
 from unimatch.perturb import Normalizer
 from unimatch.report import format_table
@@ -240,29 +238,11 @@ def make_val_evaluator(cfg: CDConfig, ctx: DistContext):
     return lambda model: evaluate_model(model, cfg, ctx, loader, column="val %")
 
 
-def load_trained_model(cfg: CDConfig, checkpoint: Path, device: torch.device):
-    """The config's model with the weights of ``checkpoint`` (ours or official), in eval mode on ``device``.
-
-    ``pretrained`` is ignored: the checkpoint holds every weight, so no backbone file is needed."""
-    model = build_model(dataclasses.replace(cfg, pretrained=None))
-    load_model_weights(model, checkpoint)
-    return model.to(device).eval()
-
-
 # ---- output --------------------------------------------------------------------------------
-def prepare_prediction_dir(directory: Optional[Path], overwrite: bool) -> None:
-    """Create the folder for predicted masks; one holding files already is refused unless ``overwrite``."""
-    if directory is None:
-        return
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
-    directory.mkdir(parents=True, exist_ok=True)
-
-
 def mask_writer(directory: Optional[Path], class_values):
     """A callback writing each prediction as ``<tile stem>.png`` in the label encoding (0/255).
 
-    Every rank writes the tiles of its own shard (see :func:`prepare_prediction_dir`)."""
+    Every rank writes the tiles of its own shard (see :func:`unimatch.cli.prepare_output_dir`)."""
     if directory is None:
         return None
     lookup = np.asarray(class_values, np.uint8 if max(class_values) < 256 else np.uint16)
@@ -270,12 +250,6 @@ def mask_writer(directory: Optional[Path], class_values):
     def write(sample_id, pred, mask):
         Image.fromarray(lookup[pred.cpu().numpy()]).save(directory / f"{Path(sample_id).stem}.png")
     return write
-
-
-def refuse_existing(paths, overwrite: bool) -> None:
-    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
-    if existing and not overwrite:
-        raise DataError(f"{', '.join(existing)} already exist(s); choose another path or pass --overwrite")
 
 
 def write_csv(path: Optional[Path], row: dict) -> None:
@@ -287,12 +261,3 @@ def write_csv(path: Optional[Path], row: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
-
-
-def exit_on_user_error(main):
-    """Run ``main(argv)``; a data/config/checkpoint error is one message and exit status 2, not a traceback."""
-    try:
-        main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

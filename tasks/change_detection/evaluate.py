@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, eval_loader, evaluate_model,
-                                           exit_on_user_error, load_trained_model, mask_writer, prepare_prediction_dir,
-                                           refuse_existing, resolve_data, split_path, write_csv)
-from unimatch.cli import eval_parser, write_json
+from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, eval_loader, evaluate_model, mask_writer,
+                                           resolve_data, split_path, write_csv)
+from unimatch.cli import (eval_parser, exit_on_user_error, load_trained_model, prepare_output_dir, refuse_existing,
+                          write_json)
 from unimatch.config import load_config
 from unimatch.distributed import barrier, cleanup, setup_distributed
 from unimatch.inference import EVAL_MODES
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         split_file = split_path(cfg, split_name)
         loader = eval_loader(cfg, ctx, split_file)
         if ctx.is_main:
-            prepare_prediction_dir(args.save_predictions, args.overwrite)
+            prepare_output_dir(args.save_predictions, args.overwrite)
         barrier()
         writer = mask_writer(args.save_predictions, cfg.class_values)
         mode = args.mode or cfg.eval_mode

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from tasks.change_detection.common import DEFAULT_CONFIG, CDConfig, exit_on_user_error, load_trained_model
+from tasks.change_detection.common import DEFAULT_CONFIG, CDConfig
 from tasks.change_detection.scene_io import predict_scene
-from unimatch.cli import pick_device
+from unimatch.cli import exit_on_user_error, load_trained_model, pick_device
 from unimatch.config import load_config
 from unimatch.engine import autocast_for
 from unimatch.errors import ConfigError

@@ -209,7 +209,7 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
     outputs = [out_path] + ([probability_png_path(out_path)] if fmt == "PNG" and write_probability else [])
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not overwrite:
-        raise DataError(f"output {', '.join(existing)} already exists; choose another path or pass overwrite=True")
+        raise DataError(f"output {', '.join(existing)} already exists; choose another path or pass --overwrite (overwrite=True in Python)")
     if not out_path.parent.is_dir():
         raise DataError(f"output folder {out_path.parent} does not exist")
     if is_geotiff(before_path) != is_geotiff(after_path):

@@ -11,9 +11,9 @@ Every evaluation (on the validation list) prints changed IoU, F1, OA and the oth
 """
 from __future__ import annotations
 
-from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, build_training_sets, exit_on_user_error,
+from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, build_training_sets,
                                            make_val_evaluator, resolve_data)
-from unimatch.cli import config_from_args, run_training, train_parser
+from unimatch.cli import config_from_args, exit_on_user_error, run_training, train_parser
 
 
 def main(argv: list[str] | None = None) -> dict:

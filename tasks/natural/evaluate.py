@@ -5,18 +5,14 @@
 """
 from __future__ import annotations
 
-import dataclasses
-import sys
 
 from tasks.natural.common import DEFAULT_CONFIG, evaluate_model, resolve_data, val_loader
 from tasks.natural.palette import palette_for, save_palette_png
-from unimatch.cli import eval_parser, write_json
+from unimatch.cli import (eval_parser, exit_on_user_error, load_trained_model, prepare_output_dir, refuse_existing,
+                          write_json)
 from unimatch.config import load_config
 from unimatch.distributed import barrier, cleanup, setup_distributed
-from unimatch.engine import load_model_weights
-from unimatch.errors import DataError
 from unimatch.inference import EVAL_MODES
-from unimatch.models import build_model
 
 
 def prediction_writer(directory, dataset: str, overwrite: bool, ctx):
@@ -24,8 +20,8 @@ def prediction_writer(directory, dataset: str, overwrite: bool, ctx):
     images of its own shard (rank 0 checks the folder first)."""
     if directory is None:
         return None
-    if ctx.is_main and directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+    if ctx.is_main:
+        prepare_output_dir(directory, overwrite)
     barrier()
     directory.mkdir(parents=True, exist_ok=True)
     palette = palette_for(dataset)
@@ -38,16 +34,15 @@ def prediction_writer(directory, dataset: str, overwrite: bool, ctx):
 def main(argv: list[str] | None = None) -> dict:
     parser = eval_parser("python -m tasks.natural.evaluate", __doc__.splitlines()[0], DEFAULT_CONFIG)
     parser.add_argument("--mode", choices=EVAL_MODES, help="default: the config's eval_mode")
-    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --save-predictions")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow writing into a non-empty --save-predictions and over an existing --json")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides, data_root=args.data_root)
-    cfg = dataclasses.replace(cfg, pretrained=None)
+    refuse_existing([args.json], args.overwrite)
     ctx = setup_distributed(args.device)
     try:
         cfg = resolve_data(cfg, ctx)
-        model = build_model(cfg)
-        load_model_weights(model, args.checkpoint)
-        model = model.to(ctx.device)
+        model = load_trained_model(cfg, args.checkpoint, ctx.device)
         split = args.split or cfg.val_split
         loader = val_loader(cfg, ctx, split)
         writer = prediction_writer(args.save_predictions, cfg.dataset, args.overwrite, ctx)
@@ -64,4 +59,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    exit_on_user_error(main)

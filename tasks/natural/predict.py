@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,11 @@ from tqdm import tqdm
 from tasks.natural.common import DEFAULT_CONFIG
 from tasks.natural.data import ImageFolderDataset
 from tasks.natural.palette import overlay, palette_for, save_palette_png
-from unimatch.cli import pick_device
+from unimatch.cli import exit_on_user_error, load_trained_model, pick_device
 from unimatch.config import load_config
-from unimatch.engine import autocast_for, load_model_weights
+from unimatch.engine import autocast_for
 from unimatch.errors import DataError
 from unimatch.inference import EVAL_MODES, predict
-from unimatch.models import build_model
 from unimatch.perturb import Normalizer, to_unit_float
 
 
@@ -41,11 +38,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    cfg = dataclasses.replace(load_config(args.config, args.overrides), pretrained=None)
+    cfg = load_config(args.config, args.overrides)
     device = pick_device(args.device)
-    model = build_model(cfg)
-    load_model_weights(model, args.checkpoint)
-    model = model.to(device).eval()
+    model = load_trained_model(cfg, args.checkpoint, device)
     if args.input.is_file():
         dataset = ImageFolderDataset(args.input.parent)
         dataset.entries = [e for e in dataset.entries if e.image.name == args.input.name]
@@ -78,4 +73,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    exit_on_user_error(main)

@@ -7,10 +7,8 @@
 """
 from __future__ import annotations
 
-import sys
-
 from tasks.natural.common import DEFAULT_CONFIG, build_training_sets, make_val_evaluator, resolve_data
-from unimatch.cli import config_from_args, run_training, train_parser
+from unimatch.cli import config_from_args, exit_on_user_error, run_training, train_parser
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -20,4 +18,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    exit_on_user_error(main)
