@@ -397,7 +397,24 @@ def _check_scale_range(scale_range) -> tuple[float, float]:
     return low, high
 
 
-class LabeledDataset(Dataset):
+class _WeakViewDataset(Dataset):
+    """Training images listed in a split file, each returned as a weak (geometric) view."""
+
+    def __init__(self, dataset: str, root, split_file, crop_size: int, need_masks: bool,
+                 scale_range: tuple[float, float], seed: int):
+        self.layout = get_layout(dataset)
+        self.crop_size = _check_crop_size(crop_size)
+        self.entries = read_split(split_file, root, dataset, need_masks=need_masks)
+        self.transform = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
+
+    def reseed(self, seed: int) -> None:
+        reseed_pipeline(self.transform, seed)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class LabeledDataset(_WeakViewDataset):
     """Labelled training images: ``(image uint8 (3, c, c), mask int64 (c, c))`` after the weak view.
 
     ``repeat_to`` repeats the list to that length, as the official ``nsample`` (the labelled
@@ -417,21 +434,12 @@ class LabeledDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
         seed: int = 0,
     ):
-        self.layout = get_layout(dataset)
+        super().__init__(dataset, root, split_file, crop_size, True, scale_range, seed)
         self.nclass = nclass if nclass is not None else self.layout.nclass
-        self.crop_size = _check_crop_size(crop_size)
-        self.entries = read_split(split_file, root, dataset, need_masks=True)
         if repeat_to is not None:
             if repeat_to < 1:
                 raise DataError(f"repeat_to must be a positive number of samples; got {repeat_to}")
             self.entries = (self.entries * math.ceil(repeat_to / len(self.entries)))[:repeat_to]
-        self.transform = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
-
-    def reseed(self, seed: int) -> None:
-        reseed_pipeline(self.transform, seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.entries[index]
@@ -441,7 +449,7 @@ class LabeledDataset(Dataset):
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 
-class UnlabeledDataset(Dataset):
+class UnlabeledDataset(_WeakViewDataset):
     """Unlabelled training images: ``(image uint8 (3, c, c), ignore_mask int64 (c, c))``.
 
     ``ignore_mask`` is 255 where the crop lies outside the rescaled image (padding) and 0
@@ -459,16 +467,7 @@ class UnlabeledDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
         seed: int = 0,
     ):
-        self.layout = get_layout(dataset)
-        self.crop_size = _check_crop_size(crop_size)
-        self.entries = read_split(split_file, root, dataset, need_masks=False)
-        self.transform = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
-
-    def reseed(self, seed: int) -> None:
-        reseed_pipeline(self.transform, seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
+        super().__init__(dataset, root, split_file, crop_size, False, scale_range, seed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = load_image(self.entries[index])
