@@ -98,6 +98,12 @@ class Config:
 
     # ---- derived values -------------------------------------------------------------
     @property
+    def data_root_given(self) -> bool:
+        """False when no dataset was named: no ``data_root``, or the official YAML's
+        ``Your/.../Path`` placeholder; the task then uses its built-in synthetic set."""
+        return self.data_root is not None and not str(self.data_root).startswith("Your/")
+
+    @property
     def streams(self) -> tuple[int, int]:
         """(strong image streams, feature streams) after applying the method's defaults."""
         default_strong, default_fp = METHODS[self.method]

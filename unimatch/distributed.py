@@ -89,3 +89,15 @@ def broadcast_buffers(model: nn.Module) -> None:
         return
     for buffer in unwrap(model).buffers():
         dist.broadcast(buffer, src=0)
+
+
+def main_rank_first(make, ctx: "DistContext | None" = None):
+    """``make()`` on rank 0 first, then on every rank, which returns its result.
+
+    For work that writes shared files once (a synthetic dataset): the other ranks wait at the
+    barrier and then find the files written instead of racing to write them.
+    """
+    if ctx is None or ctx.is_main:
+        make()
+    barrier()
+    return make()

@@ -32,7 +32,7 @@ from tasks.acdc.splits import case_parts
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
 from unimatch.config import Config, load_config
-from unimatch.distributed import DistContext, barrier, unwrap
+from unimatch.distributed import DistContext, main_rank_first, unwrap
 from unimatch.engine import EvalResult, ShardSampler, autocast_for
 from unimatch.errors import ConfigError, DataError
 from unimatch.metrics.volume import ACDC_CLASSES, aggregate, score_volume
@@ -127,8 +127,7 @@ def uses_split_files(cfg: AcdcConfig) -> bool:
 
 def resolve_data(cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
     """Fill in ``data_root``: the synthetic phantom (written once, by rank 0) when none is given."""
-    root = cfg.data_root
-    if root is not None and not str(root).startswith("Your/"):
+    if cfg.data_root_given:
         return cfg
     if cfg.dataset != "synthetic":
         raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root: the ACDC folder holding data/*.h5 "
@@ -137,10 +136,7 @@ def resolve_data(cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
     def write():
         return ensure_synthetic_acdc(n_patients=cfg.synthetic_patients, image_size=cfg.synthetic_size,
                                      n_slices=tuple(cfg.synthetic_slices), seed=cfg.synthetic_seed)
-    if ctx is None or ctx.is_main:
-        write()
-    barrier()
-    return dataclasses.replace(cfg, data_root=str(write()))
+    return dataclasses.replace(cfg, data_root=str(main_rank_first(write, ctx)))
 
 
 _loaded: dict = {}

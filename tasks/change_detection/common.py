@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import Config
-from unimatch.distributed import DistContext, barrier
+from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult, ShardSampler, autocast_for
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import evaluate_segmentation
@@ -164,13 +164,10 @@ def resolve_data(cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
     """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
     given) and the split files (see :func:`find_split`)."""
     changes = {}
-    if cfg.data_root is None or str(cfg.data_root).startswith("Your/"):
+    if not cfg.data_root_given:
         if cfg.dataset != "synthetic":
             raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
-        if ctx is None or ctx.is_main:
-            ensure_synthetic_cd()
-        barrier()
-        changes["data_root"] = str(ensure_synthetic_cd())
+        changes["data_root"] = str(main_rank_first(ensure_synthetic_cd, ctx))
     cfg = dataclasses.replace(cfg, **changes)
     for kind in SPLIT_KINDS:
         key = f"{kind}_split"

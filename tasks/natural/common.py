@@ -10,7 +10,7 @@ from tasks.natural.data import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
                                 UnlabeledDataset, ValDataset)
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
 from unimatch.config import Config
-from unimatch.distributed import DistContext, barrier
+from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult, ShardSampler, autocast_for
 from unimatch.errors import ConfigError
 from unimatch.inference import evaluate_segmentation
@@ -42,13 +42,10 @@ def resolve_data(cfg: Config, ctx: DistContext | None = None) -> Config:
     root is given, otherwise ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named."""
     changes = {}
     root = cfg.data_root
-    if root is None or str(root).startswith("Your/"):
+    if not cfg.data_root_given:
         if cfg.dataset != "synthetic":
             raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding its images)")
-        if ctx is None or ctx.is_main:
-            root = ensure_synthetic_voc()
-        barrier()
-        root = ensure_synthetic_voc()
+        root = main_rank_first(ensure_synthetic_voc, ctx)
         changes["data_root"] = str(root)
         splits = Path(root) / "splits"
         defaults = {"labeled_split": splits / "labeled.txt", "unlabeled_split": splits / "unlabeled.txt",
