@@ -221,7 +221,12 @@ class Normalizer:
         self.mean = torch.tensor(list(mean) * repeats).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std) * repeats).view(1, -1, 1, 1)
 
+        self._on_device: dict = {}
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(images.device, images.dtype)
-        std = self.std.to(images.device, images.dtype)
+        key = (images.device, images.dtype)
+        if key not in self._on_device:
+            # copied once per device: the step normalises several batches every iteration
+            self._on_device[key] = (self.mean.to(*key), self.std.to(*key))
+        mean, std = self._on_device[key]
         return (images - mean) / std
