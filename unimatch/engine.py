@@ -68,6 +68,12 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def sharded_eval_loader(dataset: Dataset, cfg: Config, ctx: DistContext, batch_size: int = 1) -> DataLoader:
+    """Evaluation loader over this rank's shard (no padding duplicates, see :class:`ShardSampler`)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      num_workers=min(cfg.num_workers, 2), pin_memory=ctx.device.type == "cuda")
+
+
 def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9) -> float:
     """``base_lr * (1 - it / total) ** power``, the paper's schedule."""
     return base_lr * (1 - iteration / total_iterations) ** power

@@ -17,7 +17,7 @@ from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, Eva
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import Config
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult, ShardSampler, autocast_for
+from unimatch.engine import EvalResult, autocast_for, sharded_eval_loader
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
@@ -215,9 +215,7 @@ def split_path(cfg: CDConfig, split: Optional[str]) -> str:
 
 def eval_loader(cfg: CDConfig, ctx: DistContext, split: Optional[str] = None) -> DataLoader:
     dataset = EvalPairs(cfg.data_root, split_path(cfg, split), **pair_options(cfg))
-    return DataLoader(dataset, batch_size=cfg.eval_batch_size,
-                      sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=min(cfg.num_workers, 2), pin_memory=ctx.device.type == "cuda")
+    return sharded_eval_loader(dataset, cfg, ctx, cfg.eval_batch_size)
 
 
 def evaluate_model(model, cfg: CDConfig, ctx: DistContext, loader: DataLoader, mode: Optional[str] = None,

@@ -11,7 +11,7 @@ from tasks.natural.data import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
 from unimatch.config import Config
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult, ShardSampler, autocast_for
+from unimatch.engine import EvalResult, autocast_for, sharded_eval_loader
 from unimatch.errors import ConfigError
 from unimatch.inference import evaluate_segmentation
 from unimatch.paths import config_path
@@ -75,8 +75,7 @@ def build_training_sets(cfg: Config):
 
 def val_loader(cfg: Config, ctx: DistContext, split: str | Path | None = None) -> DataLoader:
     dataset = ValDataset(layout_of(cfg), cfg.data_root, split or cfg.val_split, nclass=cfg.nclass)
-    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=min(cfg.num_workers, 2), pin_memory=ctx.device.type == "cuda")
+    return sharded_eval_loader(dataset, cfg, ctx)
 
 
 def evaluate_model(model, cfg: Config, ctx: DistContext, loader: DataLoader, mode: str | None = None,
