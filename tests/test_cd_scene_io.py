@@ -196,3 +196,51 @@ def test_failure_during_prediction_leaves_no_output(tmp_path):
         predict_scene(before, after, tmp_path / "out.tif", failing, window=32, overlap=8, batch_size=1,
                       progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
+
+
+def test_nodata_of_either_date_is_nodata_in_the_change_map(tmp_path):
+    """Nodata pixels (a nodata value in A, NaN in a float B) are class 255 and masked, never 'unchanged'."""
+    rng = np.random.default_rng(1)
+    before = rng.integers(1, 4000, (3, 70, 90)).astype(np.uint16)
+    before[:, 10:20, 5:30] = 0
+    after = rng.uniform(1, 4000, (3, 70, 90)).astype(np.float32)
+    after[:, 40:60, 50:80] = np.nan
+    with rasterio.open(tmp_path / "a.tif", "w", driver="GTiff", width=90, height=70, count=3, dtype="uint16",
+                       crs=CRS, transform=TRANSFORM, nodata=0) as dst:
+        dst.write(before)
+    write_tif(tmp_path / "b.tif", after)
+    out = predict_scene(tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "change.tif", TinyChangeNet(),
+                        window=32, overlap=8, write_probability=True, progress=False)
+    expected_nodata = np.zeros((70, 90), bool)
+    expected_nodata[10:20, 5:30] = expected_nodata[40:60, 50:80] = True
+    with rasterio.open(out) as src:
+        classes, probability = src.read(1), src.read(2)
+        dataset_mask = src.dataset_mask()
+    assert np.array_equal(classes == 255, expected_nodata)
+    assert set(np.unique(classes[~expected_nodata])) <= {0, 1}
+    assert np.array_equal(dataset_mask == 0, expected_nodata)
+    assert not probability[expected_nodata].any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "change.tif"]
+
+
+@pytest.mark.parametrize("stretch", ["percentile", 256])
+def test_truncated_geotiff_is_one_error_naming_the_file(tmp_path, stretch):
+    """Whether the damage is met by the percentile overview or by a strip read."""
+    before, after = scene_pair(tmp_path, 300, 300, dtype=np.uint16)
+    data = after.read_bytes()
+    after.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"after\.tif: cannot read .*truncated or corrupt"):
+        predict_scene(before, after, tmp_path / "change.tif", TinyChangeNet(), window=64, overlap=16,
+                      stretch=stretch, progress=False)
+    assert not list(tmp_path.glob("*change*"))
+
+
+@pytest.mark.parametrize("which", ["before", "after"])
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which):
+    before, after = scene_pair(tmp_path, 40, 40)
+    target = before if which == "before" else after
+    original = target.read_bytes()
+    with pytest.raises(DataError, match="is one of the input scenes"):
+        predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=True,
+                      progress=False)
+    assert target.read_bytes() == original

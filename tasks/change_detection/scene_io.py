@@ -14,6 +14,10 @@ Output
   band 1 = class index (uint8; 0 unchanged, 1 changed) with a colour map (0 black, 1 white,
   further classes coloured), band 2 (``write_probability``) = probability of class 1 for a
   binary model, of the predicted class otherwise, as uint8 ``round(255 * p)``.
+- No data: a pixel that is nodata in either date (the inputs' nodata value, internal mask or
+  alpha band, as GDAL's mask reports it, or a non-finite float) is not a prediction. It gets
+  class ``NODATA_CLASS`` (255, grey in the colour map) and probability 0, and a GeoTIFF output
+  carries it in its internal mask too, so GIS software shows it as no data, never as "unchanged".
 - PNG: band 1 as a palette PNG of class indices (the same colours); the probability as a
   separate 8-bit PNG ``<name>_probability.png``. PNG cannot be written window by window, so a
   PNG output is assembled in memory: use GeoTIFF for large scenes.
@@ -35,6 +39,7 @@ import numpy as np
 import rasterio
 import torch
 from PIL import Image
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -46,6 +51,12 @@ PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240)]
 OUTPUT_SUFFIXES = {".tif": "GTiff", ".tiff": "GTiff", ".png": "PNG"}
+NODATA_CLASS = 255
+NODATA_COLOUR = (128, 128, 128)
+
+
+def palette_colour(index: int) -> tuple[int, int, int]:
+    return NODATA_COLOUR if index == NODATA_CLASS else PALETTE[index % len(PALETTE)]
 
 
 class GeoTiffDate:
@@ -58,19 +69,33 @@ class GeoTiffDate:
         self.stretch = stretch
         self.limits = None
         if stretch == "percentile" and self.src.dtypes[0] != "uint8":
-            self.limits = percentile_limits(self.src, self.bands)
+            try:
+                self.limits = percentile_limits(self.src, self.bands)
+            except RasterioError as error:
+                raise unreadable(self.src.name, "its overview for the percentile stretch", error) from None
 
-    def read_rows(self, row: int, count: int) -> np.ndarray:
-        array = self.src.read(self.bands, window=Window(0, row, self.info.width, count))
-        nodata = self.src.nodata
-        invalid = np.any(array == nodata, axis=0) if nodata is not None and array.dtype != np.uint8 else None
+    def read_rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 bands of rows ``row..row+count`` and where they hold data (bool, H x W)."""
+        window = Window(0, row, self.info.width, count)
+        try:
+            array = self.src.read(self.bands, window=window)
+            valid = np.all(self.src.read_masks(self.bands, window=window) > 0, axis=0)
+        except RasterioError as error:
+            raise unreadable(self.src.name, f"rows {row}-{row + count - 1}", error) from None
+        if array.dtype.kind == "f":
+            valid &= np.all(np.isfinite(array), axis=0)
         array = stretch_to_uint8(array, self.stretch, self.limits)
-        if invalid is not None:
-            array[:, invalid] = 0
-        return array
+        array[:, ~valid] = 0
+        return array, valid
 
     def close(self) -> None:
         self.src.close()
+
+
+def unreadable(path: str, what: str, error: Exception) -> DataError:
+    """The one-line error for a raster GDAL cannot decode (GDAL's own reason is in the cause)."""
+    return DataError(f"{path}: cannot read {what} ({error.__cause__ or error}); the file may be truncated "
+                     "or corrupt - re-copy or re-export it")
 
 
 class ImageDate:
@@ -79,8 +104,9 @@ class ImageDate:
     def __init__(self, path: Path, bands: Sequence[int], stretch):
         self.array, self.info = read_image(path, bands, stretch)
 
-    def read_rows(self, row: int, count: int) -> np.ndarray:
-        return self.array[:, row:row + count]
+    def read_rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.array[:, row:row + count]
+        return rows, np.ones(rows.shape[1:], bool)
 
     def close(self) -> None:
         self.array = None
@@ -115,6 +141,9 @@ class GeoTiffSink:
     def __init__(self, path: Path, info, nclass: int, write_probability: bool):
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+        # The no-data mask goes inside the file, not into a .msk side file left behind by the rename.
+        self.env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
+        self.env.__enter__()
         profile = dict(driver="GTiff", width=info.width, height=info.height, count=2 if write_probability else 1,
                        dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
         if info.crs is not None:
@@ -125,22 +154,26 @@ class GeoTiffSink:
             profile["photometric"] = "MINISBLACK"
         self.dst = rasterio.open(self.tmp, "w", **profile)
         self.dst.set_band_description(1, "change class (0 unchanged, 1 changed)" if nclass == 2 else "class")
-        self.dst.write_colormap(1, {i: PALETTE[i % len(PALETTE)] + (255,) for i in range(max(nclass, 2))})
+        colours = {i: palette_colour(i) + (255,) for i in range(max(nclass, 2))}
+        self.dst.write_colormap(1, {**colours, NODATA_CLASS: NODATA_COLOUR + (0,)})
         if write_probability:
             self.dst.set_band_description(2, "probability x 255" + (" of change" if nclass == 2 else " of the class"))
 
-    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None) -> None:
+    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None, valid: np.ndarray) -> None:
         window = Window(0, row, mask.shape[1], mask.shape[0])
         self.dst.write(mask, 1, window=window)
         if probability is not None:
             self.dst.write(probability, 2, window=window)
+        self.dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
 
     def finish(self) -> None:
         self.dst.close()
+        self.env.__exit__(None, None, None)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         self.dst.close()
+        self.env.__exit__(None, None, None)
         self.tmp.unlink(missing_ok=True)
 
 
@@ -154,14 +187,14 @@ class PngSink:
         self.mask = np.zeros((info.height, info.width), np.uint8)
         self.probability = np.zeros((info.height, info.width), np.uint8) if write_probability else None
 
-    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None) -> None:
+    def write_rows(self, row: int, mask: np.ndarray, probability: np.ndarray | None, valid: np.ndarray) -> None:
         self.mask[row:row + mask.shape[0]] = mask
         if probability is not None:
             self.probability[row:row + mask.shape[0]] = probability
 
     def finish(self) -> None:
         image = Image.fromarray(self.mask, mode="P")
-        image.putpalette([c for i in range(256) for c in PALETTE[i % len(PALETTE)]])
+        image.putpalette([c for i in range(256) for c in palette_colour(i)])
         save_atomic(image, self.path)
         if self.probability is not None:
             save_atomic(Image.fromarray(self.probability, mode="L"), self.probability_path)
@@ -212,6 +245,10 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
         raise DataError(f"output {', '.join(existing)} already exists; choose another path or pass --overwrite (overwrite=True in Python)")
     if not out_path.parent.is_dir():
         raise DataError(f"output folder {out_path.parent} does not exist")
+    inputs = {before_path.resolve(), after_path.resolve()}
+    clashing = [str(p) for p in outputs if p.resolve() in inputs]
+    if clashing:
+        raise DataError(f"output {', '.join(clashing)} is one of the input scenes; choose another output path")
     if is_geotiff(before_path) != is_geotiff(after_path):
         raise DataError(f"one date is a GeoTIFF and the other is not: {before_path} and {after_path}")
 
@@ -230,7 +267,8 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
         with torch.no_grad(), tqdm(total=len(rows) * len(cols), unit="window", disable=not progress,
                                    desc=f"predict {out_path.name}") as bar:
             for index, top in enumerate(rows):
-                strips = [date.read_rows(top, win_h) for date in dates]
+                strips, valid = zip(*(date.read_rows(top, win_h) for date in dates))
+                valid = np.logical_and(*valid)
                 for start in range(0, len(cols), batch_size):
                     lefts = cols[start:start + batch_size]
                     batch = np.stack([np.concatenate([s[:, :, x:x + win_w] for s in strips]) for x in lefts])
@@ -247,7 +285,13 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
                     bar.update(len(lefts))
                 done = (rows[index + 1] if index + 1 < len(rows) else top + win_h) - top
                 mean = accumulator[:, :done] / weight_sum[:done]
-                sink.write_rows(top, mean.argmax(0).astype(np.uint8), probability_band(mean) if write_probability else None)
+                mask = mean.argmax(0).astype(np.uint8)
+                probability = probability_band(mean) if write_probability else None
+                holds_data = valid[:done]
+                mask[~holds_data] = NODATA_CLASS
+                if probability is not None:
+                    probability[~holds_data] = 0
+                sink.write_rows(top, mask, probability, holds_data)
                 accumulator[:, :win_h - done] = accumulator[:, done:]
                 accumulator[:, win_h - done:] = 0
                 weight_sum[:win_h - done] = weight_sum[done:]
