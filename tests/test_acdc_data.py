@@ -120,6 +120,17 @@ def test_nifti_reader_returns_slices_first_with_spacing(tmp_path):
     assert volume.spacing == pytest.approx((10.0, 1.4, 1.5))
 
 
+def test_a_2d_nifti_is_one_slice_with_unit_slice_thickness(tmp_path):
+    """A single-slice file (2-D array, two zooms) reads as one slice instead of failing on the missing z zoom."""
+    array_xy = np.arange(5 * 6, dtype=np.float32).reshape(5, 6)
+    image = nib.Nifti1Image(array_xy, np.diag([1.5, 1.4, 1.0, 1.0]))
+    nib.save(image, tmp_path / "slice.nii.gz")
+    volume = read_nifti_volume(tmp_path / "slice.nii.gz")
+    assert volume.data.shape == (1, 6, 5)
+    assert np.array_equal(volume.data[0], array_xy.T)
+    assert volume.spacing == pytest.approx((1.0, 1.4, 1.5))
+
+
 def test_label_nifti_round_trip_keeps_grid_codes_and_values(tmp_path):
     _write_nifti(tmp_path / "img.nii.gz", np.zeros((5, 6, 3)), dtype=np.float32)
     reference = nib.load(str(tmp_path / "img.nii.gz"))

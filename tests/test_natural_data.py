@@ -176,6 +176,35 @@ def test_image_folder_dataset_lists_images_for_prediction(tmp_path):
         ImageFolderDataset(tmp_path / "empty")
 
 
+def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
+    """value / 257 (0..65535 -> 0..255); PIL's RGB conversion alone turns every value above 255 white."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    values = np.array([[0, 257, 32896], [50000, 65535, 128]], np.uint16)
+    Image.fromarray(values).save(folder / "scan.png")
+    assert Image.open(folder / "scan.png").mode.startswith("I")
+    image, _ = ImageFolderDataset(folder)[0]
+    expected = np.array([[0, 1, 128], [195, 255, 0]], np.uint8)
+    assert image.dtype == torch.uint8
+    for channel in image.numpy():
+        assert np.array_equal(channel, expected)
+
+
+def test_prediction_images_follow_their_exif_orientation(tmp_path):
+    """A JPEG stored landscape with 'rotate 90 CW' (orientation 6) is shown, and predicted, portrait."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(folder / "phone.jpg", exif=exif, quality=95)
+    image, _ = ImageFolderDataset(folder)[0]
+    assert image.shape == (3, 40, 20)
+    shown = image.numpy()[0]
+    assert shown[:10].mean() > 200 and shown[-10:].mean() < 50  # the band is now on top
+
+
 # ----------------------------------------------------------------------------- weak augmentation
 
 def test_official_rescale_rule_and_pixels():

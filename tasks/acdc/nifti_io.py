@@ -86,8 +86,12 @@ def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
 
 
 def spacing_of(image: nib.Nifti1Image) -> tuple[float, float, float]:
-    """Voxel size in internal order (z, y, x), millimetres."""
-    zooms = image.header.get_zooms()[:3]
+    """Voxel size in internal order (z, y, x), millimetres.
+
+    A 2-D image (one slice) stores no slice thickness: 1 mm is used, which only matters for
+    surface distances across slices and a single slice has none.
+    """
+    zooms = tuple(image.header.get_zooms()[:3]) + (1.0,) * (3 - len(image.header.get_zooms()[:3]))
     return (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
 

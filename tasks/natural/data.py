@@ -40,7 +40,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from tasks.natural.synthetic import SYNTHETIC_CLASSES
@@ -249,14 +249,36 @@ def read_split(
 
 # ----------------------------------------------------------------------------- decoding
 
-def load_image(entry: SplitEntry) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, decoded with PIL and converted to RGB as the official loader does."""
+def load_image(entry: SplitEntry, orient: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, decoded with PIL and converted to RGB as the official loader does.
+
+    16-bit grayscale images (PNG ``I;16``) are scaled linearly from 0..65535 to 0..255
+    (value / 257); PIL's own RGB conversion would clip them to white. Floating-point images are
+    refused. ``orient`` applies the EXIF orientation, so a predicted mask lines up with what a
+    viewer shows; datasets keep the raw pixel order, which is the order their masks were drawn in.
+    """
     try:
         with Image.open(entry.image) as image:
-            return np.asarray(image.convert("RGB"))
+            if orient:
+                image = ImageOps.exif_transpose(image)
+            return to_rgb8(image, entry.image)
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{entry.where()}: cannot decode image {entry.image} ({error}); "
                         "replace the file or remove the line") from None
+
+
+def to_rgb8(image: Image.Image, path) -> np.ndarray:
+    """Any integer PIL image as (H, W, 3) uint8 by the rule of :func:`load_image`."""
+    if image.mode == "F":
+        raise DataError(f"{path}: floating-point image; convert it to 8-bit (or 16-bit) RGB or grayscale")
+    if image.mode.startswith("I"):
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise DataError(f"{path}: pixel values {values.min()}..{values.max()} do not fit 16 bits; "
+                            "convert it to 8-bit (or 16-bit) RGB or grayscale")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int]) -> np.ndarray:
@@ -543,4 +565,4 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         entry = self.entries[index]
-        return _image_tensor(load_image(entry)), entry.sample_id
+        return _image_tensor(load_image(entry, orient=True)), entry.sample_id
