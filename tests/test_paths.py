@@ -7,7 +7,7 @@ from unimatch.errors import DataError
 from unimatch.paths import write_once
 
 
-def test_written_once_then_reused_without_calling_the_writer(tmp_path):
+def test_written_once_then_reused_without_calling_the_writer(tmp_path, capsys):
     calls = []
 
     def write(folder):
@@ -20,6 +20,8 @@ def test_written_once_then_reused_without_calling_the_writer(tmp_path):
     assert len(calls) == 1 and (root / "data.txt").read_text() == "x"
     assert json.loads((root / "meta.json").read_text()) == {"seed": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no staging folder left behind
+    said = capsys.readouterr().err  # the first run says why it is busy; the reuse is silent
+    assert said.count(f"writing the built-in synthetic dataset to {root}") == 1 and said.count("wrote") == 1
 
 
 def test_a_crash_while_writing_leaves_nothing_that_looks_complete(tmp_path):

@@ -1,5 +1,7 @@
 """Where generated data lives, so every entry point agrees on one cache directory."""
 import os
+import sys
+import time
 from pathlib import Path
 
 
@@ -50,6 +52,9 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
         return check()
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    started = time.monotonic()
+    print(f"writing the built-in synthetic dataset to {root} (first run only; later runs reuse it) ...",
+          file=sys.stderr, flush=True)
     try:
         write(staging)
         if not (staging / manifest).exists():
@@ -63,4 +68,5 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {root} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return check()
