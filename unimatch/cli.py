@@ -140,10 +140,10 @@ def exit_on_user_error(main) -> None:
     status 2 instead of a traceback (bugs still show their traceback)."""
     import sys
 
-    from unimatch.errors import CheckpointError, ConfigError, DataError
+    from unimatch.errors import CheckpointError, ConfigError, DataError, user_message
 
     try:
         main(sys.argv[1:])
     except (DataError, ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
