@@ -1,13 +1,12 @@
 """The training loop (poly LR, LR groups, labelled set repetition, checkpoints, bitwise resume),
 checkpoint loading and the three 2-D inference modes."""
-import json
 
 import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from helpers import NCLASS, TinySegmentationSet, deterministic, tiny_config, tiny_deeplab
+from helpers import NCLASS, TinySegmentationSet, deterministic, strict_json_loads, tiny_config, tiny_deeplab
 from unimatch.distributed import DistContext
 from unimatch.engine import (EvalResult, RepeatDataset, ShardSampler, Trainer, build_optimizer, load_model_weights,
                              poly_lr)
@@ -138,7 +137,7 @@ def assert_same_state(a, b):
 
 
 def metric_lines(save_dir):
-    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return [strict_json_loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def without_timing(record):
@@ -204,6 +203,16 @@ def test_run_directory_files_and_best_checkpoint(tmp_path):
     load_model_weights(fresh, tmp_path / "best.pth")
     assert_same_state(fresh.state_dict(), trainer.model.state_dict())
     assert "method: supervised" in (tmp_path / "config.yaml").read_text()
+
+
+def test_undefined_metrics_are_null_in_metrics_jsonl(tmp_path):
+    cfg = tiny_config(epochs=1, method="supervised")
+    labeled, _ = datasets(n_labeled=4)
+    make_trainer(cfg, tmp_path, labeled, None,
+                 evaluate=lambda m: EvalResult({"mIoU": 0.5, "precision": float("nan"),
+                                                "hd95": float("inf")})).fit()
+    (record,) = metric_lines(tmp_path)
+    assert record["mIoU"] == 0.5 and record["precision"] is None and record["hd95"] is None
 
 
 def test_eval_every_and_the_last_epoch(tmp_path):

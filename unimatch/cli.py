@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -59,12 +58,12 @@ def eval_parser(prog: str, description: str, default_config: Path) -> argparse.A
 
 
 def write_json(path: Path | None, payload: dict) -> None:
-    """Write ``payload``; callers check with :func:`refuse_existing` before any work is done."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=float)
+    """Write ``payload`` as standard JSON (NaN as ``null``, :func:`unimatch.report.write_json`);
+    callers check with :func:`refuse_existing` before any work is done."""
+    from unimatch import report
+
+    if path is not None:
+        report.write_json(path, payload)
 
 
 def pick_device(name: str) -> torch.device:

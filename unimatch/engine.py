@@ -6,7 +6,6 @@ task hands it datasets that follow the data contract (docs/architecture.md) and 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -30,6 +29,7 @@ from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.backbones import strip_wrappers
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+from unimatch.report import append_json_line
 
 log = logging.getLogger("unimatch")
 
@@ -383,7 +383,6 @@ class Trainer:
                          f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
             self.save("latest.pth", self.checkpoint_state(epoch))
             if ctx.is_main:
-                with open(self.save_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_json_line(self.save_dir / "metrics.jsonl", record)
             barrier()
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}
