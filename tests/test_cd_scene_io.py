@@ -196,3 +196,15 @@ def test_failure_during_prediction_leaves_no_output(tmp_path):
         predict_scene(before, after, tmp_path / "out.tif", failing, window=32, overlap=8, batch_size=1,
                       progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]
+
+
+def test_float_scene_with_nan_is_named_and_leaves_no_output(tmp_path):
+    rng = np.random.default_rng(0)
+    before = write_tif(tmp_path / "before.tif", rng.random((3, 40, 50)).astype(np.float32))
+    after_data = rng.random((3, 40, 50)).astype(np.float32)
+    after_data[1, 30, 7] = np.inf
+    after = write_tif(tmp_path / "after.tif", after_data)
+    with pytest.raises(DataError, match=r"after\.tif: 1 NaN/Inf"):
+        predict_scene(before, after, tmp_path / "out.tif", TinyChangeNet(), window=16, overlap=4, stretch=1.0,
+                      progress=False)
+    assert not (tmp_path / "out.tif").exists()

@@ -135,14 +135,15 @@ def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
 
 
 def exit_on_user_error(main) -> None:
-    """Run ``main(argv)``; a data/config/checkpoint error prints one ``error:`` line and exits with
-    status 2 instead of a traceback (bugs still show their traceback)."""
+    """Run ``main(argv)``; a :class:`~unimatch.errors.UserError` (data, config, checkpoint, diverged
+    training, unwritable output) prints one ``error:`` line and exits with status 2 instead of a
+    traceback (bugs still show their traceback)."""
     import sys
 
-    from unimatch.errors import CheckpointError, ConfigError, DataError
+    from unimatch.errors import UserError
 
     try:
         main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from unimatch.config import Config, save_config
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
-from unimatch.errors import CheckpointError
+from unimatch.errors import CheckpointError, TrainingDiverged
+from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.backbones import strip_wrappers
@@ -273,6 +274,12 @@ class Trainer:
         return states
 
     def save(self, name: str, state: dict) -> None:
+        """Write ``state`` atomically; weights holding NaN/Inf are refused (on every rank, so all
+        stop) rather than written over a good checkpoint."""
+        bad = nonfinite_tensors(state["model"])
+        if bad:
+            raise TrainingDiverged(f"after epoch {state['epoch'] + 1} the model holds NaN/Inf ({len(bad)} tensor(s), "
+                                   f"first {bad[0]}); {self.save_dir / name} was not overwritten. Hint: {HINT}")
         if self.ctx.is_main:
             tmp = self.save_dir / f".{name}.tmp"
             torch.save(state, tmp)
@@ -319,6 +326,7 @@ class Trainer:
         labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
                    if self.unlabeled_set is not None else self.labeled_set)
         strong, fp = self.settings.strong_views, self.settings.fp_streams
+        guard = NonFiniteLossGuard(ctx.device, iters_per_epoch, ctx.distributed)
         log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
                  f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
                  f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
@@ -340,6 +348,7 @@ class Trainer:
                     group["lr"] = lr * group["lr_scale"]
                 batches = [self.to_device(next(s)) for s in streams]
                 loss, stats = self.step(*batches, autocast=self.autocast)
+                guard.observe(iteration, loss, stats)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -353,11 +362,13 @@ class Trainer:
                 if self.progress:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
                 if cfg.log_every and (i + 1) % cfg.log_every == 0:
+                    guard.check()
                     log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +
                              " ".join(f"{k} {v / (i + 1):.4f}" for k, v in sums.items()))
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - start
+            guard.check()
             bar.close()
             record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
                       "sec_per_iter": seconds / iters_per_epoch}

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from tasks.change_detection.data import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
                                          open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
 from unimatch.errors import DataError
+from unimatch.finite import require_finite
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
@@ -61,8 +62,9 @@ class GeoTiffDate:
             self.limits = percentile_limits(self.src, self.bands)
 
     def read_rows(self, row: int, count: int) -> np.ndarray:
-        array = self.src.read(self.bands, window=Window(0, row, self.info.width, count))
         nodata = self.src.nodata
+        array = require_finite(self.src.read(self.bands, window=Window(0, row, self.info.width, count)),
+                               self.info.path, nodata)
         invalid = np.any(array == nodata, axis=0) if nodata is not None and array.dtype != np.uint8 else None
         array = stretch_to_uint8(array, self.stretch, self.limits)
         if invalid is not None:
