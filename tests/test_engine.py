@@ -10,7 +10,7 @@ from helpers import NCLASS, TinySegmentationSet, deterministic, strict_json_load
 from unimatch.distributed import DistContext
 from unimatch.engine import (EvalResult, RepeatDataset, ShardSampler, Trainer, build_optimizer, load_model_weights,
                              poly_lr)
-from unimatch.errors import CheckpointError, DataError
+from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.inference import evaluate_segmentation, predict, sliding_window_probs
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer
@@ -115,13 +115,22 @@ def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     cfg = tiny_config(batch_size=4)
     labeled, unlabeled = datasets(n_unlabeled=3)
     trainer = make_trainer(cfg, tmp_path, labeled, unlabeled)
-    with pytest.raises(ValueError, match="smaller than one batch"):
+    with pytest.raises(DataError, match="the unlabelled set of 3 samples is smaller than one batch of 4"):
         trainer.fit()
+    trainer = make_trainer(tiny_config(batch_size=4, method="supervised"), tmp_path, labeled, None)
+    with pytest.raises(DataError, match="the labelled set of 3 samples is smaller than one batch of 4"):
+        trainer.fit()
+
+
+def test_empty_labelled_set_is_a_clear_error(tmp_path):
+    _, unlabeled = datasets()
+    with pytest.raises(DataError, match="the labelled set is empty"):
+        make_trainer(tiny_config(), tmp_path, TinySegmentationSet(0, "labeled"), unlabeled)
 
 
 def test_semi_supervised_method_without_unlabelled_set_is_an_error(tmp_path):
     labeled, _ = datasets()
-    with pytest.raises(ValueError, match="needs an unlabelled set"):
+    with pytest.raises(ConfigError, match="needs an unlabelled set.*--method supervised"):
         make_trainer(tiny_config(), tmp_path, labeled, None)
 
 

@@ -81,11 +81,12 @@ def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_trai
     ``make_evaluator(cfg, ctx) -> callable(model) -> EvalResult``.
     """
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
-    from unimatch.engine import Trainer, log, seed_everything
+    from unimatch.engine import Trainer, log, prepare_run_dir, seed_everything
     from unimatch.models import build_model
 
     ctx = setup_distributed(args.device)
     try:
+        prepare_run_dir(default_save_dir(cfg))
         cfg = resolve_data(cfg, ctx)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(build_model(cfg), ctx)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from unimatch.config import Config, save_config
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
-from unimatch.errors import CheckpointError, TrainingDiverged
+from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
@@ -170,6 +170,22 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     return checkpoint
 
 
+def prepare_run_dir(save_dir: Path) -> Path:
+    """Create ``save_dir`` and check that files can be written there, before any data is read:
+    a save dir under a regular file or without write permission is one error line, not a
+    traceback after minutes of set-up."""
+    import tempfile
+
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=save_dir):
+            pass
+    except OSError as error:
+        raise OutputError(f"--save-dir {save_dir}: cannot create or write the run directory there "
+                          f"({error.strerror}: {error.filename}); choose another folder") from None
+    return save_dir
+
+
 def autocast_for(cfg: Config, device: torch.device):
     if device.type == "cuda" and cfg.amp != "none":
         dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -203,15 +219,18 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.progress = progress and ctx.is_main
         if ctx.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+            prepare_run_dir(self.save_dir)
         barrier()
         setup_logging(self.save_dir, ctx.is_main)
         self.settings = StepSettings.from_config(cfg)
+        if len(labeled_set) == 0:
+            raise DataError("the labelled set is empty; check the labelled split (--labeled-split, or cases=N)")
         if self.settings.supervised_only:
             self.unlabeled_needed = False
         else:
             if unlabeled_set is None or len(unlabeled_set) == 0:
-                raise ValueError(f"method {cfg.method!r} needs an unlabelled set")
+                raise ConfigError(f"method {cfg.method!r} needs an unlabelled set, and none (or an empty one) was "
+                                  f"given; give --unlabeled-split, or train with --method supervised")
             self.unlabeled_needed = True
         self.optimizer = build_optimizer(model, cfg)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
@@ -232,12 +251,13 @@ class Trainer:
     # ---- data ----------------------------------------------------------------------------
     def epoch_length(self) -> int:
         """Iterations per epoch: the unlabelled set (or, without one, the labelled set) per rank."""
+        which = "unlabelled" if self.unlabeled_set is not None else "labelled"
         n = len(self.unlabeled_set) if self.unlabeled_set is not None else len(self.labeled_set)
         per_rank = n // self.ctx.world_size
         iterations = per_rank // self.cfg.batch_size
         if iterations == 0:
-            raise ValueError(f"dataset of {n} samples is smaller than one batch of {self.cfg.batch_size} per rank "
-                             f"x {self.ctx.world_size} ranks; lower batch_size")
+            raise DataError(f"the {which} set of {n} samples is smaller than one batch of {self.cfg.batch_size} "
+                            f"per process x {self.ctx.world_size} process(es); lower batch_size (--batch-size)")
         return iterations
 
     def loader(self, dataset: Dataset, epoch: int, stream: int) -> DataLoader:
