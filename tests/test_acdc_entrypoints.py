@@ -391,7 +391,7 @@ def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_
     save_dir = tmp_path / "run"
     train.main(_train_args(phantom, save_dir, "--cases", "1"))
     before = {name: (save_dir / name).read_bytes() for name in ("latest.pth", "best.pth")}
-    args = _train_args(phantom, save_dir, "--cases", "1", "lr=1.0e+30")
+    args = _train_args(phantom, save_dir, "--cases", "1", "lr=1e30")
     args[args.index("--epochs") + 1] = "2"
     status, err = _exit_status_and_error(train.main, args, monkeypatch, capsys)
     assert status == 2

@@ -72,6 +72,19 @@ def test_override_applies_on_top_of_yaml_and_flags(tmp_path):
     assert cfg.criterion == {"name": "OHEM", "kwargs": {"thresh": 0.7, "min_kept": 5}}
 
 
+def test_exponent_notation_is_a_float_for_float_keys(tmp_path):
+    """PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4); for a float key it is the number."""
+    assert load_config(overrides=["lr=1e-4", "weight_decay=5E-4", "conf_thresh=9.5e-1"]).lr == 1e-4
+    path = tmp_path / "exp.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 1e-4\n")
+    cfg = load_config(path)
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-4) and isinstance(cfg.lr, float)
+    with pytest.raises(ConfigError, match="wrong type"):
+        load_config(overrides=["lr=1e"])
+    with pytest.raises(ConfigError, match="wrong type"):
+        load_config(overrides=["seed=1e3"])  # an int key stays strict
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(overrides=["lr=1"]).lr == 1.0
     with pytest.raises(ConfigError, match="crop_size.*wrong type"):

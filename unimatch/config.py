@@ -9,6 +9,7 @@ week-long run.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,11 @@ def _type_matches(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
+# YAML 1.1 (PyYAML) reads ``1e-4`` and ``1e30`` as strings: it wants a dot and a signed exponent
+# (``1.0e-4``). For a float key such a string is the number the user meant.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(schema: type, values: dict, source: str) -> dict:
     hints = typing.get_type_hints(schema)
     valid = [f.name for f in dataclasses.fields(schema)]
@@ -200,6 +206,8 @@ def _coerce(schema: type, values: dict, source: str) -> dict:
         if isinstance(value, tuple):
             value = list(value)
         if hints[key] in (float, Optional[float]) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if hints[key] in (float, Optional[float]) and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             value = float(value)
         if not _type_matches(value, hints[key]):
             raise ConfigError(f"{source}: {key} = {value!r} has the wrong type (expected {hints[key]})")
