@@ -218,10 +218,6 @@ class Trainer:
         self.labeled_set, self.unlabeled_set, self.evaluate = labeled_set, unlabeled_set, evaluate
         self.save_dir = Path(save_dir)
         self.progress = progress and ctx.is_main
-        if ctx.is_main:
-            prepare_run_dir(self.save_dir)
-        barrier()
-        setup_logging(self.save_dir, ctx.is_main)
         self.settings = StepSettings.from_config(cfg)
         if len(labeled_set) == 0:
             raise DataError("the labelled set is empty; check the labelled split (--labeled-split, or cases=N)")
@@ -232,6 +228,10 @@ class Trainer:
                 raise ConfigError(f"method {cfg.method!r} needs an unlabelled set, and none (or an empty one) was "
                                   f"given; give --unlabeled-split, or train with --method supervised")
             self.unlabeled_needed = True
+        if ctx.is_main:
+            prepare_run_dir(self.save_dir)
+        barrier()
+        setup_logging(self.save_dir, ctx.is_main)
         self.optimizer = build_optimizer(model, cfg)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
