@@ -6,6 +6,7 @@ second per training iteration on one CPU thread.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import torch
@@ -16,6 +17,15 @@ from unimatch.models.deeplabv3plus import DeepLabV3Plus
 
 NCLASS = 3
 CROP = 32
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"non-standard JSON token {token}")
+
+
+def strict_json_loads(text: str):
+    """``json.loads`` that refuses ``NaN``/``Infinity`` as strict parsers (JavaScript, jq, Go) do."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def deterministic(seed: int = 0) -> None:

@@ -487,3 +487,42 @@ def test_h5_layout_with_a_case_count_uses_patient_splits(tmp_path):
 def test_unknown_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="neither ACDC layout"):
         acdc.build_acdc_datasets(tmp_path, cases=1)
+
+
+# ----------------------------------------------------------------------------- non-finite intensities
+
+def _with_nan_patch(path):
+    """Rewrite the NIfTI ``path`` as float32 with a 2x2 NaN patch in its first slice."""
+    source = nib.load(str(path))
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    data[3:5, 3:5, 0] = np.nan
+    header = source.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, source.affine, header), str(path))
+    assert np.isnan(np.asarray(nib.load(str(path)).dataobj)).sum() == 4
+
+
+def test_nifti_with_a_nan_patch_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "scan.nii.gz"
+    _write_nifti(path, np.ones((6, 5, 2)), dtype=np.float32)
+    assert read_nifti_volume(path).data.shape == (2, 5, 6)
+    _with_nan_patch(path)
+    with pytest.raises(DataError, match=r"scan\.nii\.gz: 4 NaN/Inf value\(s\)"):
+        read_nifti_volume(path)
+
+
+def test_training_image_with_a_nan_patch_stops_the_data_set_up(phantom_copy):
+    case = _first_case(phantom_copy)
+    _with_nan_patch(case.image_path)
+    with pytest.raises(DataError, match=case.image_path.name + ": 4 NaN/Inf"):
+        acdc.load_raw_case(case, with_label=True)
+
+
+def test_h5_image_with_nan_is_a_data_error_naming_the_file(tmp_path):
+    image = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    image[1, 2, 2] = np.inf
+    with h5py.File(tmp_path / "patient001_frame01.h5", "w") as f:
+        f["image"] = image
+        f["label"] = np.zeros((3, 8, 8), np.uint8)
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5 \(dataset 'image'\): 1 NaN/Inf .*\(1, 2, 2\)"):
+        acdc.read_h5(tmp_path / "patient001_frame01.h5", with_label=True, ndim=3)

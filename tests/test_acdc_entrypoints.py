@@ -355,3 +355,47 @@ def test_two_processes_shard_the_volumes_and_report_the_same_scores(fitted, phan
     single = evaluate.main(args)
     assert single["cases"] == ranks[0]["cases"]
     assert single["metrics"] == pytest.approx(ranks[0]["metrics"], nan_ok=True)
+
+
+# ----------------------------------------------------------------------------- non-finite data and loss
+
+def _exit_status_and_error(main, argv, monkeypatch, capsys):
+    from unimatch.cli import exit_on_user_error
+
+    monkeypatch.setattr(sys, "argv", ["train", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(main)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_training_nifti_with_a_nan_patch_exits_2_naming_the_file(phantom, tmp_path, monkeypatch, capsys):
+    root = Path(shutil.copytree(phantom, tmp_path / "acdc"))
+    for image_path in sorted(root.glob("training/patient*/patient*_frame*.nii.gz")):
+        if image_path.name.endswith("_gt.nii.gz"):
+            continue
+        source = nib.load(str(image_path))
+        data = np.asarray(source.dataobj, dtype=np.float32)
+        data[10:12, 10:12, 0] = np.nan
+        header = source.header.copy()
+        header.set_data_dtype(np.float32)
+        nib.save(nib.Nifti1Image(data, source.affine, header), str(image_path))
+    status, err = _exit_status_and_error(train.main, _train_args(root, tmp_path / "run", "--cases", "1"),
+                                         monkeypatch, capsys)
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "_frame" in err and ".nii.gz: 4 NaN/Inf value(s)" in err
+    assert not (tmp_path / "run" / "latest.pth").exists()
+
+
+def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_path, monkeypatch, capsys):
+    save_dir = tmp_path / "run"
+    train.main(_train_args(phantom, save_dir, "--cases", "1"))
+    before = {name: (save_dir / name).read_bytes() for name in ("latest.pth", "best.pth")}
+    args = _train_args(phantom, save_dir, "--cases", "1", "lr=1e30")
+    args[args.index("--epochs") + 1] = "2"
+    status, err = _exit_status_and_error(train.main, args, monkeypatch, capsys)
+    assert status == 2
+    assert err.startswith("error: non-finite loss at epoch 2, iteration") and err.count("\n") == 1
+    assert "lower lr" in err
+    for name, content in before.items():
+        assert (save_dir / name).read_bytes() == content, name

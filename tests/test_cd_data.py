@@ -331,3 +331,14 @@ def test_nadir_augmentation_draws_all_eight_dihedral_views_reproducibly():
     assert [augment(image, image, mask)[0].tobytes() for _ in range(64)] == views
     augment.reseed(8)
     assert [augment(image, image, mask)[0].tobytes() for _ in range(64)] != views
+
+
+def test_float_geotiff_with_nan_is_an_error_unless_nan_is_its_nodata(tmp_path):
+    data = np.random.default_rng(0).random((3, 10, 12)).astype(np.float32)
+    data[:, 4, 5] = np.nan
+    write_tif(tmp_path / "nan.tif", data)
+    with pytest.raises(DataError, match=r"nan\.tif: 3 NaN/Inf value\(s\)"):
+        read_image(tmp_path / "nan.tif", bands=(1, 2, 3), stretch="percentile")
+    write_tif(tmp_path / "nodata.tif", data, nodata=float("nan"))
+    image, _ = read_image(tmp_path / "nodata.tif", bands=(1, 2, 3), stretch="percentile")
+    assert image.dtype == np.uint8 and image[0, 4, 5] == 0

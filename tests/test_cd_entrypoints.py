@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import shutil
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
+from helpers import strict_json_loads
 from tasks.change_detection import evaluate as evaluate_cli
 from tasks.change_detection import predict as predict_cli
 from tasks.change_detection import train as train_cli
@@ -110,6 +112,23 @@ def test_evaluate_test_split_writes_json_csv_and_masks(trained, tmp_path):
         evaluate_cli.main(eval_args(root, run / "best.pth", "--split", "test", "--json", str(json_path)))
     with pytest.raises(DataError, match="already holds files"):
         evaluate_cli.main(eval_args(root, run / "best.pth", "--split", "test", "--save-predictions", str(preds)))
+
+
+def test_evaluate_json_writes_undefined_precision_as_null(trained, tmp_path):
+    """A model that predicts no change has no precision (NaN): the JSON file says null, so strict
+    parsers read it."""
+    root, run = trained
+    checkpoint = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    checkpoint["model"]["classifier.weight"].zero_()
+    checkpoint["model"]["classifier.bias"].copy_(torch.tensor([10.0, -10.0]))
+    never_changed = tmp_path / "never_changed.pth"
+    torch.save(checkpoint, never_changed)
+    json_path = tmp_path / "test.json"
+    metrics = evaluate_cli.main(eval_args(root, never_changed, "--split", "test", "--json", str(json_path)))
+    assert math.isnan(metrics["precision"])
+    saved = strict_json_loads(json_path.read_text())
+    assert saved["metrics"]["precision"] is None
+    assert saved["metrics"]["OA"] == pytest.approx(metrics["OA"])
 
 
 def test_official_checkpoint_gives_identical_predictions(trained, tmp_path):

@@ -199,7 +199,7 @@ def test_failure_during_prediction_leaves_no_output(tmp_path):
 
 
 def test_nodata_of_either_date_is_nodata_in_the_change_map(tmp_path):
-    """Nodata pixels (a nodata value in A, NaN in a float B) are class 255 and masked, never 'unchanged'."""
+    """Nodata pixels (a nodata value in A, NaN declared as nodata in a float B) are class 255 and masked."""
     rng = np.random.default_rng(1)
     before = rng.integers(1, 4000, (3, 70, 90)).astype(np.uint16)
     before[:, 10:20, 5:30] = 0
@@ -208,7 +208,9 @@ def test_nodata_of_either_date_is_nodata_in_the_change_map(tmp_path):
     with rasterio.open(tmp_path / "a.tif", "w", driver="GTiff", width=90, height=70, count=3, dtype="uint16",
                        crs=CRS, transform=TRANSFORM, nodata=0) as dst:
         dst.write(before)
-    write_tif(tmp_path / "b.tif", after)
+    with rasterio.open(tmp_path / "b.tif", "w", driver="GTiff", width=90, height=70, count=3, dtype="float32",
+                       crs=CRS, transform=TRANSFORM, nodata=np.nan) as dst:
+        dst.write(after)
     out = predict_scene(tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "change.tif", TinyChangeNet(),
                         window=32, overlap=8, write_probability=True, progress=False)
     expected_nodata = np.zeros((70, 90), bool)
@@ -244,3 +246,15 @@ def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which)
         predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=True,
                       progress=False)
     assert target.read_bytes() == original
+
+
+def test_float_scene_with_nan_is_named_and_leaves_no_output(tmp_path):
+    rng = np.random.default_rng(0)
+    before = write_tif(tmp_path / "before.tif", rng.random((3, 40, 50)).astype(np.float32))
+    after_data = rng.random((3, 40, 50)).astype(np.float32)
+    after_data[1, 30, 7] = np.inf
+    after = write_tif(tmp_path / "after.tif", after_data)
+    with pytest.raises(DataError, match=r"after\.tif: 1 NaN/Inf"):
+        predict_scene(before, after, tmp_path / "out.tif", TinyChangeNet(), window=16, overlap=4, stretch=1.0,
+                      progress=False)
+    assert not (tmp_path / "out.tif").exists()

@@ -1,12 +1,15 @@
 """Configuration: YAML + overrides, validated with messages that say what is valid."""
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
 from unimatch.config import METHODS, Config, load_config, parse_override, save_config
 from unimatch.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_are_the_papers_settings():
@@ -67,6 +70,19 @@ def test_override_applies_on_top_of_yaml_and_flags(tmp_path):
     cfg = load_config(path, ["lr=0.01", "criterion.kwargs.min_kept=5"], epochs=4, batch_size=None)
     assert cfg.lr == 0.01 and cfg.epochs == 4 and cfg.batch_size == Config().batch_size
     assert cfg.criterion == {"name": "OHEM", "kwargs": {"thresh": 0.7, "min_kept": 5}}
+
+
+def test_exponent_notation_is_a_float_for_float_keys(tmp_path):
+    """PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4); for a float key it is the number."""
+    assert load_config(overrides=["lr=1e-4", "weight_decay=5E-4", "conf_thresh=9.5e-1"]).lr == 1e-4
+    path = tmp_path / "exp.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 1e-4\n")
+    cfg = load_config(path)
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-4) and isinstance(cfg.lr, float)
+    with pytest.raises(ConfigError, match="wrong type"):
+        load_config(overrides=["lr=1e"])
+    with pytest.raises(ConfigError, match="wrong type"):
+        load_config(overrides=["seed=1e3"])  # an int key stays strict
 
 
 def test_int_is_accepted_for_float_but_not_the_reverse():
@@ -147,3 +163,53 @@ def test_save_then_load_round_trip(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lr"] == 0.02
     again = load_config(tmp_path / "config.yaml")
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+# ---- nested keys: criterion {name, kwargs} -------------------------------------------------
+@pytest.mark.parametrize("overrides, pattern", [
+    (["criterion.nme=OHEM"], r"^criterion: unknown key 'nme'\. Valid keys: name, kwargs$"),
+    (["criterion.kwargs.ignore_indx=255"],
+     r"^criterion\.kwargs: unknown key 'ignore_indx' for CELoss\. Valid keys: ignore_index$"),
+    (["criterion.name=OHEM", "criterion.kwargs.threshh=0.7"],
+     r"^criterion\.kwargs: unknown key 'threshh' for OHEM\. Valid keys: ignore_index, thresh, min_kept$"),
+    (["criterion.name=OHEM", "criterion.kwargs.thresh=high"], r"thresh = 'high' has the wrong type"),
+    (["criterion.name=OHEM", "criterion.kwargs.min_kept=0.5"], r"min_kept = 0\.5 has the wrong type"),
+    (["criterion.name=Focal"], r"criterion\.name: 'Focal' is not one of CELoss, OHEM, CEDice"),
+    (["criterion.kwargs=3"], r"criterion\.kwargs: 3 is not a mapping"),
+])
+def test_misspelt_nested_criterion_keys_are_refused_with_the_valid_ones(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=overrides)
+
+
+def test_nested_criterion_typo_in_yaml_is_refused(tmp_path):
+    path = tmp_path / "ohem.yaml"
+    path.write_text("criterion:\n  name: OHEM\n  kwargs:\n    ignore_index: 255\n    threshh: 0.7\n")
+    with pytest.raises(ConfigError, match="threshh.*Valid keys: ignore_index, thresh, min_kept"):
+        load_config(path)
+
+
+def test_valid_criterion_kwargs_are_each_losss_keyword_arguments():
+    cfg = load_config(overrides=["criterion.name=ohem", "criterion.kwargs.thresh=1", "criterion.kwargs.min_kept=10"])
+    assert cfg.criterion["kwargs"] == {"ignore_index": 255, "thresh": 1, "min_kept": 10}
+    assert load_config(overrides=["criterion.name=CEDice"]).criterion["name"] == "CEDice"
+
+
+def test_criterion_is_the_only_mapping_valued_entry_of_every_task_config():
+    """Nested keys are validated for ``criterion``; a new mapping-valued entry needs the same."""
+    from tasks.acdc.common import AcdcConfig
+    from tasks.change_detection.common import CDConfig
+
+    for schema in (Config, AcdcConfig, CDConfig):
+        mappings = [f.name for f in dataclasses.fields(schema) if f.type in (dict, "dict")]
+        assert mappings == ["criterion"], schema.__name__
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_passes_the_nested_validation(path):
+    from tasks.acdc.common import AcdcConfig
+    from tasks.change_detection.common import CDConfig
+
+    schema = {"acdc": AcdcConfig, "change_detection": CDConfig}.get(path.parent.name, Config)
+    cfg = load_config(path, schema=schema)
+    assert cfg.criterion["name"] in ("CELoss", "OHEM", "CEDice")

@@ -77,3 +77,25 @@ def test_trainer_on_cuda_with_bf16_resumes(tmp_path):
     model = run(2)
     assert (tmp_path / "run" / "best.pth").is_file()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_loss_guard_adds_no_host_sync_per_iteration():
+    """On CUDA the non-finite check is deferred: observing a step must not synchronise."""
+    from unimatch.errors import TrainingDiverged
+    from unimatch.finite import NonFiniteLossGuard
+
+    guard = NonFiniteLossGuard(CUDA, iters_per_epoch=4)
+    loss = torch.tensor(1.0, device=CUDA)
+    stats = {"loss": loss, "loss_x": loss * 2, "mask_ratio": loss / 2}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for iteration in range(3):
+            guard.observe(iteration, loss, stats)
+        bad = loss * float("nan")
+        guard.observe(3, bad, {"loss": bad, "loss_x": bad, "mask_ratio": loss})
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, iteration 4/4 \(global 4\): non-finite term\(s\) "
+                                               r"loss=nan, loss_x=nan"):
+        guard.check()

@@ -1,17 +1,16 @@
 """The training loop (poly LR, LR groups, labelled set repetition, checkpoints, bitwise resume),
 checkpoint loading and the three 2-D inference modes."""
-import json
 
 import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from helpers import NCLASS, TinySegmentationSet, deterministic, tiny_config, tiny_deeplab
+from helpers import NCLASS, TinySegmentationSet, deterministic, strict_json_loads, tiny_config, tiny_deeplab
 from unimatch.distributed import DistContext
 from unimatch.engine import (EvalResult, RepeatDataset, ShardSampler, Trainer, build_optimizer, load_model_weights,
                              poly_lr)
-from unimatch.errors import CheckpointError, DataError
+from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.inference import evaluate_segmentation, predict, sliding_window_probs
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer
@@ -116,13 +115,22 @@ def test_dataset_smaller_than_a_batch_is_a_clear_error(tmp_path):
     cfg = tiny_config(batch_size=4)
     labeled, unlabeled = datasets(n_unlabeled=3)
     trainer = make_trainer(cfg, tmp_path, labeled, unlabeled)
-    with pytest.raises(ValueError, match="smaller than one batch"):
+    with pytest.raises(DataError, match="the unlabelled set of 3 samples is smaller than one batch of 4"):
         trainer.fit()
+    trainer = make_trainer(tiny_config(batch_size=4, method="supervised"), tmp_path, labeled, None)
+    with pytest.raises(DataError, match="the labelled set of 3 samples is smaller than one batch of 4"):
+        trainer.fit()
+
+
+def test_empty_labelled_set_is_a_clear_error(tmp_path):
+    _, unlabeled = datasets()
+    with pytest.raises(DataError, match="the labelled set is empty"):
+        make_trainer(tiny_config(), tmp_path, TinySegmentationSet(0, "labeled"), unlabeled)
 
 
 def test_semi_supervised_method_without_unlabelled_set_is_an_error(tmp_path):
     labeled, _ = datasets()
-    with pytest.raises(ValueError, match="needs an unlabelled set"):
+    with pytest.raises(ConfigError, match="needs an unlabelled set.*--method supervised"):
         make_trainer(tiny_config(), tmp_path, labeled, None)
 
 
@@ -138,7 +146,7 @@ def assert_same_state(a, b):
 
 
 def metric_lines(save_dir):
-    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return [strict_json_loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def without_timing(record):
@@ -204,6 +212,16 @@ def test_run_directory_files_and_best_checkpoint(tmp_path):
     load_model_weights(fresh, tmp_path / "best.pth")
     assert_same_state(fresh.state_dict(), trainer.model.state_dict())
     assert "method: supervised" in (tmp_path / "config.yaml").read_text()
+
+
+def test_undefined_metrics_are_null_in_metrics_jsonl(tmp_path):
+    cfg = tiny_config(epochs=1, method="supervised")
+    labeled, _ = datasets(n_labeled=4)
+    make_trainer(cfg, tmp_path, labeled, None,
+                 evaluate=lambda m: EvalResult({"mIoU": 0.5, "precision": float("nan"),
+                                                "hd95": float("inf")})).fit()
+    (record,) = metric_lines(tmp_path)
+    assert record["mIoU"] == 0.5 and record["precision"] is None and record["hd95"] is None
 
 
 def test_eval_every_and_the_last_epoch(tmp_path):

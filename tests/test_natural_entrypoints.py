@@ -133,3 +133,61 @@ def test_resume_continues_after_last_epoch(trained, tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert "resumed from" in (copy / "train.log").read_text()
+
+
+# ---- run set-up errors: one line, exit status 2 -------------------------------------------------
+def train_args(root, save_dir, *extra):
+    return ["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+            "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split", str(root / "splits/val.txt"),
+            "--save-dir", str(save_dir), "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+            "--no-progress", "--device", "cpu", *extra, *TINY]
+
+
+def exit_status_and_error(argv, monkeypatch, capsys):
+    import sys
+
+    from unimatch.cli import exit_on_user_error
+
+    monkeypatch.setattr(sys, "argv", ["train", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(train_cli.main)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return exit_info.value.code, err
+
+
+def test_save_dir_under_a_regular_file_is_one_error_line(trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    status, err = exit_status_and_error(train_args(root, tmp_path / "notes.txt" / "run"), monkeypatch, capsys)
+    assert status == 2 and "notes.txt/run" in err and "Not a directory" in err
+    status, err = exit_status_and_error(train_args(root, tmp_path / "notes.txt"), monkeypatch, capsys)
+    assert status == 2 and "notes.txt" in err and "File exists" in err
+
+
+def test_unwritable_save_dir_is_one_error_line(trained, tmp_path, monkeypatch, capsys):
+    """Tests run as root, for whom chmod does not block writes: the OS's refusal is simulated."""
+    import errno
+    import tempfile
+
+    root, _ = trained
+    target = tmp_path / "read_only"
+    real_temporary_file = tempfile.TemporaryFile
+
+    def refuse_in_target(*args, dir=None, **kwargs):
+        if dir is not None and str(dir) == str(target):
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        return real_temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse_in_target)
+    status, err = exit_status_and_error(train_args(root, target), monkeypatch, capsys)
+    assert status == 2 and "read_only" in err and "Permission denied" in err
+
+
+def test_set_smaller_than_one_batch_is_one_error_line(trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    args = train_args(root, tmp_path / "run")
+    args[args.index("--batch-size") + 1] = "1000"
+    status, err = exit_status_and_error(args, monkeypatch, capsys)
+    assert status == 2 and "the unlabelled set of" in err and "smaller than one batch of 1000" in err
+    assert "lower batch_size" in err

@@ -1,52 +1,100 @@
 """The medical UNet: shapes, the feature-perturbation stream, and official state-dict names."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from unimatch.config import load_config
+from unimatch.engine import load_model_weights
+from unimatch.models import build_model
 from unimatch.models.unet import UNet
 
 TINY = (4, 8, 8, 16, 16)
+OFFICIAL_PARAMETERS = 1_813_764  # UNet(in_chns=1, class_num=4) of the official medical code
 
-# Written from LiheYoung/UniMatch more-scenarios/medical/model/unet.py (bilinear=False, so no
-# conv1x1 in the up blocks): every ConvBlock is conv_conv = [Conv2d, BN, LeakyReLU, Dropout,
-# Conv2d, BN, LeakyReLU].
-OFFICIAL_CONV_BLOCKS = [
-    "encoder.in_conv",
-    "encoder.down1.maxpool_conv.1",
-    "encoder.down2.maxpool_conv.1",
-    "encoder.down3.maxpool_conv.1",
-    "encoder.down4.maxpool_conv.1",
-    "decoder.up1.conv",
-    "decoder.up2.conv",
-    "decoder.up3.conv",
-    "decoder.up4.conv",
-]
-CONV_BLOCK_KEYS = [
-    "conv_conv.0.weight", "conv_conv.0.bias",
-    "conv_conv.1.weight", "conv_conv.1.bias", "conv_conv.1.running_mean", "conv_conv.1.running_var",
-    "conv_conv.1.num_batches_tracked",
-    "conv_conv.4.weight", "conv_conv.4.bias",
-    "conv_conv.5.weight", "conv_conv.5.bias", "conv_conv.5.running_mean", "conv_conv.5.running_var",
-    "conv_conv.5.num_batches_tracked",
-]
-OFFICIAL_OTHER_KEYS = [
-    "decoder.up1.up.weight", "decoder.up1.up.bias",
-    "decoder.up2.up.weight", "decoder.up2.up.bias",
-    "decoder.up3.up.weight", "decoder.up3.up.bias",
-    "decoder.up4.up.weight", "decoder.up4.up.bias",
-    "decoder.out_conv.weight", "decoder.out_conv.bias",
-]
-OFFICIAL_KEYS = sorted([f"{b}.{k}" for b in OFFICIAL_CONV_BLOCKS for k in CONV_BLOCK_KEYS] + OFFICIAL_OTHER_KEYS)
+
+def official_unet_shapes(in_chns: int = 1, class_num: int = 4, ft=(16, 32, 64, 128, 256)) -> dict:
+    """Every state-dict key of the official medical UNet and its shape, written from reading
+    LiheYoung/UniMatch more-scenarios/medical/model/unet.py (not from our model).
+
+    There ``Decoder`` builds ``UpBlock(c_deep, c_skip, c_out, dropout_p=0.0)`` without passing
+    ``bilinear``, so ``UpBlock``'s default ``bilinear=True`` applies: ``conv1x1`` =
+    Conv2d(c_deep, c_skip, 1), then a parameter-free ``nn.Upsample``; no ``up`` weights. A
+    ``ConvBlock(cin, cout)`` is ``conv_conv`` = [Conv2d 3x3, BN, LeakyReLU, Dropout, Conv2d 3x3,
+    BN, LeakyReLU], whose parameters sit at indices 0, 1, 4, 5.
+    """
+    shapes = {}
+
+    def conv_block(prefix, cin, cout):
+        for index, c_in in ((0, cin), (4, cout)):
+            shapes[f"{prefix}.conv_conv.{index}.weight"] = (cout, c_in, 3, 3)
+            shapes[f"{prefix}.conv_conv.{index}.bias"] = (cout,)
+        for index in (1, 5):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"{prefix}.conv_conv.{index}.{name}"] = (cout,)
+            shapes[f"{prefix}.conv_conv.{index}.num_batches_tracked"] = ()
+
+    conv_block("encoder.in_conv", in_chns, ft[0])
+    for i in range(1, 5):
+        conv_block(f"encoder.down{i}.maxpool_conv.1", ft[i - 1], ft[i])
+    for i in range(1, 5):
+        deep, skip = ft[5 - i], ft[4 - i]
+        shapes[f"decoder.up{i}.conv1x1.weight"] = (skip, deep, 1, 1)
+        shapes[f"decoder.up{i}.conv1x1.bias"] = (skip,)
+        conv_block(f"decoder.up{i}.conv", 2 * skip, skip)
+    shapes["decoder.out_conv.weight"] = (class_num, ft[0], 3, 3)
+    shapes["decoder.out_conv.bias"] = (class_num,)
+    return shapes
+
+
+def _parameter_count(shapes: dict) -> int:
+    """Trainable parameters among the keys: BatchNorm running statistics are buffers."""
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(math.prod(shape) for key, shape in shapes.items() if not key.endswith(buffers))
 
 
 def test_state_dict_keys_and_shapes_match_the_official_unet():
+    expected = official_unet_shapes()
     state = UNet(in_chns=1, class_num=4).state_dict()
-    assert sorted(state) == OFFICIAL_KEYS
-    assert state["encoder.in_conv.conv_conv.0.weight"].shape == (16, 1, 3, 3)
-    assert state["encoder.down4.maxpool_conv.1.conv_conv.0.weight"].shape == (256, 128, 3, 3)
-    assert state["decoder.up1.up.weight"].shape == (256, 128, 2, 2)
-    assert state["decoder.up1.conv.conv_conv.0.weight"].shape == (128, 256, 3, 3)
-    assert state["decoder.up4.conv.conv_conv.4.weight"].shape == (16, 16, 3, 3)
-    assert state["decoder.out_conv.weight"].shape == (4, 16, 3, 3)
+    assert sorted(state) == sorted(expected)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def test_parameter_count_is_the_official_one_at_the_acdc_config():
+    from tasks.acdc.common import AcdcConfig
+    from unimatch.paths import config_path
+
+    assert _parameter_count(official_unet_shapes()) == OFFICIAL_PARAMETERS
+    model = build_model(load_config(config_path("acdc", "acdc.yaml"), schema=AcdcConfig))
+    assert isinstance(model, UNet)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMETERS
+
+
+def test_official_ddp_checkpoint_loads_with_every_key_used(tmp_path):
+    """A ``{'model': ...}`` file with ``module.`` keys and the official shapes, as the released
+    ACDC checkpoints, loads strictly and every tensor in it ends up in the model."""
+    g = torch.Generator().manual_seed(0)
+    official = {k: (torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g))
+                for k, shape in official_unet_shapes().items()}
+    path = tmp_path / "unimatch_acdc.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in official.items()}}, path)
+    model = UNet(1, 4)
+    load_model_weights(model, path)
+    loaded = model.state_dict()
+    assert sorted(loaded) == sorted(official)
+    for key, value in official.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_up_block_is_conv1x1_then_bilinear_upsample_with_aligned_corners():
+    torch.manual_seed(0)
+    block = UNet(1, 4, feature_channels=TINY).decoder.up1.eval()
+    deep, skip = torch.rand(2, 16, 4, 6), torch.rand(2, 16, 8, 12)
+    upsampled = F.interpolate(F.conv2d(deep, block.conv1x1.weight, block.conv1x1.bias), scale_factor=2,
+                              mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        assert torch.allclose(block(deep, skip), block.conv(torch.cat([skip, upsampled], dim=1)), atol=1e-6)
 
 
 def test_checkpoint_saved_from_ddp_loads_after_stripping_module_prefix():

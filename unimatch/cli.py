@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -59,12 +58,12 @@ def eval_parser(prog: str, description: str, default_config: Path) -> argparse.A
 
 
 def write_json(path: Path | None, payload: dict) -> None:
-    """Write ``payload``; callers check with :func:`refuse_existing` before any work is done."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=float)
+    """Write ``payload`` as standard JSON (NaN as ``null``, :func:`unimatch.report.write_json`);
+    callers check with :func:`refuse_existing` before any work is done."""
+    from unimatch import report
+
+    if path is not None:
+        report.write_json(path, payload)
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,11 +81,12 @@ def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_trai
     ``make_evaluator(cfg, ctx) -> callable(model) -> EvalResult``.
     """
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
-    from unimatch.engine import Trainer, log, seed_everything
+    from unimatch.engine import Trainer, log, prepare_run_dir, seed_everything
     from unimatch.models import build_model
 
     ctx = setup_distributed(args.device)
     try:
+        prepare_run_dir(default_save_dir(cfg))
         cfg = resolve_data(cfg, ctx)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(build_model(cfg), ctx)
@@ -136,14 +136,15 @@ def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
 
 
 def exit_on_user_error(main) -> None:
-    """Run ``main(argv)``; a data/config/checkpoint error prints one ``error:`` line and exits with
-    status 2 instead of a traceback (bugs still show their traceback)."""
+    """Run ``main(argv)``; a :class:`~unimatch.errors.UserError` (data, config, checkpoint, diverged
+    training, unwritable output) prints one ``error:`` line and exits with status 2 instead of a
+    traceback (bugs still show their traceback)."""
     import sys
 
-    from unimatch.errors import CheckpointError, ConfigError, DataError, user_message
+    from unimatch.errors import UserError, user_message
 
     try:
         main(sys.argv[1:])
-    except (DataError, ConfigError, CheckpointError) as error:
+    except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)

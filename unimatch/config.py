@@ -9,6 +9,7 @@ week-long run.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from unimatch.errors import ConfigError
+from unimatch.losses import CRITERIA, criterion_keywords
 
 METHODS = {
     # method: (number of strong image streams, number of feature-perturbation streams)
@@ -141,8 +143,35 @@ class Config:
         for name in ("epochs", "batch_size", "crop_size", "nclass", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
-        if not isinstance(self.criterion, dict) or "name" not in self.criterion:
-            raise ConfigError("criterion: expected a mapping like {name: CELoss, kwargs: {ignore_index: 255}}")
+        validate_criterion(self.criterion)
+
+
+CRITERION_KEYS = ("name", "kwargs")
+
+
+def validate_criterion(criterion: Any) -> None:
+    """``criterion: {name, kwargs}``, checked key by key like the top level: a misspelt nested key
+    would otherwise be ignored (``nme`` trains with the default loss) or fail after the data is
+    loaded (``threshh``). The valid ``kwargs`` are the chosen loss's keyword arguments."""
+    if not isinstance(criterion, dict) or "name" not in criterion:
+        raise ConfigError("criterion: expected a mapping like {name: CELoss, kwargs: {ignore_index: 255}}")
+    for key in criterion:
+        if key not in CRITERION_KEYS:
+            raise ConfigError(f"criterion: unknown key {key!r}. Valid keys: {', '.join(CRITERION_KEYS)}")
+    name = criterion["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"criterion.name: {name!r} is not one of {', '.join(CRITERIA)}")
+    keywords = criterion_keywords(name)
+    kwargs = criterion.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"criterion.kwargs: {kwargs!r} is not a mapping (e.g. {{ignore_index: 255}})")
+    for key, value in kwargs.items():
+        if key not in keywords:
+            raise ConfigError(f"criterion.kwargs: unknown key {key!r} for {name}. "
+                              f"Valid keys: {', '.join(keywords) or 'none'}")
+        if not _type_matches(value, keywords[key]):
+            raise ConfigError(f"criterion.kwargs: {key} = {value!r} has the wrong type "
+                              f"(expected {keywords[key].__name__})")
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
@@ -162,6 +191,11 @@ def _type_matches(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
+# YAML 1.1 (PyYAML) reads ``1e-4`` and ``1e30`` as strings: it wants a dot and a signed exponent
+# (``1.0e-4``). For a float key such a string is the number the user meant.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(schema: type, values: dict, source: str) -> dict:
     hints = typing.get_type_hints(schema)
     valid = [f.name for f in dataclasses.fields(schema)]
@@ -172,6 +206,8 @@ def _coerce(schema: type, values: dict, source: str) -> dict:
         if isinstance(value, tuple):
             value = list(value)
         if hints[key] in (float, Optional[float]) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if hints[key] in (float, Optional[float]) and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             value = float(value)
         if not _type_matches(value, hints[key]):
             raise ConfigError(f"{source}: {key} = {value!r} has the wrong type (expected {hints[key]})")

@@ -6,7 +6,6 @@ task hands it datasets that follow the data contract (docs/architecture.md) and 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -25,11 +24,13 @@ from tqdm import tqdm
 
 from unimatch.config import Config, save_config
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
-from unimatch.errors import CheckpointError
+from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
+from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.backbones import strip_wrappers
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+from unimatch.report import append_json_line
 
 log = logging.getLogger("unimatch")
 
@@ -169,6 +170,22 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     return checkpoint
 
 
+def prepare_run_dir(save_dir: Path) -> Path:
+    """Create ``save_dir`` and check that files can be written there, before any data is read:
+    a save dir under a regular file or without write permission is one error line, not a
+    traceback after minutes of set-up."""
+    import tempfile
+
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=save_dir):
+            pass
+    except OSError as error:
+        raise OutputError(f"--save-dir {save_dir}: cannot create or write the run directory there "
+                          f"({error.strerror}: {error.filename}); choose another folder") from None
+    return save_dir
+
+
 def autocast_for(cfg: Config, device: torch.device):
     if device.type == "cuda" and cfg.amp != "none":
         dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -201,17 +218,20 @@ class Trainer:
         self.labeled_set, self.unlabeled_set, self.evaluate = labeled_set, unlabeled_set, evaluate
         self.save_dir = Path(save_dir)
         self.progress = progress and ctx.is_main
-        if ctx.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-        barrier()
-        setup_logging(self.save_dir, ctx.is_main)
         self.settings = StepSettings.from_config(cfg)
+        if len(labeled_set) == 0:
+            raise DataError("the labelled set is empty; check the labelled split (--labeled-split, or cases=N)")
         if self.settings.supervised_only:
             self.unlabeled_needed = False
         else:
             if unlabeled_set is None or len(unlabeled_set) == 0:
-                raise ValueError(f"method {cfg.method!r} needs an unlabelled set")
+                raise ConfigError(f"method {cfg.method!r} needs an unlabelled set, and none (or an empty one) was "
+                                  f"given; give --unlabeled-split, or train with --method supervised")
             self.unlabeled_needed = True
+        if ctx.is_main:
+            prepare_run_dir(self.save_dir)
+        barrier()
+        setup_logging(self.save_dir, ctx.is_main)
         self.optimizer = build_optimizer(model, cfg)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
@@ -231,12 +251,13 @@ class Trainer:
     # ---- data ----------------------------------------------------------------------------
     def epoch_length(self) -> int:
         """Iterations per epoch: the unlabelled set (or, without one, the labelled set) per rank."""
+        which = "unlabelled" if self.unlabeled_set is not None else "labelled"
         n = len(self.unlabeled_set) if self.unlabeled_set is not None else len(self.labeled_set)
         per_rank = n // self.ctx.world_size
         iterations = per_rank // self.cfg.batch_size
         if iterations == 0:
-            raise ValueError(f"dataset of {n} samples is smaller than one batch of {self.cfg.batch_size} per rank "
-                             f"x {self.ctx.world_size} ranks; lower batch_size")
+            raise DataError(f"the {which} set of {n} samples is smaller than one batch of {self.cfg.batch_size} "
+                            f"per process x {self.ctx.world_size} process(es); lower batch_size (--batch-size)")
         return iterations
 
     def loader(self, dataset: Dataset, epoch: int, stream: int) -> DataLoader:
@@ -273,6 +294,12 @@ class Trainer:
         return states
 
     def save(self, name: str, state: dict) -> None:
+        """Write ``state`` atomically; weights holding NaN/Inf are refused (on every rank, so all
+        stop) rather than written over a good checkpoint."""
+        bad = nonfinite_tensors(state["model"])
+        if bad:
+            raise TrainingDiverged(f"after epoch {state['epoch'] + 1} the model holds NaN/Inf ({len(bad)} tensor(s), "
+                                   f"first {bad[0]}); {self.save_dir / name} was not overwritten. Hint: {HINT}")
         if self.ctx.is_main:
             tmp = self.save_dir / f".{name}.tmp"
             torch.save(state, tmp)
@@ -319,6 +346,7 @@ class Trainer:
         labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
                    if self.unlabeled_set is not None else self.labeled_set)
         strong, fp = self.settings.strong_views, self.settings.fp_streams
+        guard = NonFiniteLossGuard(ctx.device, iters_per_epoch, ctx.distributed)
         log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
                  f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
                  f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
@@ -340,6 +368,7 @@ class Trainer:
                     group["lr"] = lr * group["lr_scale"]
                 batches = [self.to_device(next(s)) for s in streams]
                 loss, stats = self.step(*batches, autocast=self.autocast)
+                guard.observe(iteration, loss, stats)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -353,11 +382,13 @@ class Trainer:
                 if self.progress:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
                 if cfg.log_every and (i + 1) % cfg.log_every == 0:
+                    guard.check()
                     log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +
                              " ".join(f"{k} {v / (i + 1):.4f}" for k, v in sums.items()))
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - start
+            guard.check()
             bar.close()
             record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
                       "sec_per_iter": seconds / iters_per_epoch}
@@ -383,7 +414,6 @@ class Trainer:
                          f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
             self.save("latest.pth", self.checkpoint_state(epoch))
             if ctx.is_main:
-                with open(self.save_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_json_line(self.save_dir / "metrics.jsonl", record)
             barrier()
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}

@@ -1,17 +1,34 @@
-"""Exceptions with messages meant for users, not stack traces."""
+"""Exceptions with messages meant for users, not stack traces.
+
+Every one is a :class:`UserError`: the command-line entry points print its message as one
+``error:`` line and exit with status 2 (``unimatch.cli.exit_on_user_error``); bugs keep their
+traceback.
+"""
 import re
 
 
-class DataError(ValueError):
+class UserError(ValueError):
+    """Something the user can fix: the message says what is wrong and what to do."""
+
+
+class DataError(UserError):
     """Bad input data: the message names the file (and split line) and says what to do."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Bad configuration: unknown key, wrong type or value; the message lists what is valid."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint whose keys do not fit the model; the message lists missing/unexpected keys."""
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN/Inf; the run stops before a checkpoint is overwritten."""
+
+
+class OutputError(UserError):
+    """An output location (run directory, prediction folder) that cannot be created or written."""
 
 
 _WORKER_WRAPPER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")

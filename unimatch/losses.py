@@ -1,6 +1,10 @@
 """Losses of the paper's code: cross-entropy / OHEM for labels, masked CE or Dice for pseudo-labels."""
 from __future__ import annotations
 
+import inspect
+import typing
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -87,13 +91,37 @@ class CrossEntropyDice(nn.Module):
         return (self.ce(logits.float(), target) + self.dice(logits.float().softmax(1), target)) / 2
 
 
+def cross_entropy(ignore_index: int = IGNORE_INDEX) -> nn.Module:
+    """The official ``CELoss``: mean cross-entropy over the pixels not ignored."""
+    return nn.CrossEntropyLoss(ignore_index=ignore_index)
+
+
+# config name (the official spelling) -> constructor; its keyword arguments (all but ``nclass``,
+# which the task supplies) are the valid ``criterion.kwargs``, checked by config validation.
+CRITERIA = {"CELoss": cross_entropy, "OHEM": OhemCrossEntropy, "CEDice": CrossEntropyDice}
+CRITERION_ALIASES = {"ce": "CELoss", "ohem": "OHEM", "ce_dice": "CEDice"}
+
+
+def criterion_constructor(name) -> Callable[..., nn.Module]:
+    """The constructor of criterion ``name`` (official name or alias)."""
+    canonical = CRITERION_ALIASES.get(name, name)
+    if canonical not in CRITERIA:
+        raise ConfigError(f"criterion.name: {name!r} is not one of {', '.join(CRITERIA)}")
+    return CRITERIA[canonical]
+
+
+def criterion_keywords(name) -> dict[str, type]:
+    """The ``criterion.kwargs`` criterion ``name`` accepts, with their annotated types."""
+    constructor = criterion_constructor(name)
+    hints = typing.get_type_hints(constructor.__init__ if inspect.isclass(constructor) else constructor)
+    parameters = inspect.signature(constructor).parameters
+    return {key: hints.get(key, typing.Any) for key in parameters if key != "nclass"}
+
+
 def build_criterion(spec: dict, nclass: int) -> nn.Module:
     """The labelled loss from the config's ``criterion: {name, kwargs}`` (official names accepted)."""
-    name, kwargs = spec.get("name"), dict(spec.get("kwargs") or {})
-    if name in ("CELoss", "ce"):
-        return nn.CrossEntropyLoss(ignore_index=kwargs.get("ignore_index", IGNORE_INDEX))
-    if name in ("OHEM", "ohem"):
-        return OhemCrossEntropy(**kwargs)
-    if name in ("CEDice", "ce_dice"):
-        return CrossEntropyDice(nclass, **kwargs)
-    raise ConfigError(f"criterion.name: {name!r} is not one of CELoss, OHEM, CEDice")
+    constructor = criterion_constructor(spec.get("name"))
+    kwargs = dict(spec.get("kwargs") or {})
+    if "nclass" in inspect.signature(constructor).parameters:
+        kwargs["nclass"] = nclass
+    return constructor(**kwargs)

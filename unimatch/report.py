@@ -1,8 +1,10 @@
 """Plain-text tables and flat metric dicts, the same for console, logs and JSON."""
 from __future__ import annotations
 
+import json
 import math
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from unimatch.metrics.confusion import ConfusionMatrix
 
@@ -35,3 +37,44 @@ def segmentation_report(confusion: ConfusionMatrix, class_names: Sequence[str] |
     rows.append(["mean (mIoU)", metrics["mIoU"]])
     rows.append(["overall accuracy", metrics["OA"]])
     return metrics, format_table(["class", "IoU %"], rows)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-Inf) replaced by ``None`` and numpy / 0-d torch
+    scalars turned into Python numbers, so it can be written as standard JSON.
+
+    An undefined metric (precision with no positive prediction, HD95 of an empty class) is NaN;
+    ``json`` would write the bare token ``NaN``, which strict parsers (and most languages) reject.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy arrays/scalars, torch tensors
+        return json_safe(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return json_safe(float(value))
+
+
+def to_json(payload: Any, **dumps_options) -> str:
+    """Standard JSON text of ``payload`` (non-finite numbers as ``null``); every JSON file and
+    JSON-lines record the project writes goes through here."""
+    return json.dumps(json_safe(payload), allow_nan=False, **dumps_options)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` to ``path`` as indented standard JSON (see :func:`to_json`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(payload, indent=2) + "\n")
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    """Append ``record`` as one line of standard JSON (``metrics.jsonl``)."""
+    with open(path, "a") as f:
+        f.write(to_json(record) + "\n")

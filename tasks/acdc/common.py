@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from unimatch.errors import ConfigError, DataError
 from unimatch.metrics.volume import ACDC_CLASSES, aggregate, score_volume
 from unimatch.paths import config_path
 from unimatch.perturb import Normalizer
-from unimatch.report import format_table
+from unimatch.report import format_table, write_json
 
 DEFAULT_CONFIG = config_path("acdc", "synthetic.yaml")
 DISTANCE_METRICS = ("hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
@@ -168,11 +167,10 @@ def build_training_sets(cfg: AcdcConfig):
 def write_split(cfg: AcdcConfig, sets: ACDCDatasets) -> Path:
     """Record which patients are in which set in the run folder (``split.json``)."""
     path = default_save_dir(cfg) / "split.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     split = sets.split
     payload = {"layout": sets.layout, "data_root": str(cfg.data_root), "seed": cfg.seed,
                **{name: list(getattr(split, name)) for name in ("labeled", "unlabeled", "val", "test")}}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, payload)
     return path
 
 
@@ -314,8 +312,7 @@ def write_evaluation_json(path: Path, result: VolumeEvaluation, context: dict) -
                "n_cases": result.summary["n_cases"]}
     payload = {**context, "units": METRIC_UNITS, "summary": summary,
                "per_case": [{k: finite_or_none(v) for k, v in row.items()} for row in result.per_case_rows()]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(path, payload)
 
 
 def write_evaluation_csv(path: Path, result: VolumeEvaluation) -> None:

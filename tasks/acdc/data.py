@@ -59,6 +59,7 @@ from torch.utils.data import Dataset
 from tasks.acdc.nifti_io import read_nifti_volume
 from tasks.acdc.splits import PatientSplit, case_parts, make_patient_split, read_split_list, split_from_lists
 from unimatch.errors import DataError
+from unimatch.finite import require_finite
 
 NUM_CLASSES = 4
 CLASS_NAMES = ("RV", "Myo", "LV")
@@ -216,7 +217,7 @@ def read_h5(path: Path | str, with_label: bool, ndim: int) -> tuple[np.ndarray, 
     with _open_h5(path) as file:
         if "image" not in file:
             raise DataError(f"{path}: no 'image' dataset (found {sorted(file.keys())})")
-        image = np.asarray(file["image"][()], dtype=np.float32)
+        image = require_finite(np.asarray(file["image"][()], dtype=np.float32), f"{path} (dataset 'image')")
         label = None
         if with_label:
             if "label" not in file:

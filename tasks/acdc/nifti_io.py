@@ -19,6 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from unimatch.errors import DataError
+from unimatch.finite import require_finite
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Errors nibabel/gzip/zlib raise on a truncated, corrupt or non-NIfTI file.
@@ -117,7 +118,7 @@ def read_nifti_volume(path: Path | str, frame: int | None = None, dtype=np.float
         array = array[..., np.newaxis]
     elif array.ndim != 3:
         raise DataError(f"{path}: expected a 3-D volume, got an array of shape {array.shape}")
-    data = to_internal(np.asarray(array, dtype=dtype))
+    data = require_finite(to_internal(np.asarray(array, dtype=dtype)), path)
     return NiftiVolume(data=data, spacing=spacing_of(image), image=image, path=path)
 
 

@@ -47,6 +47,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch.utils.data import Dataset
 
 from unimatch.errors import DataError
+from unimatch.finite import require_finite
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 PERCENTILE_MAX_SIDE = 1024
@@ -138,7 +139,7 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
         with open_raster(path) as src:
             info = raster_info(src)
             bands = check_bands(bands, src.count, path)
-            array = src.read(bands)
+            array = require_finite(src.read(bands), path, src.nodata)
             limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
             if src.nodata is not None and array.dtype != np.uint8:
                 nodata = np.any(array == src.nodata, axis=0)

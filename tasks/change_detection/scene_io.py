@@ -46,6 +46,7 @@ from tqdm import tqdm
 from tasks.change_detection.data import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
                                          open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
 from unimatch.errors import DataError
+from unimatch.finite import require_finite
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
@@ -82,6 +83,7 @@ class GeoTiffDate:
             valid = np.all(self.src.read_masks(self.bands, window=window) > 0, axis=0)
         except RasterioError as error:
             raise unreadable(self.src.name, f"rows {row}-{row + count - 1}", error) from None
+        array = require_finite(array, self.info.path, self.src.nodata)
         if array.dtype.kind == "f":
             valid &= np.all(np.isfinite(array), axis=0)
         array = stretch_to_uint8(array, self.stretch, self.limits)

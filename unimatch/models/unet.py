@@ -3,8 +3,8 @@
 Module and attribute names follow the official ``more-scenarios/medical/model/unet.py`` so the
 released checkpoints load key for key (after stripping DDP's ``module.`` prefix):
 ``encoder.in_conv``, ``encoder.down1..4`` (``maxpool_conv.1`` is the conv block),
-``decoder.up1..4`` (``up`` is a 2x2 transposed convolution, ``conv`` the conv block) and
-``decoder.out_conv``; a conv block is ``conv_conv`` = [conv, BN, LeakyReLU, Dropout, conv, BN,
+``decoder.up1..4`` (``conv1x1`` a 1x1 convolution, then a parameter-free 2x bilinear upsample,
+then ``conv`` the conv block) and ``decoder.out_conv``; a conv block is ``conv_conv`` = [conv, BN, LeakyReLU, Dropout, conv, BN,
 LeakyReLU], so its parameters sit at indices 0, 1, 4 and 5.
 
 Contract: ``model(x) -> logits``; ``model(x, need_fp=True) -> (logits, logits_fp)``. The
@@ -57,15 +57,22 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Transposed-conv upsampling of the deeper feature, concatenated after the skip feature."""
+    """1x1 conv of the deeper feature to the skip's width, 2x bilinear upsample
+    (``align_corners=True``), concatenated after the skip feature, then a conv block.
+
+    This is the official ``UpBlock`` with its default ``bilinear=True``: the official ``Decoder``
+    never passes its ``bilinear: False`` parameter on, so the transposed-convolution branch of that
+    file is dead code and released checkpoints hold ``conv1x1`` weights.
+    """
 
     def __init__(self, deep_channels: int, skip_channels: int, out_channels: int, dropout_p: float = 0.0):
         super().__init__()
-        self.up = nn.ConvTranspose2d(deep_channels, skip_channels, kernel_size=2, stride=2)
+        self.conv1x1 = nn.Conv2d(deep_channels, skip_channels, kernel_size=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         self.conv = ConvBlock(skip_channels * 2, out_channels, dropout_p)
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(deep)], dim=1))
+        return self.conv(torch.cat([skip, self.up(self.conv1x1(deep))], dim=1))
 
 
 class Encoder(nn.Module):
