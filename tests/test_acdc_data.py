@@ -185,7 +185,7 @@ def test_info_cfg_without_es_is_a_data_error(phantom_copy):
     cfg = _patient_dir(phantom_copy, "patient002") / "Info.cfg"
     cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("ES")))
     with pytest.raises(DataError, match=r"patient002/Info.cfg.*ES"):
-        acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=32)
+        acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=32)
 
 
 def test_info_cfg_pointing_to_a_missing_frame_is_a_data_error(phantom_copy):
@@ -240,7 +240,7 @@ def test_truncated_training_image_names_the_file(phantom_copy):
 
 def test_raw_datasets_follow_the_data_contract(phantom):
     torch.manual_seed(0)
-    sets = acdc.build_acdc_datasets(phantom, cases=2, crop_size=24, seed=1)
+    sets = acdc.build_acdc_datasets(phantom, cases=2, slice_size=24, seed=1)
     split = sets.split
     assert len(split.labeled) == 2 and sets.layout == "raw"
     n_slices_l = sum(nib.load(str(_patient_dir(phantom, p) / f"{f}.nii.gz")).shape[2]
@@ -265,11 +265,11 @@ def test_raw_datasets_follow_the_data_contract(phantom):
 
 
 def test_unlabelled_set_never_opens_ground_truth(phantom_copy):
-    split = acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=16).split
+    split = acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=16).split
     for patient in split.unlabeled:
         for gt in _patient_dir(phantom_copy, patient).glob("*_gt.nii.gz"):
             gt.unlink()
-    sets = acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=16)
+    sets = acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=16)
     assert sets.split == split
     assert all(sets.train_u[i][0].shape == (1, 16, 16) for i in range(len(sets.train_u)))
     with pytest.raises(DataError, match="_gt.nii.gz"):  # a labelled use of the same patient needs it
@@ -278,7 +278,7 @@ def test_unlabelled_set_never_opens_ground_truth(phantom_copy):
 
 def _one_slice_dataset(length):
     image = np.random.default_rng(0).random((20, 30), dtype=np.float32)
-    return acdc.LabeledSlices([(image, np.zeros((20, 30), dtype=np.int64))], crop_size=16, nsample=length)
+    return acdc.LabeledSlices([(image, np.zeros((20, 30), dtype=np.int64))] * length, slice_size=16)
 
 
 def test_augmentation_is_reproducible_after_reseed():
@@ -375,7 +375,7 @@ def test_seeded_partition_for_other_patient_sets():
 
 def test_cases_larger_than_training_set_is_a_data_error(phantom):
     with pytest.raises(DataError, match="cases=99"):
-        acdc.build_acdc_datasets(phantom, cases=99, crop_size=16)
+        acdc.build_acdc_datasets(phantom, cases=99, slice_size=16)
 
 
 def test_official_list_files_are_read_and_must_not_share_patients(tmp_path):
@@ -449,7 +449,7 @@ def test_h5_layout_with_official_lists(tmp_path):
     for path in (root / "data" / "slices").glob("patient002_*.h5"):
         with h5py.File(path, "a") as file:
             del file["label"]
-    sets = acdc.build_acdc_datasets(root, crop_size=16, labeled_list=lists / "labeled.txt",
+    sets = acdc.build_acdc_datasets(root, slice_size=16, labeled_list=lists / "labeled.txt",
                                     unlabeled_list=lists / "unlabeled.txt", val_list=lists / "val.txt",
                                     h5_spacing=(10.0, 1.5, 1.5))
     assert sets.layout == "h5" and len(sets.train_u) == 4 and len(sets.train_l) == 2
@@ -466,7 +466,7 @@ def test_h5_layout_with_official_lists(tmp_path):
 
 def test_h5_layout_with_a_case_count_uses_patient_splits(tmp_path):
     root = _h5_layout(tmp_path)
-    sets = acdc.build_acdc_datasets(root, cases=1, crop_size=16, seed=0)
+    sets = acdc.build_acdc_datasets(root, cases=1, slice_size=16, seed=0)
     split = sets.split
     assert (len(split.labeled), len(split.unlabeled), len(split.val), len(split.test)) == (1, 0, 1, 1)
     assert len(sets.train_u) == 0 and len(sets.train_l) > 0

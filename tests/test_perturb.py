@@ -251,7 +251,8 @@ def test_from_config_takes_every_setting():
                  blur_sigma=[0.2, 1.0], cutmix_p=0.4, cutmix_area=[0.1, 0.2], cutmix_ratio=[0.5, 2.0],
                  channel_group_size=1)
     assert PerturbationSettings.from_config(cfg) == PerturbationSettings(
-        0.7, 0.1, 0.2, 0.3, 0.05, 0.0, 0.3, (0.2, 1.0), 0.4, (0.1, 0.2), (0.5, 2.0), 1)
+        color_jitter_p=0.7, brightness=0.1, contrast=0.2, saturation=0.3, hue=0.05, grayscale_p=0.0, blur_p=0.3,
+        blur_sigma=(0.2, 1.0), cutmix_p=0.4, cutmix_area=(0.1, 0.2), cutmix_ratio=(0.5, 2.0), channel_group_size=1)
 
 
 # ---- helpers used on the device ----------------------------------------------------------

@@ -4,9 +4,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from unimatch.models import build_model
 from unimatch.models.backbones import build_backbone, strip_wrappers
 from unimatch.models.pspnet import PSPNet
-from unimatch.models.siamese import SiameseDeepLabV3Plus, SiamesePSPNet, build_siamese
+from unimatch.models.siamese import SiameseDeepLabV3Plus, SiamesePSPNet
 
 
 def bn_keys(prefix):
@@ -130,13 +131,13 @@ def test_build_from_config_and_param_groups():
     cfg = SimpleNamespace(model="siamese_pspnet", nclass=2, backbone="tiny", pretrained=None,
                           replace_stride_with_dilation=[False, True, True], deep_stem=True, in_channels=6, width=8,
                           multi_grid=False, dilations=[6, 12, 18], reduce_channels=48, decoder_channels=256)
-    model = build_siamese(cfg)
+    model = build_model(cfg)
     assert isinstance(model, SiamesePSPNet) and model.backbone.conv1[0].in_channels == 3
     backbone, head = model.param_groups()
     assert len(backbone) + len(head) == len(list(model.parameters()))
     assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters()}
     cfg.model = "siamese_deeplabv3plus"
-    assert isinstance(build_siamese(cfg), SiameseDeepLabV3Plus)
+    assert isinstance(build_model(cfg), SiameseDeepLabV3Plus)
 
 
 def test_single_image_pspnet_contract():

@@ -5,9 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unimatch.data import IGNORE_INDEX
 from unimatch.errors import ConfigError
-
-IGNORE_INDEX = 255
 
 
 def masked_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor, confidence_mask: torch.Tensor,
@@ -87,13 +86,25 @@ class CrossEntropyDice(nn.Module):
         return (self.ce(logits.float(), target) + self.dice(logits.float().softmax(1), target)) / 2
 
 
+def _cross_entropy(nclass: int, ignore_index: int = IGNORE_INDEX, **kwargs) -> nn.Module:
+    return nn.CrossEntropyLoss(ignore_index=ignore_index)
+
+
+def _ohem(nclass: int, **kwargs) -> nn.Module:
+    return OhemCrossEntropy(**kwargs)
+
+
+# criterion name (official spellings first) -> factory(nclass, **kwargs)
+CRITERIA = {
+    "CELoss": _cross_entropy, "ce": _cross_entropy,
+    "OHEM": _ohem, "ohem": _ohem,
+    "CEDice": CrossEntropyDice, "ce_dice": CrossEntropyDice,
+}
+
+
 def build_criterion(spec: dict, nclass: int) -> nn.Module:
     """The labelled loss from the config's ``criterion: {name, kwargs}`` (official names accepted)."""
     name, kwargs = spec.get("name"), dict(spec.get("kwargs") or {})
-    if name in ("CELoss", "ce"):
-        return nn.CrossEntropyLoss(ignore_index=kwargs.get("ignore_index", IGNORE_INDEX))
-    if name in ("OHEM", "ohem"):
-        return OhemCrossEntropy(**kwargs)
-    if name in ("CEDice", "ce_dice"):
-        return CrossEntropyDice(nclass, **kwargs)
-    raise ConfigError(f"criterion.name: {name!r} is not one of CELoss, OHEM, CEDice")
+    if name not in CRITERIA:
+        raise ConfigError(f"criterion.name: {name!r} is not one of {', '.join(CRITERIA)}")
+    return CRITERIA[name](nclass, **kwargs)

@@ -42,8 +42,10 @@ class PerturbationSettings:
     @classmethod
     def from_config(cls, cfg) -> "PerturbationSettings":
         b, c, s, h = cfg.color_jitter
-        return cls(cfg.color_jitter_p, b, c, s, h, cfg.grayscale_p, cfg.blur_p, tuple(cfg.blur_sigma),
-                   cfg.cutmix_p, tuple(cfg.cutmix_area), tuple(cfg.cutmix_ratio), cfg.channel_group_size)
+        return cls(color_jitter_p=cfg.color_jitter_p, brightness=b, contrast=c, saturation=s, hue=h,
+                   grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p, blur_sigma=tuple(cfg.blur_sigma),
+                   cutmix_p=cfg.cutmix_p, cutmix_area=tuple(cfg.cutmix_area), cutmix_ratio=tuple(cfg.cutmix_ratio),
+                   channel_group_size=cfg.channel_group_size)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

@@ -35,17 +35,15 @@ Datasets (the project's data contract)
 Training slices get the official weak augmentation: with p=0.5 a random rot90 (k in 0..3)
 plus a flip along a random axis, else with p=0.5 a rotation by an integer angle in [-20, 20)
 degrees (nearest neighbour, no reshape, zero fill); then both image and mask are resized to
-``crop_size`` x ``crop_size``. Labels always use order 0; the image uses ``image_order``
-(default 0, the official's choice). The datasets own a numpy Generator that the engine
-reseeds per worker and epoch (``reseed(seed)``); see ``_Augmenting``.
+``slice_size`` x ``slice_size`` (the official config calls it ``crop_size``; nothing is cropped).
+Labels always use order 0; the image uses ``image_order`` (default 0, the official's choice). The
+random stream is :class:`unimatch.data.WeakViewDataset`'s, reseeded per worker and epoch.
 
 All slices and volumes are decoded once, at construction, and kept in memory (ACDC is about
 1.5k slices), so an epoch never re-decodes a ``.nii.gz``.
 """
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -58,6 +56,7 @@ from torch.utils.data import Dataset
 
 from tasks.acdc.nifti_io import read_nifti_volume
 from tasks.acdc.splits import PatientSplit, case_parts, make_patient_split, read_split_list, split_from_lists
+from unimatch.data import WeakViewDataset
 from unimatch.errors import DataError
 
 NUM_CLASSES = 4
@@ -252,7 +251,7 @@ def _h5_slice_files(root: Path, volume: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- augmentation
 
-def weak_augment(image: np.ndarray, mask: np.ndarray | None, crop_size: int, rng: np.random.Generator,
+def weak_augment(image: np.ndarray, mask: np.ndarray | None, slice_size: int, rng: np.random.Generator,
                  image_order: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """The official medical weak view: rot90+flip (p=.5) or else rotation (p=.5), then resize."""
     if rng.random() > 0.5:
@@ -267,78 +266,44 @@ def weak_augment(image: np.ndarray, mask: np.ndarray | None, crop_size: int, rng
         if mask is not None:
             mask = ndimage.rotate(mask, angle, order=0, reshape=False)
     height, width = image.shape
-    factors = (crop_size / height, crop_size / width)
+    factors = (slice_size / height, slice_size / width)
     image = ndimage.zoom(np.ascontiguousarray(image), factors, order=image_order)
     if mask is not None:
         mask = ndimage.zoom(np.ascontiguousarray(mask), factors, order=0)
     return image, mask
 
 
-class _Augmenting(Dataset):
-    """Owns the numpy Generator of the weak augmentation.
-
-    The engine calls ``reseed(seed)`` in every worker and at every epoch (and in the main
-    process when it loads without workers), which makes views reproducible across a resume. A
-    worker that was not reseeded (a plain DataLoader) seeds itself from ``torch.initial_seed()``,
-    which PyTorch makes distinct per worker and epoch, so workers never repeat each other's views.
-    """
-
-    def __init__(self, seed: int):
-        self.reseed(seed)
-
-    def reseed(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-        self._rng_pid = os.getpid()
-
-    def rng(self) -> np.random.Generator:
-        if self._rng_pid != os.getpid():
-            self.reseed(torch.initial_seed())
-        return self._rng
+def _slice_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0)
 
 
 # ----------------------------------------------------------------------------- datasets
 
-class LabeledSlices(_Augmenting):
-    """Labelled training slices; ``nsample`` repeats the list (like the official) to that length."""
+class LabeledSlices(WeakViewDataset):
+    """Labelled training slices: ``(image float32 (1, s, s), mask int64 (s, s))``, s = ``slice_size``."""
 
-    def __init__(self, slices: Sequence[tuple[np.ndarray, np.ndarray]], crop_size: int = 256,
-                 nsample: int | None = None, image_order: int = 0, seed: int = 0):
-        super().__init__(seed)
+    def __init__(self, slices: Sequence[tuple[np.ndarray, np.ndarray]], slice_size: int = 256,
+                 image_order: int = 0, seed: int = 0):
         if not slices:
             raise DataError("labelled ACDC set is empty: no labelled slices were found")
-        self.slices = list(slices)
-        self.crop_size = crop_size
-        self.image_order = image_order
-        self.indices = list(range(len(self.slices)))
-        if nsample is not None and nsample > len(self.indices):
-            self.indices = (self.indices * math.ceil(nsample / len(self.indices)))[:nsample]
+        super().__init__(slices, seed)
+        self.slice_size, self.image_order = slice_size, image_order
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int):
-        image, mask = self.slices[self.indices[item]]
-        image, mask = weak_augment(image, mask, self.crop_size, self.rng(), self.image_order)
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0), \
-            torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+    def view(self, item, rng):
+        image, mask = weak_augment(*item, self.slice_size, rng, self.image_order)
+        return _slice_tensor(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 
-class UnlabeledSlices(_Augmenting):
+class UnlabeledSlices(WeakViewDataset):
     """Unlabelled training slices (images only): the weak view and an all-zero ignore mask."""
 
-    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 256, image_order: int = 0, seed: int = 0):
-        super().__init__(seed)
-        self.images = list(images)
-        self.crop_size = crop_size
-        self.image_order = image_order
+    def __init__(self, images: Sequence[np.ndarray], slice_size: int = 256, image_order: int = 0, seed: int = 0):
+        super().__init__(images, seed)
+        self.slice_size, self.image_order = slice_size, image_order
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, item: int):
-        image, _ = weak_augment(self.images[item], None, self.crop_size, self.rng(), self.image_order)
-        ignore = torch.zeros((self.crop_size, self.crop_size), dtype=torch.int64)
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0), ignore
+    def view(self, item, rng):
+        image, _ = weak_augment(item, None, self.slice_size, rng, self.image_order)
+        return _slice_tensor(image), torch.zeros((self.slice_size, self.slice_size), dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -478,7 +443,7 @@ class _Reader:
         return case
 
 
-def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size: int = 256, seed: int = 0,
+def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_size: int = 256, seed: int = 0,
                         normalization: str = "minmax", image_order: int = 0,
                         labeled_list: Path | str | None = None, unlabeled_list: Path | str | None = None,
                         val_list: Path | str | None = None, test_list: Path | str | None = None,
@@ -489,7 +454,7 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
     ``seed``) or the official list files ``labeled_list``, ``unlabeled_list``, ``val_list``
     (and optionally ``test_list``; entries relative to ``root``) choose who is in which set.
     The labelled set is not repeated here: the engine repeats it to the unlabelled length (the
-    official ``nsample``); ``LabeledSlices(nsample=...)`` does the same for standalone use.
+    official ``nsample``, :class:`unimatch.data.RepeatDataset`).
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -514,8 +479,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
         val = [v for p in split.val for v in reader.patient_volumes(p)]
         test = [v for p in split.test for v in reader.patient_volumes(p)]
     return ACDCDatasets(
-        train_l=LabeledSlices(labeled, crop_size, image_order=image_order, seed=seed),
-        train_u=UnlabeledSlices(unlabeled, crop_size, image_order=image_order, seed=seed + 1),
+        train_l=LabeledSlices(labeled, slice_size, image_order=image_order, seed=seed),
+        train_u=UnlabeledSlices(unlabeled, slice_size, image_order=image_order, seed=seed + 1),
         val=VolumeDataset(val), test=VolumeDataset(test), split=split, layout=reader.layout)
 
 

@@ -175,3 +175,17 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
     nib.save(out, str(tmp))
     tmp.replace(path)
     return path
+
+
+def reference_image(source: Path | None, shape_zyx: tuple, spacing_zyx) -> nib.Nifti1Image:
+    """The grid a predicted label map is written on: the ``source`` NIfTI's when there is one (raw
+    layout), else an identity orientation scaled by the voxel spacing (``.h5`` volumes carry none)."""
+    if source is not None and source.is_file():
+        return nib.load(str(source))
+    z, y, x = (float(s) for s in spacing_zyx)
+    affine = np.diag([x, y, z, 1.0])
+    image = nib.Nifti1Image(to_nibabel(np.zeros(shape_zyx, dtype=np.uint8)), affine)
+    image.header.set_xyzt_units("mm")
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    return image

@@ -31,7 +31,6 @@ label: random rescale 0.8-1.2, crop with padding (image 0, label 255), horizonta
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch.utils.data import Dataset
 
+from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
@@ -248,10 +248,8 @@ class PairAugment:
     ``nadir_augment`` adds vertical flip p=0.5 and a uniform rotation by 0/90/180/270 degrees
     (sensible for nadir imagery, where there is no "up").
 
-    The draws come from one generator stream owned by this object (:meth:`reseed`). Not
-    albumentations' ``Compose(seed=...)``: in albumentations 2.0 that gives every transform its
-    own generator with the *same* seed, so e.g. the horizontal and vertical flips always fire
-    together.
+    All transforms draw from one stream (:func:`unimatch.data.reseed_pipeline`); training sets
+    hand ``transform`` to :class:`unimatch.data.WeakViewDataset`, which reseeds it.
     """
 
     def __init__(self, crop_size: int = 256, scale_range: tuple[float, float] = (0.8, 1.2),
@@ -260,7 +258,7 @@ class PairAugment:
             A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), interpolation=cv2.INTER_LINEAR,
                           mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, position="top_left",
-                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
+                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
             A.RandomCrop(crop_size, crop_size),
             A.HorizontalFlip(p=hflip),
         ]
@@ -271,8 +269,8 @@ class PairAugment:
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Restart the augmentation stream from ``seed`` (one stream shared by all transforms)."""
-        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        """Restart the augmentation stream from ``seed``."""
+        reseed_pipeline(self.transform, seed)
 
     def __call__(self, image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray):
         """(C,H,W) uint8 images and (H,W) mask -> augmented copies, the same draw for all three."""
@@ -335,36 +333,20 @@ class PairDataset(Dataset):
         return mask
 
 
-class AugmentedPairs(PairDataset):
-    """Training pairs: the augmentation stream restarts from ``seed`` and on :meth:`reseed`.
-
-    The engine calls ``reseed`` in every loader worker and every epoch, so workers never repeat
-    each other's views and a run is reproducible.
-    """
+class AugmentedPairs(WeakViewDataset, PairDataset):
+    """Training pairs of a split file, each returned as a weak view (:class:`PairAugment`)."""
 
     def __init__(self, root, split_file, crop_size: int = 256, nadir_augment: bool = False,
                  scale_range=(0.8, 1.2), seed: int = 0, need_labels: bool = True, **kwargs):
-        super().__init__(root, split_file, need_labels=need_labels, **kwargs)
+        PairDataset.__init__(self, root, split_file, need_labels=need_labels, **kwargs)
         self.augment = PairAugment(crop_size, scale_range, nadir_augment=nadir_augment, seed=seed)
-
-    def reseed(self, seed: int) -> None:
-        self.augment.reseed(seed)
+        WeakViewDataset.__init__(self, self.names, seed, self.augment.transform)
 
 
 class LabeledPairs(AugmentedPairs):
-    """Training pairs with labels: ``(image uint8 (2C,h,w), mask int64 (h,w))``, augmented.
+    """Training pairs with labels: ``(image uint8 (2C,h,w), mask int64 (h,w))``, augmented."""
 
-    ``nsample`` repeats the list (then truncates) to that length, as the official code does to
-    match the labelled set to the unlabelled one.
-    """
-
-    def __init__(self, root, split_file, nsample: int | None = None, **kwargs):
-        super().__init__(root, split_file, **kwargs)
-        if nsample is not None and nsample > len(self.names):
-            self.names = (self.names * math.ceil(nsample / len(self.names)))[:nsample]
-
-    def __getitem__(self, index: int):
-        name = self.names[index]
+    def view(self, name: str, rng):
         image_a, image_b = self.read_images(name)
         mask = self.read_mask(name, image_a.shape[1:]).astype(np.uint8)
         image_a, image_b, mask = self.augment(image_a, image_b, mask)
@@ -380,8 +362,8 @@ class UnlabeledPairs(AugmentedPairs):
     def __init__(self, root, split_file, **kwargs):
         super().__init__(root, split_file, need_labels=False, **kwargs)
 
-    def __getitem__(self, index: int):
-        image_a, image_b = self.read_images(self.names[index])
+    def view(self, name: str, rng):
+        image_a, image_b = self.read_images(name)
         inside = np.zeros(image_a.shape[1:], np.uint8)
         image_a, image_b, ignore = self.augment(image_a, image_b, inside)
         return torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(ignore.astype(np.int64))

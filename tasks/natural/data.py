@@ -29,9 +29,7 @@ with p = 0.5. Colour perturbations and normalisation happen later, batched on th
 """
 from __future__ import annotations
 
-import math
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,9 +42,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tasks.natural.synthetic import SYNTHETIC_CLASSES
+from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
 
-IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 PASCAL_CLASSES = (
@@ -339,12 +337,8 @@ class RandomLongSideRescale(A.DualTransform):
 
 
 def weak_augmentation(crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0) -> A.Compose:
-    """The official weak view: rescale, pad right/bottom (image 0, mask 255), random crop, h-flip p=0.5.
-
-    All transforms share ONE pair of generators seeded by ``seed``: albumentations' own
-    ``Compose(seed=...)`` gives every transform its own, identically seeded stream, so the
-    draws of one transform would replay those of another.
-    """
+    """The official weak view: rescale, pad right/bottom (image 0, mask 255), random crop, h-flip p=0.5,
+    all drawing from one stream seeded by ``seed`` (:func:`unimatch.data.reseed_pipeline`)."""
     pipeline = A.Compose([
         RandomLongSideRescale(scale_range),
         A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
@@ -354,32 +348,6 @@ def weak_augmentation(crop_size: int, scale_range: tuple[float, float] = (0.5, 2
     ])
     reseed_pipeline(pipeline, seed)
     return pipeline
-
-
-def reseed_pipeline(pipeline: A.Compose, seed: int) -> None:
-    """Give every transform of ``pipeline`` the same shared numpy and Python generators, seeded by ``seed``."""
-    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: seeds numpy, ``random`` and the dataset's augmentation
-    from the worker's torch seed (base seed + worker id), so runs are reproducible under
-    ``torch.manual_seed`` and every worker and epoch draws different views."""
-    info = torch.utils.data.get_worker_info()
-    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    if info is not None:
-        _reseed_dataset(info.dataset, seed)
-
-
-def _reseed_dataset(dataset: Dataset, seed: int) -> None:
-    if hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
-    for child in getattr(dataset, "datasets", ()):  # ConcatDataset
-        _reseed_dataset(child, seed)
-    if hasattr(dataset, "dataset"):  # Subset
-        _reseed_dataset(dataset.dataset, seed)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -397,59 +365,39 @@ def _check_scale_range(scale_range) -> tuple[float, float]:
     return low, high
 
 
-class _WeakViewDataset(Dataset):
+class _SplitViews(WeakViewDataset):
     """Training images listed in a split file, each returned as a weak (geometric) view."""
 
     def __init__(self, dataset: str, root, split_file, crop_size: int, need_masks: bool,
                  scale_range: tuple[float, float], seed: int):
         self.layout = get_layout(dataset)
         self.crop_size = _check_crop_size(crop_size)
-        self.entries = read_split(split_file, root, dataset, need_masks=need_masks)
-        self.transform = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
+        pipeline = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
+        super().__init__(read_split(split_file, root, dataset, need_masks=need_masks), seed, pipeline)
 
-    def reseed(self, seed: int) -> None:
-        reseed_pipeline(self.transform, seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
+    @property
+    def entries(self) -> list[SplitEntry]:
+        return self.items
 
 
-class LabeledDataset(_WeakViewDataset):
+class LabeledDataset(_SplitViews):
     """Labelled training images: ``(image uint8 (3, c, c), mask int64 (c, c))`` after the weak view.
 
-    ``repeat_to`` repeats the list to that length, as the official ``nsample`` (the labelled
-    set is stretched to the size of the unlabelled set so both loaders have one epoch length).
     ``nclass`` defaults to the dataset's class count (21 Pascal, 19 Cityscapes, 81 COCO).
     """
 
-    def __init__(
-        self,
-        dataset: str,
-        root: str | os.PathLike,
-        split_file: str | os.PathLike,
-        crop_size: int,
-        *,
-        nclass: int | None = None,
-        repeat_to: int | None = None,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        seed: int = 0,
-    ):
+    def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
+                 nclass: int | None = None, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
         super().__init__(dataset, root, split_file, crop_size, True, scale_range, seed)
         self.nclass = nclass if nclass is not None else self.layout.nclass
-        if repeat_to is not None:
-            if repeat_to < 1:
-                raise DataError(f"repeat_to must be a positive number of samples; got {repeat_to}")
-            self.entries = (self.entries * math.ceil(repeat_to / len(self.entries)))[:repeat_to]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.entries[index]
+    def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
         image = load_image(entry)
-        mask = load_mask(entry, self.nclass, image.shape[:2])
-        view = self.transform(image=image, mask=mask)
+        view = self.pipeline(image=image, mask=load_mask(entry, self.nclass, image.shape[:2]))
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 
-class UnlabeledDataset(_WeakViewDataset):
+class UnlabeledDataset(_SplitViews):
     """Unlabelled training images: ``(image uint8 (3, c, c), ignore_mask int64 (c, c))``.
 
     ``ignore_mask`` is 255 where the crop lies outside the rescaled image (padding) and 0
@@ -457,22 +405,13 @@ class UnlabeledDataset(_WeakViewDataset):
     those pixels 255. No label file is opened or even looked for.
     """
 
-    def __init__(
-        self,
-        dataset: str,
-        root: str | os.PathLike,
-        split_file: str | os.PathLike,
-        crop_size: int,
-        *,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        seed: int = 0,
-    ):
+    def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
+                 scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
         super().__init__(dataset, root, split_file, crop_size, False, scale_range, seed)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_image(self.entries[index])
-        inside = np.zeros(image.shape[:2], dtype=np.uint8)
-        view = self.transform(image=image, mask=inside)
+    def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        image = load_image(entry)
+        view = self.pipeline(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 
