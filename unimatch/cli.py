@@ -55,7 +55,8 @@ def eval_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_arguments(parser)
-    parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
+    parser.add_argument("--data-root", help="dataset root (default: the config's; the built-in synthetic "
+                                            "dataset when it names none)")
     parser.add_argument("--split", help="the split to evaluate: a split file (or a task's named split such as "
                                         "val/test); default: the config's validation list")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write each predicted mask here")
