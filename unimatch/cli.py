@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from unimatch.config import EVAL_MODES, METHODS, Config, load_config
+from unimatch.paths import prepare_output_dir, refuse_existing
 
 
 def train_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
@@ -227,27 +228,6 @@ def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device):
     model = build_model(dataclasses.replace(cfg, pretrained=None))
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
-
-
-def refuse_existing(paths, overwrite: bool) -> None:
-    """Output files that exist already stop the command before any work, unless ``--overwrite``."""
-    from unimatch.errors import DataError
-
-    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
-    if existing and not overwrite:
-        raise DataError(f"{len(existing)} output file(s) exist already (first: {existing[0]}); nothing already "
-                        "existing is replaced: choose another path or pass --overwrite")
-
-
-def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
-    """Create a folder for predictions; one that already holds files is refused unless ``--overwrite``."""
-    from unimatch.errors import DataError
-
-    if directory is None:
-        return
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 def prediction_folder(directory: Path | None, overwrite: bool, ctx) -> Path | None:

@@ -18,13 +18,13 @@ from tasks.acdc.nifti_io import reference_image, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
 from tasks.acdc.splits import case_parts
 from tasks.acdc.synthetic import ensure_synthetic_acdc
-from unimatch.cli import default_save_dir, refuse_existing
+from unimatch.cli import default_save_dir
 from unimatch.config import Config, load_config
 from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor
-from unimatch.paths import config_path
+from unimatch.paths import config_path, refuse_existing
 from unimatch.task import EvaluationReport, Task
 
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")

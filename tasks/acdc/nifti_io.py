@@ -19,6 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from unimatch.errors import DataError
+from unimatch.paths import refuse_existing
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Errors nibabel/gzip/zlib raise on a truncated, corrupt or non-NIfTI file.
@@ -156,8 +157,7 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
         raise DataError(f"{path}: label shape {label.shape} does not match the reference volume (Z,Y,X) {expected}")
     if label.size and (label.min() < 0 or label.max() > 255):
         raise DataError(f"{path}: label values {label.min()}..{label.max()} do not fit uint8")
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists; refusing to overwrite (choose another output folder or pass overwrite)")
+    refuse_existing([path], overwrite)
 
     header = reference_img.header.copy()
     header.set_data_dtype(np.uint8)

@@ -14,9 +14,9 @@ from PIL import Image
 from tasks.acdc.data import normalize_intensity
 from tasks.acdc.evaluation import predict_volume
 from tasks.acdc.nifti_io import NiftiVolume, list_nifti_files, nifti_stem, read_nifti_volume, write_label_nifti
-from unimatch.cli import refuse_existing
 from unimatch.errors import DataError
 from unimatch.inference import Predictor
+from unimatch.paths import refuse_existing
 
 # RV red, Myo green, LV blue (class ids 1, 2, 3)
 OVERLAY_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], dtype=np.float32)

@@ -15,14 +15,14 @@ from tasks.natural.data import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
                                 LabeledDataset, UnlabeledDataset, ValDataset)
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
-from unimatch.cli import add_mode_argument, prediction_folder, refuse_existing
+from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation, predict
-from unimatch.paths import config_path
+from unimatch.paths import config_path, refuse_existing
 from unimatch.report import segmentation_report
 from unimatch.task import EvaluationReport, Task
 

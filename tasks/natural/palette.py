@@ -13,6 +13,7 @@ from PIL import Image
 
 from unimatch.data import IGNORE_INDEX
 from unimatch.errors import DataError
+from unimatch.paths import refuse_existing
 
 # Cityscapes colours of the 19 evaluation classes in train-id order (road, sidewalk, building, wall,
 # fence, pole, traffic light, traffic sign, vegetation, terrain, sky, person, rider, car, truck, bus,
@@ -75,8 +76,7 @@ def save_palette_png(mask, path, palette: np.ndarray | None = None, overwrite: b
     silently destroys earlier predictions or labels.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path} already exists; choose another output path or pass overwrite=True")
+    refuse_existing([path], overwrite)
     palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
     image = Image.fromarray(_as_index_mask(mask))
     image.putpalette(palette.reshape(-1).tolist())  # turns the "L" image into "P", values unchanged
