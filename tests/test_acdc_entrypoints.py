@@ -21,7 +21,8 @@ from PIL import Image
 from tasks.acdc import evaluate, predict, train
 from tasks.acdc.common import load_acdc_config
 from tasks.acdc.evaluation import evaluate_volumes
-from tasks.acdc.data import VolumeDataset, build_eval_volumes, list_raw_cases, load_raw_case
+from tasks.acdc.data import VolumeDataset, build_eval_volumes
+from tasks.acdc.readers import list_raw_cases, load_raw_case
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights

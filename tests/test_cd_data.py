@@ -9,8 +9,8 @@ from PIL import Image
 from affine import Affine
 
 from tasks.change_detection import make_splits, synthetic
-from tasks.change_detection.data import (EvalPairs, LabeledPairs, PairAugment, UnlabeledPairs, read_image,
-                                         read_label, read_pair)
+from tasks.change_detection.data import EvalPairs, LabeledPairs, PairAugment, UnlabeledPairs
+from tasks.change_detection.raster_io import read_image, read_label, read_pair
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.data import RepeatDataset
 from unimatch.errors import DataError

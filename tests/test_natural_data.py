@@ -21,10 +21,10 @@ from tasks.natural.data import (  # noqa: E402
     RandomLongSideRescale,
     UnlabeledDataset,
     ValDataset,
-    read_split,
     rescaled_size,
     weak_augmentation,
 )
+from tasks.natural.layouts import read_split  # noqa: E402
 from tasks.natural.make_splits import main as make_splits_main  # noqa: E402
 from tasks.natural.palette import overlay, save_palette_png, voc_palette  # noqa: E402
 from unimatch.data import RepeatDataset, reseed_pipeline, seed_worker  # noqa: E402

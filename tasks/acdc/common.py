@@ -12,7 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from tasks.acdc.data import ACDCDatasets, VolumeDataset, build_acdc_datasets, build_eval_volumes, find_raw_root
+from tasks.acdc.data import ACDCDatasets, VolumeDataset, build_acdc_datasets, build_eval_volumes
+from tasks.acdc.readers import find_raw_root
 from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.nifti_io import reference_image, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files

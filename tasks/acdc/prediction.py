@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.acdc.data import normalize_intensity
 from tasks.acdc.evaluation import predict_volume
 from tasks.acdc.nifti_io import NiftiVolume, list_nifti_files, nifti_stem, read_nifti_volume, write_label_nifti
+from tasks.acdc.readers import normalize_intensity
 from unimatch.errors import DataError
 from unimatch.inference import Predictor
 from unimatch.paths import refuse_existing

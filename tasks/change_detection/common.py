@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.cli import add_mode_argument, prediction_folder

@@ -38,8 +38,8 @@ from PIL import Image
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from tasks.change_detection.data import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
-                                         open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
+from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
+                                              open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
 from unimatch.errors import DataError
 from unimatch.paths import refuse_existing
 

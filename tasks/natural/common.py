@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tasks.natural.data import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES, ImageFolderDataset,
-                                LabeledDataset, UnlabeledDataset, ValDataset)
+from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset
+from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
 from unimatch.cli import add_mode_argument, prediction_folder

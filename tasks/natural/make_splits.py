@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.natural.data import LAYOUTS, SplitEntry, get_layout, read_split
+from tasks.natural.layouts import LAYOUTS, SplitEntry, get_layout, read_split
 from unimatch.errors import DataError
 from unimatch.paths import refuse_existing
 
