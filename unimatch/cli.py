@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by every task's train/evaluate entry points."""
+"""The commands every task shares (train, evaluate, predict), driven by its :class:`unimatch.task.Task`,
+and their plumbing: parsers, config loading, writers."""
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,8 @@ def pick_device(name: str) -> torch.device:
 def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
-    from unimatch.engine import Trainer, log
     from unimatch.data import seed_everything
+    from unimatch.engine import Trainer, log
     from unimatch.models import build_model
 
     parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
@@ -149,8 +150,7 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
     model, normalisation, sizes and seed (which decides ACDC's test patients) are used; otherwise
-    (official checkpoints store none) the task's built-in default. ``pretrained`` is dropped: the
-    checkpoint holds every weight.
+    (official checkpoints store none) the task's built-in default.
     """
     import dataclasses
 
@@ -167,7 +167,7 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
             stored.update({k: v for k, v in values.items() if v is not None})
             cfg = load_config(None, overrides, schema=task.config_class, **stored)
             source = f"{checkpoint} (stored config)"
-    return dataclasses.replace(cfg, pretrained=None), source
+    return cfg, source
 
 
 def evaluate_main(task, argv, doc: str) -> dict:

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from unimatch.config import EVAL_MODES
 from unimatch.distributed import unwrap
+from unimatch.engine import autocast_for
 from unimatch.errors import DataError
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer, to_unit_float
@@ -25,7 +26,6 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, cfg, device: torch.device):
-        from unimatch.engine import autocast_for
         self.model, self.device = unwrap(model), device
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
         self.autocast = autocast_for(cfg, device)
