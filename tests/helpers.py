@@ -44,7 +44,7 @@ def tiny_config(**changes) -> Config:
     """A validated :class:`Config` for the tiny DeepLabV3+ on 32x32 crops (CPU, no workers)."""
     cfg = Config(nclass=NCLASS, crop_size=CROP, backbone="tiny", width=8, reduce_channels=8,
                  decoder_channels=16, epochs=2, batch_size=2, lr=0.01, num_workers=0, log_every=0,
-                 conf_thresh=0.5)
+                 conf_thresh=0.5, select_metric="mIoU")
     cfg = dataclasses.replace(cfg, **changes)
     cfg.validate()
     return cfg

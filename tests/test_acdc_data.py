@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tasks.acdc import data as acdc
+from tasks.acdc import readers
 from tasks.acdc.nifti_io import list_nifti_files, read_nifti_volume, to_nibabel, write_label_nifti
 from tasks.acdc.splits import (LITERATURE_LABELED_ORDER, LITERATURE_TEST, LITERATURE_VAL, make_patient_split,
                                read_split_list, split_from_lists)
@@ -55,7 +56,7 @@ def test_synthetic_phantom_is_written_in_the_raw_acdc_layout(phantom):
     assert patients == [f"patient{i:03d}" for i in range(1, 9)]
     assert not [p for p in phantom.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     for patient in patients:
-        info = acdc.read_info_cfg(_patient_dir(phantom, patient) / "Info.cfg")
+        info = readers.read_info_cfg(_patient_dir(phantom, patient) / "Info.cfg")
         assert set(info) == {"ED", "ES", "Group", "Height", "NbFrame", "Weight"}
         assert info["Group"] in {"NOR", "MINF", "DCM", "HCM", "RV"}
         lv_voxels = {}
@@ -81,8 +82,8 @@ def test_synthetic_phantom_is_written_in_the_raw_acdc_layout(phantom):
 def test_synthetic_background_holds_bright_structures(phantom):
     """A threshold keeping 75% of the LV cavity also keeps much background (vessels, fat)."""
     bright_background = lv_voxels = 0
-    for frames in acdc.list_raw_cases(phantom).values():
-        volume, label, _, _ = acdc.load_raw_case(frames[0], with_label=True)
+    for frames in readers.list_raw_cases(phantom).values():
+        volume, label, _, _ = readers.load_raw_case(frames[0], with_label=True)
         threshold = np.percentile(volume[label == 3], 25)
         bright_background += np.count_nonzero((label == 0) & (volume >= threshold))
         lv_voxels += np.count_nonzero(label == 3)
@@ -188,7 +189,7 @@ def test_nifti_folder_listing_skips_ground_truth_and_cine(tmp_path):
 # ----------------------------------------------------------------------------- raw layout: bad input
 
 def _frames(root, patient):
-    info = acdc.read_info_cfg(_patient_dir(root, patient) / "Info.cfg")
+    info = readers.read_info_cfg(_patient_dir(root, patient) / "Info.cfg")
     return [f"{patient}_frame{int(info[p]):02d}" for p in ("ED", "ES")]
 
 
@@ -196,18 +197,18 @@ def test_info_cfg_without_es_is_a_data_error(phantom_copy):
     cfg = _patient_dir(phantom_copy, "patient002") / "Info.cfg"
     cfg.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("ES")))
     with pytest.raises(DataError, match=r"patient002/Info.cfg.*ES"):
-        acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=32)
+        acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=32)
 
 
 def test_info_cfg_pointing_to_a_missing_frame_is_a_data_error(phantom_copy):
     cfg = _patient_dir(phantom_copy, "patient002") / "Info.cfg"
     cfg.write_text(cfg.read_text().replace("ED: 1", "ED: 7"))
     with pytest.raises(DataError, match=r"Info.cfg: ED: 7 points to patient002_frame07.nii.gz"):
-        acdc.list_raw_cases(phantom_copy)
+        readers.list_raw_cases(phantom_copy)
 
 
 def _first_case(root, patient="patient001"):
-    return acdc.list_raw_cases(root, [patient])[patient][0]
+    return readers.list_raw_cases(root, [patient])[patient][0]
 
 
 def test_image_and_ground_truth_of_different_shapes(phantom_copy):
@@ -216,7 +217,7 @@ def test_image_and_ground_truth_of_different_shapes(phantom_copy):
     cropped = np.asarray(truth.dataobj)[:-2]
     _write_nifti(case.label_path, cropped, affine=truth.affine, dtype=np.uint8)
     with pytest.raises(DataError, match=case.label_path.name + ".*shape"):
-        acdc.load_raw_case(case, with_label=True)
+        readers.load_raw_case(case, with_label=True)
 
 
 def test_image_and_ground_truth_on_different_grids(phantom_copy):
@@ -226,7 +227,7 @@ def test_image_and_ground_truth_on_different_grids(phantom_copy):
     moved[:3, 3] += 5.0
     _write_nifti(case.label_path, np.asarray(truth.dataobj), affine=moved, dtype=np.uint8)
     with pytest.raises(DataError, match=case.label_path.name + ".*affine"):
-        acdc.load_raw_case(case, with_label=True)
+        readers.load_raw_case(case, with_label=True)
 
 
 def test_labels_outside_0_to_3(phantom_copy):
@@ -236,7 +237,7 @@ def test_labels_outside_0_to_3(phantom_copy):
     labels[0, 0, 0] = 4
     _write_nifti(case.label_path, labels, affine=truth.affine, dtype=np.uint8)
     with pytest.raises(DataError, match=case.label_path.name + r".*\[4\]"):
-        acdc.load_raw_case(case, with_label=True)
+        readers.load_raw_case(case, with_label=True)
 
 
 def test_truncated_training_image_names_the_file(phantom_copy):
@@ -244,14 +245,14 @@ def test_truncated_training_image_names_the_file(phantom_copy):
     raw = case.image_path.read_bytes()
     case.image_path.write_bytes(raw[: len(raw) // 3])
     with pytest.raises(DataError, match=case.image_path.name):
-        acdc.load_raw_case(case, with_label=True)
+        readers.load_raw_case(case, with_label=True)
 
 
 # ----------------------------------------------------------------------------- datasets from the raw layout
 
 def test_raw_datasets_follow_the_data_contract(phantom):
     torch.manual_seed(0)
-    sets = acdc.build_acdc_datasets(phantom, cases=2, crop_size=24, seed=1)
+    sets = acdc.build_acdc_datasets(phantom, cases=2, slice_size=24, seed=1)
     split = sets.split
     assert len(split.labeled) == 2 and sets.layout == "raw"
     n_slices_l = sum(nib.load(str(_patient_dir(phantom, p) / f"{f}.nii.gz")).shape[2]
@@ -276,20 +277,20 @@ def test_raw_datasets_follow_the_data_contract(phantom):
 
 
 def test_unlabelled_set_never_opens_ground_truth(phantom_copy):
-    split = acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=16).split
+    split = acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=16).split
     for patient in split.unlabeled:
         for gt in _patient_dir(phantom_copy, patient).glob("*_gt.nii.gz"):
             gt.unlink()
-    sets = acdc.build_acdc_datasets(phantom_copy, cases=1, crop_size=16)
+    sets = acdc.build_acdc_datasets(phantom_copy, cases=1, slice_size=16)
     assert sets.split == split
     assert all(sets.train_u[i][0].shape == (1, 16, 16) for i in range(len(sets.train_u)))
     with pytest.raises(DataError, match="_gt.nii.gz"):  # a labelled use of the same patient needs it
-        acdc.load_raw_case(acdc.list_raw_cases(phantom_copy, [split.unlabeled[0]])[split.unlabeled[0]][0], True)
+        readers.load_raw_case(readers.list_raw_cases(phantom_copy, [split.unlabeled[0]])[split.unlabeled[0]][0], True)
 
 
 def _one_slice_dataset(length):
     image = np.random.default_rng(0).random((20, 30), dtype=np.float32)
-    return acdc.LabeledSlices([(image, np.zeros((20, 30), dtype=np.int64))], crop_size=16, nsample=length)
+    return acdc.LabeledSlices([(image, np.zeros((20, 30), dtype=np.int64))] * length, slice_size=16)
 
 
 def test_augmentation_is_reproducible_after_reseed():
@@ -336,13 +337,13 @@ def test_weak_augmentation_keeps_image_and_mask_aligned():
 def test_percentile_normalisation_resists_hot_voxels():
     volume = np.random.default_rng(0).normal(100, 10, size=(4, 20, 20))
     volume[0, 0, 0] = 1e5
-    minmax = acdc.normalize_intensity(volume, "minmax")
-    robust = acdc.normalize_intensity(volume, "percentile")
+    minmax = readers.normalize_intensity(volume, "minmax")
+    robust = readers.normalize_intensity(volume, "percentile")
     assert minmax.dtype == robust.dtype == np.float32
     assert 0.0 <= robust.min() and robust.max() <= 1.0
     assert np.std(robust.ravel()[1:]) > 10 * np.std(minmax.ravel()[1:])
     with pytest.raises(DataError, match="normalisation"):
-        acdc.normalize_intensity(volume, "zscore")
+        readers.normalize_intensity(volume, "zscore")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -386,7 +387,7 @@ def test_seeded_partition_for_other_patient_sets():
 
 def test_cases_larger_than_training_set_is_a_data_error(phantom):
     with pytest.raises(DataError, match="cases=99"):
-        acdc.build_acdc_datasets(phantom, cases=99, crop_size=16)
+        acdc.build_acdc_datasets(phantom, cases=99, slice_size=16)
 
 
 def test_official_list_files_are_read_and_must_not_share_patients(tmp_path):
@@ -429,22 +430,22 @@ def _h5_layout(root, patients=(("patient001", 3), ("patient002", 2), ("patient00
 
 def test_h5_volume_and_slice_readers(tmp_path):
     root = _h5_layout(tmp_path)
-    image, label = acdc.read_h5(root / "data" / "patient001_frame01.h5", with_label=True, ndim=3)
+    image, label = readers.read_h5(root / "data" / "patient001_frame01.h5", with_label=True, ndim=3)
     assert image.shape == label.shape == (3, 20, 24) and image.dtype == np.float32 and label.dtype == np.int64
-    image, label = acdc.read_h5(root / "data" / "slices" / "patient001_frame01_slice_2.h5", with_label=False, ndim=2)
+    image, label = readers.read_h5(root / "data" / "slices" / "patient001_frame01_slice_2.h5", with_label=False, ndim=2)
     assert image.shape == (20, 24) and label is None
     _write_h5(root / "data" / "nolabel.h5", np.zeros((2, 4, 4), np.float32))
     with pytest.raises(DataError, match="nolabel.h5.*'label'"):
-        acdc.read_h5(root / "data" / "nolabel.h5", with_label=True, ndim=3)
+        readers.read_h5(root / "data" / "nolabel.h5", with_label=True, ndim=3)
     _write_h5(root / "data" / "mismatch.h5", np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 5), np.uint8))
     with pytest.raises(DataError, match="mismatch.h5.*differs"):
-        acdc.read_h5(root / "data" / "mismatch.h5", with_label=True, ndim=3)
+        readers.read_h5(root / "data" / "mismatch.h5", with_label=True, ndim=3)
     _write_h5(root / "data" / "badlabel.h5", np.zeros((2, 4, 4), np.float32), np.full((2, 4, 4), 9, np.uint8))
     with pytest.raises(DataError, match="badlabel.h5"):
-        acdc.read_h5(root / "data" / "badlabel.h5", with_label=True, ndim=3)
+        readers.read_h5(root / "data" / "badlabel.h5", with_label=True, ndim=3)
     (root / "data" / "junk.h5").write_bytes(b"\x89HDF truncated")
     with pytest.raises(DataError, match="junk.h5"):
-        acdc.read_h5(root / "data" / "junk.h5", with_label=True, ndim=3)
+        readers.read_h5(root / "data" / "junk.h5", with_label=True, ndim=3)
 
 
 def test_h5_layout_with_official_lists(tmp_path):
@@ -460,7 +461,7 @@ def test_h5_layout_with_official_lists(tmp_path):
     for path in (root / "data" / "slices").glob("patient002_*.h5"):
         with h5py.File(path, "a") as file:
             del file["label"]
-    sets = acdc.build_acdc_datasets(root, crop_size=16, labeled_list=lists / "labeled.txt",
+    sets = acdc.build_acdc_datasets(root, slice_size=16, labeled_list=lists / "labeled.txt",
                                     unlabeled_list=lists / "unlabeled.txt", val_list=lists / "val.txt",
                                     h5_spacing=(10.0, 1.5, 1.5))
     assert sets.layout == "h5" and len(sets.train_u) == 4 and len(sets.train_l) == 2
@@ -477,7 +478,7 @@ def test_h5_layout_with_official_lists(tmp_path):
 
 def test_h5_layout_with_a_case_count_uses_patient_splits(tmp_path):
     root = _h5_layout(tmp_path)
-    sets = acdc.build_acdc_datasets(root, cases=1, crop_size=16, seed=0)
+    sets = acdc.build_acdc_datasets(root, cases=1, slice_size=16, seed=0)
     split = sets.split
     assert (len(split.labeled), len(split.unlabeled), len(split.val), len(split.test)) == (1, 0, 1, 1)
     assert len(sets.train_u) == 0 and len(sets.train_l) > 0

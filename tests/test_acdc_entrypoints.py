@@ -19,12 +19,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tasks.acdc import evaluate, predict, train
-from tasks.acdc.common import evaluate_volumes, load_acdc_config
-from tasks.acdc.data import VolumeDataset, build_eval_volumes, list_raw_cases, load_raw_case
+from tasks.acdc.common import load_acdc_config
+from tasks.acdc.evaluation import evaluate_volumes
+from tasks.acdc.data import VolumeDataset, build_eval_volumes
+from tasks.acdc.readers import list_raw_cases, load_raw_case
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights
 from unimatch.errors import DataError
+from unimatch.inference import Predictor
 from unimatch.losses import CrossEntropyDice
 from unimatch.metrics.volume import score_volume
 from unimatch.models import build_model
@@ -173,7 +176,7 @@ def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, phantom):
     load_model_weights(model, fitted)
     model.eval()
     item = build_eval_volumes(phantom, "val", seed=0).items[0]
-    result = evaluate_volumes(model, VolumeDataset([item]), cfg, DistContext())
+    result = evaluate_volumes(Predictor(model, cfg, torch.device("cpu")), VolumeDataset([item]), cfg, DistContext())
 
     slices = []
     with torch.no_grad():
@@ -184,7 +187,7 @@ def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, phantom):
             slices.append(F.interpolate(logits, (h, w), mode="bilinear", align_corners=False).argmax(1)[0])
     labels = torch.stack(slices).numpy()
     assert len(np.unique(labels)) > 1
-    by_hand = score_volume(labels, item.label, item.spacing)
+    by_hand = score_volume(labels, item.label, item.spacing, {1: "RV", 2: "Myo", 3: "LV"})
     assert result.per_case == [(item.case_id, by_hand)]
     assert result.summary["mean"]["dice"] == pytest.approx(np.mean([s.dice for s in by_hand.values()]))
 

@@ -7,6 +7,8 @@ from scipy import ndimage
 
 from unimatch.metrics.volume import aggregate, binary_scores, score_volume
 
+ACDC = {1: "RV", 2: "Myo", 3: "LV"}
+
 
 def _surface(mask):
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
@@ -90,7 +92,7 @@ def test_score_volume_scores_each_acdc_class():
     pred = gt.copy()
     pred[pred == 1] = 0  # RV missed entirely
     pred[1:5, 10:16, 16:18] = 2  # myocardium too wide
-    scores = score_volume(pred, gt, spacing=(10.0, 1.5, 1.5))
+    scores = score_volume(pred, gt, spacing=(10.0, 1.5, 1.5), classes=ACDC)
     assert list(scores) == ["RV", "Myo", "LV"]
     assert scores["RV"].status == "pred_empty" and scores["RV"].dice == 0.0
     assert scores["LV"].dice == 1.0 and scores["LV"].hd95_mm == 0.0
@@ -99,17 +101,17 @@ def test_score_volume_scores_each_acdc_class():
     assert scores["Myo"].dice == pytest.approx(expected)
     assert scores["Myo"].hd95_mm == pytest.approx(_brute_hd95(myo_pred, myo_gt, (10.0, 1.5, 1.5)))
     with pytest.raises(ValueError):
-        score_volume(pred[:3], gt, spacing=(10.0, 1.5, 1.5))
+        score_volume(pred[:3], gt, spacing=(10.0, 1.5, 1.5), classes=ACDC)
 
 
 def test_aggregate_means_per_class_and_counts_undefined_distances():
     gt = np.zeros((4, 10, 10), dtype=np.int64)
     gt[1:3, 1:4, 1:4] = 1
     gt[1:3, 5:9, 5:9] = 3
-    perfect = score_volume(gt, gt, (10, 1, 1))
+    perfect = score_volume(gt, gt, (10, 1, 1), ACDC)
     missing_rv = gt.copy()
     missing_rv[missing_rv == 1] = 0
-    partial = score_volume(missing_rv, gt, (10, 1, 1))
+    partial = score_volume(missing_rv, gt, (10, 1, 1), ACDC)
     result = aggregate([perfect, partial])
     rv = result["classes"]["RV"]
     assert rv["dice"] == pytest.approx(0.5)

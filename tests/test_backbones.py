@@ -1,38 +1,17 @@
-"""Backbones and DeepLabV3+: official state-dict keys, weight loading, output stride, the FP stream."""
+"""Backbones and DeepLabV3+: official state-dict keys and shapes, weight loading, output stride, the FP stream
+(the model contract itself: tests/test_model_contract.py)."""
 import pytest
 import torch
 import torchvision
 
 from helpers import deterministic, tiny_deeplab
+from official_keys import official_deep_stem_resnet_keys
 from unimatch.errors import CheckpointError
 from unimatch.models.backbones import build_backbone, load_backbone_weights
 from unimatch.models.deeplabv3plus import DeepLabV3Plus
 
-BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
 def setup_module():
     deterministic()
-
-
-def bn_keys(prefix):
-    return [f"{prefix}.{name}" for name in BN]
-
-
-def official_deep_stem_resnet_keys(blocks):
-    """Keys of the official UniMatch ``model/backbone/resnet.py`` (deep stem, Bottleneck blocks):
-    ``conv1`` is Sequential(conv, bn, relu, conv, bn, relu, conv) -> conv1.0/1/3/4/6, then ``bn1``;
-    every stage's first block has ``downsample`` = Sequential(conv1x1, bn)."""
-    keys = ["conv1.0.weight", *bn_keys("conv1.1"), "conv1.3.weight", *bn_keys("conv1.4"), "conv1.6.weight",
-            *bn_keys("bn1")]
-    for stage, count in enumerate(blocks, start=1):
-        for block in range(count):
-            prefix = f"layer{stage}.{block}"
-            for i in (1, 2, 3):
-                keys += [f"{prefix}.conv{i}.weight", *bn_keys(f"{prefix}.bn{i}")]
-            if block == 0:
-                keys += [f"{prefix}.downsample.0.weight", *bn_keys(f"{prefix}.downsample.1")]
-    return keys
 
 
 def meta_state_dict(build):
@@ -69,26 +48,14 @@ def test_torchvision_flavour_keys_equal_torchvision_without_fc(name):
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
-def test_deeplabv3plus_keys_match_the_official_model():
-    """Official DeepLabV3+: head.b0..b3 (conv, bn), head.b4.gap (pool, conv, bn), head.project (conv, bn),
-    reduce (conv, bn), fuse = flat Sequential(conv, bn, relu, conv, bn, relu), classifier."""
+def test_deeplabv3plus_head_shapes_match_the_official_model():
+    """Shapes of the official DeepLabV3+ head (its keys: tests/test_model_contract.py)."""
     state = meta_state_dict(lambda: DeepLabV3Plus(21, "resnet101"))
-    head = [k for k in state if not k.startswith("backbone.")]
-    expected = []
-    for branch in ("b0", "b1", "b2", "b3"):
-        expected += [f"head.{branch}.0.weight", *bn_keys(f"head.{branch}.1")]
-    expected += ["head.b4.gap.1.weight", *bn_keys("head.b4.gap.2"), "head.project.0.weight",
-                 *bn_keys("head.project.1"), "reduce.0.weight", *bn_keys("reduce.1"),
-                 "fuse.0.weight", *bn_keys("fuse.1"), "fuse.3.weight", *bn_keys("fuse.4"),
-                 "classifier.weight", "classifier.bias"]
-    assert sorted(head) == sorted(expected)
     shapes = {"head.b0.0.weight": (256, 2048, 1, 1), "head.b1.0.weight": (256, 2048, 3, 3),
               "head.project.0.weight": (256, 1280, 1, 1), "reduce.0.weight": (48, 256, 1, 1),
               "fuse.0.weight": (256, 304, 3, 3), "fuse.3.weight": (256, 256, 3, 3),
               "classifier.weight": (21, 256, 1, 1)}
     assert {k: tuple(state[k].shape) for k in shapes} == shapes
-    backbone = sorted(k[len("backbone."):] for k in state if k.startswith("backbone."))
-    assert backbone == sorted(official_deep_stem_resnet_keys((3, 4, 23, 3)))
 
 
 # ---- loading pretrained backbone files --------------------------------------------------
@@ -227,16 +194,6 @@ def test_fp_stream_drops_whole_channels_of_every_decoder_input(need_fp, copies, 
             assert not torch.equal(masks[0], masks[1]), "each FP copy draws its own channels"
 
 
-def test_fp_clean_logits_equal_the_plain_forward_in_eval_mode():
-    model = tiny_deeplab().eval()
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        out, out_fp = model(x, need_fp=True)
-        plain = model(x)
-    assert torch.allclose(out, plain, atol=1e-5)
-    assert not torch.allclose(out_fp, plain, atol=1e-3)
-
-
 def test_plain_forward_has_no_other_dropout():
     """Only the FP stream drops channels: two train-mode forwards of the same batch are equal
     (the official ASPP has no dropout)."""
@@ -246,12 +203,3 @@ def test_plain_forward_has_no_other_dropout():
     first = model(x)
     torch.manual_seed(2)
     assert torch.equal(first, model(x))
-
-
-def test_head_parameter_group_is_everything_but_the_backbone():
-    model = tiny_deeplab()
-    backbone, head = model.param_groups()
-    assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters()}
-    named_head = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
-    assert {id(p) for p in head} == {id(p) for p in named_head}
-    assert len(backbone) + len(head) == len(list(model.parameters()))

@@ -9,9 +9,10 @@ from PIL import Image
 from affine import Affine
 
 from tasks.change_detection import make_splits, synthetic
-from tasks.change_detection.data import (EvalPairs, LabeledPairs, PairAugment, UnlabeledPairs, read_image,
-                                         read_label, read_pair)
+from tasks.change_detection.data import EvalPairs, LabeledPairs, PairAugment, UnlabeledPairs
+from tasks.change_detection.raster_io import read_image, read_label, read_pair
 from tasks.change_detection.synthetic import ensure_synthetic_cd
+from unimatch.data import RepeatDataset
 from unimatch.errors import DataError
 
 CRS = "EPSG:32633"
@@ -234,7 +235,7 @@ def test_labels_0_255_become_0_1_and_other_values_are_errors(tmp_path):
 
 def test_datasets_follow_the_data_contract(tmp_path):
     root = make_pair_root(tmp_path, ["x1.png", "x2.png"], size=(40, 48))
-    labeled = LabeledPairs(root, root / "list.txt", crop_size=32, nsample=5)
+    labeled = RepeatDataset(LabeledPairs(root, root / "list.txt", crop_size=32), 5)
     image, mask = labeled[0]
     assert len(labeled) == 5 and image.shape == (6, 32, 32) and str(image.dtype) == "torch.uint8"
     assert mask.shape == (32, 32) and str(mask.dtype) == "torch.int64" and set(mask.unique().tolist()) <= {0, 1}

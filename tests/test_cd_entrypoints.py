@@ -299,3 +299,15 @@ def test_shipped_configs_are_the_official_set_up(name, params):
     with torch.device("meta"):
         model = build_model(dataclasses.replace(cfg, pretrained=None))
     assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M" == params
+
+
+def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(trained, tmp_path, capsys):
+    """Without --config (nor the run's overrides) the run's own model is rebuilt, and the command says so."""
+    root, run = trained
+    metrics = evaluate_cli.main(["--checkpoint", str(run / "best.pth"), "--data-root", str(root), "--device", "cpu"])
+    assert "(stored config)" in capsys.readouterr().out
+    assert metrics == pytest.approx(evaluate_cli.main(eval_args(root, run / "best.pth")), nan_ok=True)
+    before, after = scene_pair(tmp_path)
+    predict_cli.main(["--checkpoint", str(run / "best.pth"), "--before", str(before), "--after", str(after),
+                      "--out", str(tmp_path / "change.tif"), "--device", "cpu", "--no-progress"])
+    assert (tmp_path / "change.tif").is_file() and "(stored config)" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import torch
 from affine import Affine
 from PIL import Image
 
-from tasks.change_detection.data import read_pair
+from tasks.change_detection.raster_io import read_pair
 from tasks.change_detection.scene_io import blend_weights, predict_scene, window_starts
 from unimatch.errors import DataError
 

@@ -9,7 +9,7 @@ import torch
 from tests.helpers import TinySegmentationSet, tiny_config, tiny_deeplab
 from unimatch.distributed import DistContext
 from unimatch.engine import EvalResult, Trainer
-from unimatch.inference import evaluate_segmentation
+from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
@@ -60,8 +60,8 @@ def test_trainer_on_cuda_with_bf16_resumes(tmp_path):
     loader = torch.utils.data.DataLoader(val, batch_size=1)
 
     def evaluate(model):
-        confusion = evaluate_segmentation(model, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, 3), "original",
-                                          cfg.crop_size, CUDA)
+        confusion = evaluate_segmentation(Predictor(model, cfg, CUDA), loader, cfg.nclass, "original",
+                                          cfg.crop_size)
         return EvalResult({"mIoU": confusion.miou()})
 
     def run(epochs):

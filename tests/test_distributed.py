@@ -12,8 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers import TinySegmentationSet, deterministic, tiny_config, tiny_deeplab
-from unimatch.inference import evaluate_segmentation
-from unimatch.perturb import Normalizer
+from unimatch.inference import Predictor, evaluate_segmentation
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -28,9 +27,9 @@ WORKER = textwrap.dedent("""
 
     from helpers import TinySegmentationSet, tiny_config, tiny_deeplab
     from unimatch.distributed import cleanup, setup_distributed, unwrap, wrap_model
-    from unimatch.engine import EvalResult, ShardSampler, Trainer
-    from unimatch.inference import evaluate_segmentation
-    from unimatch.perturb import Normalizer
+    from unimatch.data import ShardSampler
+    from unimatch.engine import EvalResult, Trainer
+    from unimatch.inference import Predictor, evaluate_segmentation
 
     out_dir = sys.argv[1]
     torch.set_num_threads(1)
@@ -44,8 +43,7 @@ WORKER = textwrap.dedent("""
     evaluations = []
 
     def evaluate(m):
-        cm = evaluate_segmentation(m, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, cfg.in_channels),
-                                   "original", cfg.crop_size, ctx.device)
+        cm = evaluate_segmentation(Predictor(m, cfg, ctx.device), loader, cfg.nclass, "original", cfg.crop_size)
         evaluations.append({{"mIoU": cm.miou(), "OA": cm.overall_accuracy(), "matrix": cm.matrix.tolist()}})
         return EvalResult({{"mIoU": cm.miou(), "OA": cm.overall_accuracy()}})
 
@@ -101,9 +99,8 @@ def test_two_processes_train_in_step_and_report_identical_metrics(tmp_path):
     model = tiny_deeplab()
     model.load_state_dict(states[0])
     val = TinySegmentationSet(VAL_SIZE, "val", seed=3, flip=False)
-    cm = evaluate_segmentation(model, DataLoader(val, batch_size=1), cfg.nclass,
-                               Normalizer(cfg.mean, cfg.std, cfg.in_channels), "original", cfg.crop_size,
-                               torch.device("cpu"))
+    cm = evaluate_segmentation(Predictor(model, cfg, torch.device("cpu")), DataLoader(val, batch_size=1), cfg.nclass,
+                               "original", cfg.crop_size)
     assert torch.equal(cm.matrix, matrix.to(cm.matrix.dtype))
 
     run = tmp_path / "run"

@@ -1,5 +1,7 @@
 """The training loop (poly LR, LR groups, labelled set repetition, checkpoints, bitwise resume),
 checkpoint loading and the three 2-D inference modes."""
+import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,13 +9,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from helpers import NCLASS, TinySegmentationSet, deterministic, strict_json_loads, tiny_config, tiny_deeplab
+from unimatch.data import RepeatDataset, ShardSampler
 from unimatch.distributed import DistContext
-from unimatch.engine import (EvalResult, RepeatDataset, ShardSampler, Trainer, build_optimizer, load_model_weights,
-                             poly_lr)
+from unimatch.engine import EvalResult, Trainer, build_optimizer, load_model_weights, poly_lr
 from unimatch.errors import CheckpointError, ConfigError, DataError
-from unimatch.inference import evaluate_segmentation, predict, sliding_window_probs
+from unimatch.inference import Predictor, evaluate_segmentation, predict, sliding_window_probs
 from unimatch.metrics.confusion import ConfusionMatrix
-from unimatch.perturb import Normalizer
 
 
 def setup_module():
@@ -67,8 +68,8 @@ def segmentation_evaluator(cfg):
     loader = DataLoader(TinySegmentationSet(3, "val", seed=3, flip=False), batch_size=1)
 
     def evaluate(model):
-        cm = evaluate_segmentation(model, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, cfg.in_channels),
-                                   "original", cfg.crop_size, torch.device("cpu"))
+        cm = evaluate_segmentation(Predictor(model, cfg, torch.device("cpu")), loader, cfg.nclass, "original",
+                                   cfg.crop_size)
         return EvalResult({"mIoU": cm.miou(), "OA": cm.overall_accuracy()})
     return evaluate
 
@@ -316,10 +317,11 @@ def test_center_crop_and_original_modes():
 def test_evaluate_segmentation_scores_every_sample(mode):
     model = TileSensitiveNet().train()
     val = TinySegmentationSet(3, "val", size=40, seed=5, flip=False)
-    normalizer = Normalizer([0.5] * 3, [0.25] * 3, 3)
+    predictor = Predictor(model, SimpleNamespace(mean=[0.5] * 3, std=[0.25] * 3, in_channels=3, amp="none"),
+                          torch.device("cpu"))
     seen = []
-    cm = evaluate_segmentation(model, DataLoader(val, batch_size=1), NCLASS, normalizer, mode, 32,
-                               torch.device("cpu"), on_prediction=lambda i, p, m: seen.append((i, p.shape)))
+    cm = evaluate_segmentation(predictor, DataLoader(val, batch_size=1), NCLASS, mode, 32,
+                               on_prediction=lambda i, p, m: seen.append((i, p.shape)))
     expected = ConfusionMatrix(NCLASS)
     with torch.no_grad():
         for image, mask, _ in val:

@@ -336,3 +336,11 @@ def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp
     assert unlabeled.reads == (2 * iterations * cfg.batch_size if reads_unlabeled else 0)
     per_step = 3 if reads_unlabeled else 1
     assert len(model.calls) == iterations * per_step
+
+
+def test_step_settings_take_every_config_value_by_name():
+    cfg = Config(method="uniperb", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
+                 loss_divisor=3.0, unsup_loss="dice")
+    assert StepSettings.from_config(cfg) == StepSettings(
+        strong_views=1, fp_streams=1, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
+        loss_divisor=3.0, unsup_loss="dice")

@@ -21,14 +21,13 @@ from tasks.natural.data import (  # noqa: E402
     RandomLongSideRescale,
     UnlabeledDataset,
     ValDataset,
-    read_split,
-    reseed_pipeline,
     rescaled_size,
-    seed_worker,
     weak_augmentation,
 )
+from tasks.natural.layouts import read_split  # noqa: E402
 from tasks.natural.make_splits import main as make_splits_main  # noqa: E402
 from tasks.natural.palette import overlay, save_palette_png, voc_palette  # noqa: E402
+from unimatch.data import RepeatDataset, reseed_pipeline, seed_worker  # noqa: E402
 from unimatch.errors import DataError  # noqa: E402
 
 # Well separated colours, one per class, so image content tells which class a pixel came from.
@@ -88,7 +87,7 @@ def test_voc_datasets_return_contract_items(tmp_path):
     written = np.asarray(Image.open(root / "SegmentationClass" / "2007_000002.png"))
     assert np.array_equal(mask.numpy(), written)
 
-    labeled = LabeledDataset("pascal", root, split, crop_size=16, repeat_to=7)
+    labeled = RepeatDataset(LabeledDataset("pascal", root, split, crop_size=16), 7)
     assert len(labeled) == 7  # official nsample: the list repeated to the unlabelled length
     image, mask = labeled[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
@@ -351,7 +350,7 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
         assert 24 <= image.shape[1] <= 32 and 24 <= image.shape[2] <= 32
         values |= set(mask.unique().tolist())
     assert values <= set(range(synthetic.SYNTHETIC_NCLASS)) | {255} and 255 in values
-    labeled = LabeledDataset("synthetic", root, root / "splits" / "labeled.txt", crop_size=24, repeat_to=6)
+    labeled = RepeatDataset(LabeledDataset("synthetic", root, root / "splits" / "labeled.txt", crop_size=24), 6)
     assert len(labeled) == 6 and labeled[0][1].shape == (24, 24)
     assert len(UnlabeledDataset("synthetic", root, root / "splits" / "unlabeled.txt", crop_size=24)) == 6
 

@@ -191,3 +191,15 @@ def test_set_smaller_than_one_batch_is_one_error_line(trained, tmp_path, monkeyp
     status, err = exit_status_and_error(args, monkeypatch, capsys)
     assert status == 2 and "the unlabelled set of" in err and "smaller than one batch of 1000" in err
     assert "lower batch_size" in err
+def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(trained, tmp_path, capsys):
+    """Without --config (nor the run's overrides) the run's own model is rebuilt, and the command says so."""
+    root, run = trained
+    metrics = evaluate_cli.main(["--checkpoint", str(run / "best.pth"), "--data-root", str(root), "--split",
+                                 str(root / "splits/val.txt"), "--device", "cpu"])
+    assert f"(config: {run / 'best.pth'} (stored config))" in capsys.readouterr().out
+    assert metrics == evaluate_cli.main(eval_args(root, run))
+    image = sorted((root / "JPEGImages").glob("*.jpg"))[0]
+    written = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(image), "--output",
+                                str(tmp_path / "out"), "--device", "cpu"])
+    assert [p.name for p in written] == [f"{image.stem}.png"]
+    assert "(stored config)" in capsys.readouterr().out

@@ -174,7 +174,7 @@ def test_full_jitter_equals_torchvision_with_the_drawn_parameters():
 
 def test_brightness_factors_are_uniform_per_image():
     x = random_images(N, size=4) * 0.5 + 0.1  # no clamping at 1.5x
-    out = perturbation(color_jitter_p=1.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0)(x)
+    out = perturbation(color_jitter_p=1.0, color_jitter=(0.5, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0)(x)
     ratio = (out / x).flatten(1)
     factor = ratio[:, 0]
     assert torch.allclose(ratio, factor[:, None].expand_as(ratio), atol=1e-4), "one factor per image"
@@ -185,8 +185,7 @@ def test_brightness_factors_are_uniform_per_image():
 # ---- channel groups, one-channel images, determinism -----------------------------------------
 def test_pair_groups_are_jittered_independently():
     x = random_images(N, channels=6, size=4) * 0.5 + 0.1
-    out = perturbation(color_jitter_p=0.8, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0,
-                       blur_p=0.0)(x)
+    out = perturbation(color_jitter_p=0.8, color_jitter=(0.5, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0)(x)
     ratio = out / x
     factor_a, factor_b = ratio[:, 0, 0, 0], ratio[:, 3, 0, 0]
     assert torch.allclose(ratio[:, :3], factor_a.view(-1, 1, 1, 1).expand(-1, 3, 4, 4), atol=1e-4)
@@ -211,8 +210,7 @@ def test_one_channel_images_are_never_grayed_and_stay_in_range():
     x = random_images(200, channels=1, size=16)
     assert torch.equal(perturbation(color_jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)(x), x)
     # saturation and hue do nothing to a gray image
-    no_op = perturbation(color_jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.5, hue=0.25,
-                         grayscale_p=1.0, blur_p=0.0)
+    no_op = perturbation(color_jitter_p=1.0, color_jitter=(0.0, 0.0, 0.5, 0.25), grayscale_p=1.0, blur_p=0.0)
     assert torch.equal(no_op(x), x)
     for settings in ({}, {"channel_group_size": 1}):
         out = perturbation(color_jitter_p=1.0, blur_p=1.0, **settings)(x)
@@ -251,7 +249,8 @@ def test_from_config_takes_every_setting():
                  blur_sigma=[0.2, 1.0], cutmix_p=0.4, cutmix_area=[0.1, 0.2], cutmix_ratio=[0.5, 2.0],
                  channel_group_size=1)
     assert PerturbationSettings.from_config(cfg) == PerturbationSettings(
-        0.7, 0.1, 0.2, 0.3, 0.05, 0.0, 0.3, (0.2, 1.0), 0.4, (0.1, 0.2), (0.5, 2.0), 1)
+        color_jitter_p=0.7, color_jitter=(0.1, 0.2, 0.3, 0.05), grayscale_p=0.0, blur_p=0.3,
+        blur_sigma=(0.2, 1.0), cutmix_p=0.4, cutmix_area=(0.1, 0.2), cutmix_ratio=(0.5, 2.0), channel_group_size=1)
 
 
 # ---- helpers used on the device ----------------------------------------------------------

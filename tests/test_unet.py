@@ -1,10 +1,12 @@
-"""The medical UNet: shapes, the feature-perturbation stream, and official state-dict names."""
+"""The medical UNet: official state-dict names and shapes, the feature-perturbation stream on every skip
+(the contract itself: tests/test_model_contract.py)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from official_keys import official_unet_shapes
 from unimatch.config import load_config
 from unimatch.engine import load_model_weights
 from unimatch.models import build_model
@@ -12,40 +14,6 @@ from unimatch.models.unet import UNet
 
 TINY = (4, 8, 8, 16, 16)
 OFFICIAL_PARAMETERS = 1_813_764  # UNet(in_chns=1, class_num=4) of the official medical code
-
-
-def official_unet_shapes(in_chns: int = 1, class_num: int = 4, ft=(16, 32, 64, 128, 256)) -> dict:
-    """Every state-dict key of the official medical UNet and its shape, written from reading
-    LiheYoung/UniMatch more-scenarios/medical/model/unet.py (not from our model).
-
-    There ``Decoder`` builds ``UpBlock(c_deep, c_skip, c_out, dropout_p=0.0)`` without passing
-    ``bilinear``, so ``UpBlock``'s default ``bilinear=True`` applies: ``conv1x1`` =
-    Conv2d(c_deep, c_skip, 1), then a parameter-free ``nn.Upsample``; no ``up`` weights. A
-    ``ConvBlock(cin, cout)`` is ``conv_conv`` = [Conv2d 3x3, BN, LeakyReLU, Dropout, Conv2d 3x3,
-    BN, LeakyReLU], whose parameters sit at indices 0, 1, 4, 5.
-    """
-    shapes = {}
-
-    def conv_block(prefix, cin, cout):
-        for index, c_in in ((0, cin), (4, cout)):
-            shapes[f"{prefix}.conv_conv.{index}.weight"] = (cout, c_in, 3, 3)
-            shapes[f"{prefix}.conv_conv.{index}.bias"] = (cout,)
-        for index in (1, 5):
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                shapes[f"{prefix}.conv_conv.{index}.{name}"] = (cout,)
-            shapes[f"{prefix}.conv_conv.{index}.num_batches_tracked"] = ()
-
-    conv_block("encoder.in_conv", in_chns, ft[0])
-    for i in range(1, 5):
-        conv_block(f"encoder.down{i}.maxpool_conv.1", ft[i - 1], ft[i])
-    for i in range(1, 5):
-        deep, skip = ft[5 - i], ft[4 - i]
-        shapes[f"decoder.up{i}.conv1x1.weight"] = (skip, deep, 1, 1)
-        shapes[f"decoder.up{i}.conv1x1.bias"] = (skip,)
-        conv_block(f"decoder.up{i}.conv", 2 * skip, skip)
-    shapes["decoder.out_conv.weight"] = (class_num, ft[0], 3, 3)
-    shapes["decoder.out_conv.bias"] = (class_num,)
-    return shapes
 
 
 def _parameter_count(shapes: dict) -> int:
@@ -106,28 +74,6 @@ def test_checkpoint_saved_from_ddp_loads_after_stripping_module_prefix():
     x = torch.rand(1, 1, 32, 32)
     source.eval(), target.eval()
     assert torch.equal(source(x), target(x))
-
-
-def test_output_shapes():
-    torch.manual_seed(0)
-    model = UNet(in_chns=1, class_num=4, feature_channels=TINY)
-    x = torch.rand(3, 1, 32, 48)
-    assert model(x).shape == (3, 4, 32, 48)
-    out = model(x, need_fp=True)
-    assert isinstance(out, tuple) and len(out) == 2
-    assert out[0].shape == (3, 4, 32, 48) and out[1].shape == (3, 4, 32, 48)
-
-
-def test_need_fp_k_decodes_k_independent_perturbations():
-    torch.manual_seed(0)
-    model = UNet(1, 4, feature_channels=TINY).eval()
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        logits, logits_fp = model(x, need_fp=3)
-        assert torch.allclose(logits, model(x), atol=1e-6)
-    assert logits_fp.shape == (6, 4, 32, 32)
-    first, second, third = logits_fp.split(2)
-    assert not torch.allclose(first, second) and not torch.allclose(second, third)
 
 
 def test_bad_channel_list_is_refused():

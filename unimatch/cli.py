@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by every task's train/evaluate entry points."""
+"""The commands every task shares (train, evaluate, predict), driven by its :class:`unimatch.task.Task`,
+and their plumbing: parsers, config loading, writers."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from unimatch.config import Config, load_config
+from unimatch.config import EVAL_MODES, METHODS, Config, load_config
+from unimatch.paths import prepare_output_dir, refuse_existing
 
 
 def train_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
@@ -18,7 +20,7 @@ def train_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--unlabeled-split", help="file listing the unlabelled samples")
     parser.add_argument("--val-split", help="file listing the validation samples")
     parser.add_argument("--save-dir", help="run directory (checkpoints, logs); an existing run there is resumed")
-    parser.add_argument("--method", choices=["unimatch", "fixmatch", "uniperb", "dusperb", "supervised"])
+    parser.add_argument("--method", choices=list(METHODS))
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
@@ -41,20 +43,37 @@ def default_save_dir(cfg: Config) -> Path:
     return Path(cfg.save_dir) if cfg.save_dir else Path("runs") / cfg.task / cfg.dataset / cfg.method
 
 
-def eval_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", type=Path, default=default_config, help="YAML config the model was trained with")
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--config`` (default: the config stored in the checkpoint)."""
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="our best.pth/latest.pth or an official {'model': ...} checkpoint")
-    parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
+    parser.add_argument("--config", type=Path,
+                        help="YAML config the model was trained with (default: the one stored in our checkpoints; "
+                             "official checkpoints store none, so give theirs, else the built-in default is used)")
+
+
+def eval_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_arguments(parser)
+    parser.add_argument("--data-root", help="dataset root (default: the config's; the built-in synthetic "
+                                            "dataset when it names none)")
     parser.add_argument("--split", help="the split to evaluate: a split file (or a task's named split such as "
                                         "val/test); default: the config's validation list")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write each predicted mask here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON here")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="write the metrics as CSV rows (with a header) here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --json/--csv files and write into a non-empty --save-predictions")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return parser
+
+
+def add_mode_argument(parser: argparse.ArgumentParser, default: str | None = None,
+                      help: str = "default: the config's eval_mode") -> None:
+    """``--mode``: one of the 2-D inference modes (:data:`unimatch.config.EVAL_MODES`)."""
+    parser.add_argument("--mode", choices=EVAL_MODES, default=default, help=help)
 
 
 def write_json(path: Path | None, payload: dict) -> None:
@@ -66,33 +85,47 @@ def write_json(path: Path | None, payload: dict) -> None:
         report.write_json(path, payload)
 
 
+def write_csv(path: Path | None, rows: list[dict]) -> None:
+    """A header line (the first row's keys) and one line per row; NaN is an empty cell."""
+    import csv
+    import math
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_training_sets, make_evaluator,
-                 sup_criterion=None) -> dict:
-    """The body every task's ``train`` shares: distributed set-up, data, model, Trainer.fit.
-
-    ``resolve_data(cfg, ctx) -> cfg`` fills in data paths (writing the synthetic set on rank 0),
-    ``build_training_sets(cfg) -> (labelled, unlabelled or None)``,
-    ``make_evaluator(cfg, ctx) -> callable(model) -> EvalResult``.
-    """
+def train_main(task, argv, doc: str) -> dict:
+    """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
-    from unimatch.engine import Trainer, log, prepare_run_dir, seed_everything
+    from unimatch.data import seed_everything
+    from unimatch.engine import Trainer, log, prepare_run_dir
     from unimatch.models import build_model
 
+    parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
+    task.add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, task.config_class, **task.train_values(args))
     ctx = setup_distributed(args.device)
     try:
         prepare_run_dir(default_save_dir(cfg))
-        cfg = resolve_data(cfg, ctx)
+        cfg = task.resolve_data(cfg, ctx)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(build_model(cfg), ctx)
-        labeled, unlabeled = build_training_sets(cfg)
-        trainer = Trainer(cfg, model, labeled, unlabeled, make_evaluator(cfg, ctx), ctx, default_save_dir(cfg),
-                          sup_criterion=sup_criterion, progress=not args.no_progress)
+        labeled, unlabeled = task.training_sets(cfg)
+        trainer = Trainer(cfg, model, labeled, unlabeled, task.val_evaluator(cfg, ctx), ctx, default_save_dir(cfg),
+                          progress=not args.no_progress)
         result = trainer.fit()
         if ctx.is_main:
             log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in "
@@ -100,6 +133,88 @@ def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_trai
         return result
     finally:
         cleanup()
+
+
+def checkpoint_config(path: Path) -> dict | None:
+    """The config stored in one of our checkpoints (None for official ones or unreadable files)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return None
+    stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    return stored if isinstance(stored, dict) else None
+
+
+def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), **values) -> tuple[Config, str]:
+    """The config to evaluate/predict with, and where it came from.
+
+    An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
+    model, normalisation, sizes and seed (which decides ACDC's test patients) are used; otherwise
+    (official checkpoints store none) the task's built-in default.
+    """
+    import dataclasses
+
+    if config is not None:
+        cfg, source = load_config(config, overrides, schema=task.config_class, **values), str(config)
+    else:
+        stored = checkpoint_config(checkpoint)
+        if stored is None:
+            cfg = load_config(task.default_config, overrides, schema=task.config_class, **values)
+            source = f"{task.default_config} (the checkpoint stores none)"
+        else:
+            known = {f.name for f in dataclasses.fields(task.config_class)}
+            stored = {k: v for k, v in stored.items() if k in known}
+            stored.update({k: v for k, v in values.items() if v is not None})
+            cfg = load_config(None, overrides, schema=task.config_class, **stored)
+            source = f"{checkpoint} (stored config)"
+    return cfg, source
+
+
+def evaluate_main(task, argv, doc: str) -> dict:
+    """The ``evaluate`` command of ``task``: a checkpoint scored on a split, printed, and written
+    as JSON/CSV on request; every rank predicts its shard."""
+    from unimatch.distributed import cleanup, setup_distributed
+    from unimatch.inference import Predictor
+
+    parser = eval_parser(f"python -m tasks.{task.name}.evaluate", doc.splitlines()[0])
+    task.add_evaluate_arguments(parser)
+    args = parser.parse_args(argv)
+    refuse_existing([args.json, args.csv], args.overwrite)
+    cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, data_root=args.data_root)
+    ctx = setup_distributed(args.device)
+    try:
+        cfg = task.resolve_data(cfg, ctx)
+        predictor = Predictor(load_trained_model(cfg, args.checkpoint, ctx.device), cfg, ctx.device)
+        report = task.evaluate(predictor, cfg, ctx, args)
+        if ctx.is_main:
+            print(f"{report.title} (config: {source})")
+            print(report.table)
+            write_json(args.json, {"checkpoint": str(args.checkpoint), "config": source, **report.record})
+            write_csv(args.csv, report.rows)
+        return report.metrics if report.result is None else report.result
+    finally:
+        cleanup()
+
+
+def predict_main(task, argv, doc: str):
+    """The ``predict`` command of ``task``: inputs checked and outputs guarded before the model is
+    loaded, then every input predicted through one :class:`Predictor`."""
+    from unimatch.inference import Predictor
+
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}.predict", description=doc.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model_arguments(parser)
+    task.add_predict_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, **task.predict_values(args))
+    print(f"config: {source}")
+    plan = task.check_predict_outputs(cfg, args)
+    device = pick_device(args.device)
+    predictor = Predictor(load_trained_model(cfg, args.checkpoint, device), cfg, device)
+    return task.predict(predictor, cfg, args, plan)
 
 
 def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device):
@@ -115,24 +230,17 @@ def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device):
     return model.to(device).eval()
 
 
-def refuse_existing(paths, overwrite: bool) -> None:
-    """Output files that exist already stop the command before any work, unless ``--overwrite``."""
-    from unimatch.errors import DataError
-
-    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
-    if existing and not overwrite:
-        raise DataError(f"{', '.join(existing)} already exist(s); choose another path or pass --overwrite")
-
-
-def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
-    """Create a folder for predictions; one that already holds files is refused unless ``--overwrite``."""
-    from unimatch.errors import DataError
+def prediction_folder(directory: Path | None, overwrite: bool, ctx) -> Path | None:
+    """``directory`` checked (:func:`prepare_output_dir`) by rank 0 before any rank writes into it."""
+    from unimatch.distributed import barrier
 
     if directory is None:
-        return
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+        return None
+    if ctx.is_main:
+        prepare_output_dir(directory, overwrite)
+    barrier()
     directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def exit_on_user_error(main) -> None:

@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -28,14 +28,20 @@ METHODS = {
     "dusperb": (2, 0),
     "supervised": (0, 0),
 }
+EVAL_MODES = ("original", "center_crop", "sliding_window")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
+def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]:
+    """``names`` when there is one per class, else ``class 0`` ... ``class <nclass - 1>``."""
+    return [str(n) for n in names] if names and len(names) == nclass else [f"class {i}" for i in range(nclass)]
+
+
 @dataclass
 class Config:
-    # data
-    task: str = "natural"
+    # data (a task's config subclass sets ``task``, ``select_metric`` and its defaults)
+    task: Optional[str] = None
     dataset: str = "synthetic"
     data_root: Optional[str] = None
     labeled_split: Optional[str] = None
@@ -94,7 +100,7 @@ class Config:
     eval_every: int = 1
     num_workers: int = 2
     log_every: int = 20
-    select_metric: str = "mIoU"
+    select_metric: Optional[str] = None
     eval_mode: str = "original"
     eval_batch_size: int = 1
 
@@ -113,6 +119,19 @@ class Config:
         fp = default_fp if self.fp_streams is None or self.method == "supervised" else self.fp_streams
         return strong, fp
 
+    def default_class_names(self) -> Optional[Sequence[str]]:
+        """The task's names of the classes of ``dataset`` when ``class_names`` is not set."""
+        return None
+
+    def report_class_names(self) -> list[str]:
+        """``class_names``, else the task's default names, else ``class <i>`` (when the count differs)."""
+        return class_names_or_ids(self.class_names or self.default_class_names(), self.nclass)
+
+    def select_metric_keys(self) -> Optional[list[str]]:
+        """The metrics ``select_metric`` may name (None: not checked). The best checkpoint keeps the
+        highest score, so a task lists only metrics where higher is better."""
+        return None
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -124,8 +143,11 @@ class Config:
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
         # checked here, not at the first evaluation after a whole epoch of training
-        if self.eval_mode not in ("original", "center_crop", "sliding_window"):
-            raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of original, center_crop, sliding_window")
+        if self.eval_mode not in EVAL_MODES:
+            raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of {', '.join(EVAL_MODES)}")
+        keys = self.select_metric_keys()
+        if keys is not None and self.select_metric not in keys:
+            raise ConfigError(f"select_metric: {self.select_metric!r} must be one of {keys}")
         if not 0.0 <= self.conf_thresh <= 1.0:
             raise ConfigError(f"conf_thresh: {self.conf_thresh} must lie in [0, 1]")
         if len(self.mean) != len(self.std):

@@ -79,6 +79,15 @@ def all_reduce_mean(value: float, device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def gather_to_all(items: list) -> list:
+    """Every rank's ``items`` concatenated in rank order, on every rank (a copy in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
 

@@ -18,11 +18,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from unimatch.config import Config, save_config
+from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_worker
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
 from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
@@ -43,68 +44,9 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
 
-class RepeatDataset(Dataset):
-    """The labelled set repeated (cyclically) to ``length`` items, as the official ``nsample``."""
-
-    def __init__(self, dataset: Dataset, length: int):
-        self.dataset, self.length = dataset, max(length, len(dataset))
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        return self.dataset[index % len(self.dataset)]
-
-
-class ShardSampler(Sampler):
-    """Evaluation sharding without padding (DistributedSampler would evaluate duplicates)."""
-
-    def __init__(self, length: int, rank: int, world_size: int):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-def sharded_eval_loader(dataset: Dataset, cfg: Config, ctx: DistContext, batch_size: int = 1) -> DataLoader:
-    """Evaluation loader over this rank's shard (no padding duplicates, see :class:`ShardSampler`)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
-                      num_workers=min(cfg.num_workers, 2), pin_memory=ctx.device.type == "cuda")
-
-
 def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9) -> float:
     """``base_lr * (1 - it / total) ** power``, the paper's schedule."""
     return base_lr * (1 - iteration / total_iterations) ** power
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def reseed_dataset(dataset: Dataset, seed: int) -> None:
-    """Call ``reseed(seed)`` on a dataset (through :class:`RepeatDataset`) if it has one.
-
-    Datasets whose augmentation keeps its own RNG (an albumentations ``Compose(seed=...)``)
-    expose ``reseed`` so that every worker and every epoch draws distinct, reproducible views.
-    """
-    inner = dataset.dataset if isinstance(dataset, RepeatDataset) else dataset
-    if hasattr(inner, "reseed"):
-        inner.reseed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """Per-worker seeds derived from the loader's per-epoch seed, so augmentation is reproducible."""
-    seed = torch.initial_seed() % 2 ** 32
-    np.random.seed(seed)
-    random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        reseed_dataset(info.dataset, seed)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:

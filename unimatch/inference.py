@@ -1,17 +1,56 @@
-"""2-D inference as the official evaluation does it: whole image, centre crop, or sliding window.
-
-Shared by every 2-D task (natural images, change-detection tiles); the task supplies the data.
+"""Inference: the :class:`Predictor` every evaluation and every ``predict`` command uses, and the
+2-D modes of the official evaluation (whole image, centre crop, sliding window).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
 
+from unimatch.config import EVAL_MODES
+from unimatch.distributed import unwrap
+from unimatch.engine import autocast_for
 from unimatch.errors import DataError
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer, to_unit_float
 
-EVAL_MODES = ("original", "center_crop", "sliding_window")
+class Predictor:
+    """A model as a function of raw images: uint8 (or [0, 1] float) batches -> float32 logits.
+
+    The one place where inference normalises, picks autocast (and so any later choice of
+    precision or memory format), and runs without autograd, so evaluation during training,
+    ``evaluate`` and every ``predict`` see the same numbers. The DDP wrapper is bypassed: ranks
+    evaluate different numbers of images, and DDP's per-forward buffer broadcast would then wait
+    forever for the rank that finished first.
+    """
+
+    def __init__(self, model: nn.Module, cfg, device: torch.device):
+        self.model, self.device = unwrap(model), device
+        self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
+        self.autocast = autocast_for(cfg, device)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(to_unit_float(images.to(self.device, non_blocking=True)))
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a normalised batch (float32 whatever the autocast precision)."""
+        with self.autocast:
+            return self.model(x).float()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.normalize(images))
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The model in eval mode for the block, then back in the mode it was in."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield self
+        finally:
+            self.model.train(was_training)
 
 
 def center_crop_box(height: int, width: int, crop: int, sample_id: str = "") -> tuple[int, int]:
@@ -21,8 +60,8 @@ def center_crop_box(height: int, width: int, crop: int, sample_id: str = "") -> 
     return (height - crop) // 2, (width - crop) // 2
 
 
-@torch.no_grad()
-def sliding_window_probs(model: nn.Module, image: torch.Tensor, window: int, nclass: int) -> torch.Tensor:
+@torch.inference_mode()
+def sliding_window_probs(model, image: torch.Tensor, window: int, nclass: int) -> torch.Tensor:
     """Sum of softmax over windows with stride 2/3 of the window, truncated at the borders
     (the official scheme, so our numbers equal theirs)."""
     b, _, h, w = image.shape
@@ -39,10 +78,12 @@ def sliding_window_probs(model: nn.Module, image: torch.Tensor, window: int, ncl
     return total
 
 
-@torch.no_grad()
-def predict(model: nn.Module, image: torch.Tensor, mode: str, crop_size: int, nclass: int,
+@torch.inference_mode()
+def predict(model, image: torch.Tensor, mode: str, crop_size: int, nclass: int,
             sample_id: str = "") -> tuple[torch.Tensor, tuple[int, int] | None]:
-    """Class scores for a normalised batch; returns (scores, crop origin or None)."""
+    """Class scores for a normalised batch; returns (scores, crop origin or None).
+
+    ``model`` maps a normalised batch to logits (:meth:`Predictor.forward`)."""
     if mode not in EVAL_MODES:
         raise ValueError(f"eval mode {mode!r} is not one of {EVAL_MODES}")
     if mode == "sliding_window":
@@ -54,33 +95,23 @@ def predict(model: nn.Module, image: torch.Tensor, mode: str, crop_size: int, nc
     return model(image).float(), None
 
 
-@torch.no_grad()
-def evaluate_segmentation(model: nn.Module, loader, nclass: int, normalizer: Normalizer, mode: str,
-                          crop_size: int, device, on_prediction=None, autocast=None) -> ConfusionMatrix:
+def evaluate_segmentation(predictor: Predictor, loader, nclass: int, mode: str, crop_size: int,
+                          on_prediction=None) -> ConfusionMatrix:
     """Confusion matrix over ``loader`` of ``(image, mask, id)`` batches, summed over ranks.
 
     ``on_prediction(sample_id, pred, mask)`` is called per sample (e.g. to save PNGs).
-    The DDP wrapper is bypassed: ranks evaluate different numbers of images, and DDP's
-    per-forward buffer broadcast would then wait forever for the rank that finished first.
     """
-    from unimatch.distributed import unwrap
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    confusion = ConfusionMatrix(nclass, device=device)
-    autocast = autocast or torch.autocast("cpu", enabled=False)
-    for image, mask, ids in loader:
-        image = normalizer(to_unit_float(image.to(device, non_blocking=True)))
-        mask = mask.to(device, non_blocking=True)
-        with autocast:
-            scores, origin = predict(model, image, mode, crop_size, nclass, ids[0])
-        if origin is not None:
-            top, left = origin
-            mask = mask[:, top:top + crop_size, left:left + crop_size]
-        pred = scores.argmax(1)
-        confusion.update(pred, mask)
-        if on_prediction is not None:
-            for i, sample_id in enumerate(ids):
-                on_prediction(sample_id, pred[i], mask[i])
-    model.train(was_training)
+    confusion = ConfusionMatrix(nclass, device=predictor.device)
+    with predictor.evaluating():
+        for image, mask, ids in loader:
+            mask = mask.to(predictor.device, non_blocking=True)
+            scores, origin = predict(predictor.forward, predictor.normalize(image), mode, crop_size, nclass, ids[0])
+            if origin is not None:
+                top, left = origin
+                mask = mask[:, top:top + crop_size, left:left + crop_size]
+            pred = scores.argmax(1)
+            confusion.update(pred, mask)
+            if on_prediction is not None:
+                for i, sample_id in enumerate(ids):
+                    on_prediction(sample_id, pred[i], mask[i])
     return confusion.all_reduce()

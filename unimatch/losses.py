@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unimatch.data import IGNORE_INDEX
 from unimatch.errors import ConfigError
-
-IGNORE_INDEX = 255
 
 
 def masked_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor, confidence_mask: torch.Tensor,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from unimatch.losses import IGNORE_INDEX, DiceLoss, masked_cross_entropy
+from unimatch.data import IGNORE_INDEX
+from unimatch.losses import DiceLoss, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
 
 
@@ -41,8 +42,9 @@ class StepSettings:
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
         strong, fp = cfg.streams
-        return cls(strong, fp, cfg.conf_thresh, cfg.sup_weight, cfg.strong_weight, cfg.fp_weight,
-                   cfg.loss_divisor, cfg.unsup_loss)
+        return cls(strong_views=strong, fp_streams=fp, conf_thresh=cfg.conf_thresh, sup_weight=cfg.sup_weight,
+                   strong_weight=cfg.strong_weight, fp_weight=cfg.fp_weight, loss_divisor=cfg.loss_divisor,
+                   unsup_loss=cfg.unsup_loss)
 
     @property
     def supervised_only(self) -> bool:

@@ -1,8 +1,13 @@
-"""Where generated data lives, so every entry point agrees on one cache directory."""
+"""Where generated data lives, so every entry point agrees on one cache directory, and the one guard
+that keeps outputs from being overwritten."""
+from __future__ import annotations
+
 import os
 import sys
 import time
 from pathlib import Path
+
+from unimatch.errors import DataError
 
 
 def data_home() -> Path:
@@ -27,11 +32,8 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
     processes racing to write the same dataset both end up using the first one renamed.
     """
     import json
-    import os
     import shutil
     import tempfile
-
-    from unimatch.errors import DataError
 
     root = Path(root)
 
@@ -70,3 +72,21 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {root} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return check()
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """The one overwrite guard: output files that exist already stop the work before it starts,
+    unless ``overwrite`` (``--overwrite``)."""
+    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]} already exists ({len(existing)} output file(s) exist already), refusing to "
+                        "overwrite: choose another path or pass --overwrite (overwrite=True in Python)")
+
+
+def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
+    """Create a folder for predictions; one that already holds files is refused unless ``--overwrite``."""
+    if directory is None:
+        return
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise DataError(f"{directory} already holds files; choose an empty folder or pass --overwrite")
+    directory.mkdir(parents=True, exist_ok=True)

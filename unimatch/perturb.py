@@ -15,6 +15,7 @@ brightness, contrast (around the band mean) and blur only.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,11 +27,9 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 @dataclass
 class PerturbationSettings:
+    """The strong view's parameters, named as the config keys; defaults are the paper's."""
     color_jitter_p: float = 0.8
-    brightness: float = 0.5
-    contrast: float = 0.5
-    saturation: float = 0.5
-    hue: float = 0.25
+    color_jitter: tuple = (0.5, 0.5, 0.5, 0.25)   # ColorJitter(brightness, contrast, saturation, hue)
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_sigma: tuple = (0.1, 2.0)
@@ -41,9 +40,9 @@ class PerturbationSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "PerturbationSettings":
-        b, c, s, h = cfg.color_jitter
-        return cls(cfg.color_jitter_p, b, c, s, h, cfg.grayscale_p, cfg.blur_p, tuple(cfg.blur_sigma),
-                   cfg.cutmix_p, tuple(cfg.cutmix_area), tuple(cfg.cutmix_ratio), cfg.channel_group_size)
+        """The config's keys of the same names (lists as tuples), passed by name."""
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -154,11 +153,12 @@ class StrongPerturbation:
         device = x.device
 
         jitter = self._bernoulli(m, s.color_jitter_p)
+        brightness, contrast, saturation, hue = s.color_jitter
         factors = {
-            "brightness": self._uniform(m, max(0.0, 1 - s.brightness), 1 + s.brightness),
-            "contrast": self._uniform(m, max(0.0, 1 - s.contrast), 1 + s.contrast),
-            "saturation": self._uniform(m, max(0.0, 1 - s.saturation), 1 + s.saturation),
-            "hue": self._uniform(m, -s.hue, s.hue),
+            "brightness": self._uniform(m, max(0.0, 1 - brightness), 1 + brightness),
+            "contrast": self._uniform(m, max(0.0, 1 - contrast), 1 + contrast),
+            "saturation": self._uniform(m, max(0.0, 1 - saturation), 1 + saturation),
+            "hue": self._uniform(m, -hue, hue),
         }
         order = torch.stack([torch.randperm(4, generator=self.generator) for _ in range(m)])
         ops = [("brightness", adjust_brightness), ("contrast", adjust_contrast),

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from unimatch.config import class_names_or_ids
 from unimatch.metrics.confusion import ConfusionMatrix
 
 
@@ -21,10 +22,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     rule = "  ".join("-" * w for w in widths)
     body = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in table]
     return "\n".join([line, rule, *body])
-
-
-def class_names_or_ids(names: Sequence[str] | None, nclass: int) -> list[str]:
-    return list(names) if names and len(names) == nclass else [f"class {i}" for i in range(nclass)]
 
 
 def segmentation_report(confusion: ConfusionMatrix, class_names: Sequence[str] | None = None) -> tuple[dict, str]:

@@ -20,6 +20,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
+from unimatch.paths import refuse_existing
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Errors nibabel/gzip/zlib raise on a truncated, corrupt or non-NIfTI file.
@@ -161,8 +162,7 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
         raise DataError(f"{path}: label shape {label.shape} does not match the reference volume (Z,Y,X) {expected}")
     if label.size and (label.min() < 0 or label.max() > 255):
         raise DataError(f"{path}: label values {label.min()}..{label.max()} do not fit uint8")
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: exists; refusing to overwrite (choose another output folder or pass overwrite)")
+    refuse_existing([path], overwrite)
 
     header = reference_img.header.copy()
     header.set_data_dtype(np.uint8)
@@ -180,3 +180,17 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
     nib.save(out, str(tmp))
     tmp.replace(path)
     return path
+
+
+def reference_image(source: Path | None, shape_zyx: tuple, spacing_zyx) -> nib.Nifti1Image:
+    """The grid a predicted label map is written on: the ``source`` NIfTI's when there is one (raw
+    layout), else an identity orientation scaled by the voxel spacing (``.h5`` volumes carry none)."""
+    if source is not None and source.is_file():
+        return nib.load(str(source))
+    z, y, x = (float(s) for s in spacing_zyx)
+    affine = np.diag([x, y, z, 1.0])
+    image = nib.Nifti1Image(to_nibabel(np.zeros(shape_zyx, dtype=np.uint8)), affine)
+    image.header.set_xyzt_units("mm")
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    return image

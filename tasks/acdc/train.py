@@ -12,19 +12,12 @@ The best checkpoint is chosen on the validation patients only; report the test p
 """
 from __future__ import annotations
 
-
-from tasks.acdc.common import DEFAULT_CONFIG, AcdcConfig, build_training_sets, make_val_evaluator, resolve_data
-from unimatch.cli import config_from_args, exit_on_user_error, run_training, train_parser
+from tasks.acdc.common import TASK
+from unimatch.cli import exit_on_user_error, train_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = train_parser("python -m tasks.acdc.train", __doc__.splitlines()[0], DEFAULT_CONFIG)
-    parser.add_argument("--cases", type=int,
-                        help="labelled training patients (ACDC: 1, 3 or 7 in the literature); "
-                             "ignored when official list files are given")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args, schema=AcdcConfig, cases=args.cases)
-    return run_training(args, cfg, resolve_data, build_training_sets, make_val_evaluator)
+    return train_main(TASK, argv, __doc__)
 
 
 if __name__ == "__main__":

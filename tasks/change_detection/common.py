@@ -1,8 +1,8 @@
-"""What train, evaluate and predict share for change detection: the config, data resolution,
-the change metrics and their report, evaluation."""
+"""The change-detection task (WHU-CD, LEVIR-CD, GeoTIFF pairs, the synthetic default) as an
+implementation of :class:`unimatch.task.Task`: the config, data resolution, the change metrics and
+their report, evaluation, and whole-scene prediction."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,19 +13,22 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tasks.change_detection.data import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
+from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import ensure_synthetic_cd
-from unimatch.config import Config
+from unimatch.cli import add_mode_argument, prediction_folder
+from unimatch.config import Config, class_names_or_ids
+from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult, autocast_for, sharded_eval_loader
+from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
-from unimatch.inference import evaluate_segmentation
+from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.paths import config_path
-from unimatch.perturb import Normalizer
 from unimatch.report import format_table
+from unimatch.task import EvaluationReport, Task
 
-DEFAULT_CONFIG = config_path("change_detection", "synthetic.yaml")
 DATASETS = ("synthetic", "whu", "levir", "custom")
 SPLIT_KINDS = ("labeled", "unlabeled", "val", "test")
 # name in the metrics dict -> row label of the table; all in % (kappa x 100), as papers report them
@@ -67,6 +70,9 @@ class CDConfig(Config):
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
 
+    def select_metric_keys(self) -> list[str]:
+        return list(CHANGE_METRICS)
+
     def validate(self) -> None:
         super().validate()
         if self.dataset not in DATASETS:
@@ -90,8 +96,6 @@ class CDConfig(Config):
             raise ConfigError(f"class_names {self.class_names} must name {self.nclass} classes")
         if self.nclass < 2:
             raise ConfigError("nclass: change detection needs at least 2 classes (0 = unchanged)")
-        if self.select_metric not in CHANGE_METRICS:
-            raise ConfigError(f"select_metric: {self.select_metric!r} is not one of {', '.join(CHANGE_METRICS)}")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"scale_range: {self.scale_range} must be [low, high] with 0 < low <= high")
 
@@ -129,8 +133,7 @@ def change_metrics(confusion: ConfusionMatrix, class_names=None) -> dict:
         "mIoU": confusion.miou() * 100,
     }
     if confusion.nclass > 2:
-        names = class_names if class_names and len(class_names) == confusion.nclass else \
-            [f"class {i}" for i in range(confusion.nclass)]
+        names = class_names_or_ids(class_names, confusion.nclass)
         per_class = torch.nan_to_num(confusion.iou(), nan=0.0) * 100
         metrics.update({f"IoU/{name}": value for name, value in zip(names, per_class.tolist())})
     return metrics
@@ -160,22 +163,6 @@ def find_split(cfg: CDConfig, kind: str, given: Optional[str]) -> Optional[Path]
     return None
 
 
-def resolve_data(cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
-    """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
-    given) and the split files (see :func:`find_split`)."""
-    changes = {}
-    if not cfg.data_root_given:
-        if cfg.dataset != "synthetic":
-            raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
-        changes["data_root"] = str(main_rank_first(ensure_synthetic_cd, ctx))
-    cfg = dataclasses.replace(cfg, **changes)
-    for kind in SPLIT_KINDS:
-        key = f"{kind}_split"
-        path = find_split(cfg, kind, getattr(cfg, key))
-        changes[key] = None if path is None else str(path)
-    return dataclasses.replace(cfg, **changes)
-
-
 def required_split(cfg: CDConfig, kind: str) -> str:
     path = getattr(cfg, f"{kind}_split")
     if path is None:
@@ -189,19 +176,6 @@ def required_split(cfg: CDConfig, kind: str) -> str:
 
 def pair_options(cfg: CDConfig) -> dict:
     return dict(bands=tuple(cfg.bands), stretch=cfg.stretch, class_values=tuple(cfg.class_values))
-
-
-def build_training_sets(cfg: CDConfig):
-    """(labelled, unlabelled or None). ``supervised`` still reads the unlabelled list when there is
-    one, so its epochs have as many iterations as the semi-supervised runs."""
-    augment = dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range))
-    labeled = LabeledPairs(cfg.data_root, required_split(cfg, "labeled"), seed=cfg.seed, **augment,
-                           **pair_options(cfg))
-    if cfg.unlabeled_split is None and cfg.method == "supervised":
-        return labeled, None
-    unlabeled = UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
-                               **pair_options(cfg))
-    return labeled, unlabeled
 
 
 def split_path(cfg: CDConfig, split: Optional[str]) -> str:
@@ -218,26 +192,17 @@ def eval_loader(cfg: CDConfig, ctx: DistContext, split: Optional[str] = None) ->
     return sharded_eval_loader(dataset, cfg, ctx, cfg.eval_batch_size)
 
 
-def evaluate_model(model, cfg: CDConfig, ctx: DistContext, loader: DataLoader, mode: Optional[str] = None,
+def evaluate_model(predictor: Predictor, cfg: CDConfig, loader: DataLoader, mode: Optional[str] = None,
                    on_prediction=None, column: str = "score %") -> EvalResult:
     """Change scores over ``loader``, the confusion matrix summed over every rank."""
-    confusion = evaluate_segmentation(model, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, cfg.in_channels),
-                                      mode or cfg.eval_mode, cfg.crop_size, ctx.device, on_prediction,
-                                      autocast_for(cfg, ctx.device))
-    metrics, table = change_report(confusion, cfg.class_names, column)
+    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
+                                      on_prediction)
+    metrics, table = change_report(confusion, cfg.report_class_names(), column)
     return EvalResult(metrics, table, {"confusion": confusion.matrix.cpu().tolist()})
 
 
-def make_val_evaluator(cfg: CDConfig, ctx: DistContext):
-    loader = eval_loader(cfg, ctx, "val")
-    return lambda model: evaluate_model(model, cfg, ctx, loader, column="val %")
-
-
-# ---- output --------------------------------------------------------------------------------
 def mask_writer(directory: Optional[Path], class_values):
-    """A callback writing each prediction as ``<tile stem>.png`` in the label encoding (0/255).
-
-    Every rank writes the tiles of its own shard (see :func:`unimatch.cli.prepare_output_dir`)."""
+    """A callback writing each prediction as ``<tile stem>.png`` in the label encoding (0/255)."""
     if directory is None:
         return None
     lookup = np.asarray(class_values, np.uint8 if max(class_values) < 256 else np.uint16)
@@ -247,12 +212,102 @@ def mask_writer(directory: Optional[Path], class_values):
     return write
 
 
-def write_csv(path: Optional[Path], row: dict) -> None:
-    """One header line and one row (the metrics of one evaluation)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
+def parse_bands(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--bands {text!r}: give 1-based band numbers separated by commas, e.g. 1,2,3") from None
+
+
+def parse_stretch(text: str | None):
+    if text is None or text == "percentile":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--stretch {text!r}: give 'percentile' or a divisor such as 256") from None
+
+
+class ChangeDetectionTask(Task):
+    name = "change_detection"
+    config_class = CDConfig
+    default_config = config_path("change_detection", "synthetic.yaml")
+
+    def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
+        """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
+        given) and the split files (see :func:`find_split`)."""
+        changes = {}
+        if not cfg.data_root_given:
+            if cfg.dataset != "synthetic":
+                raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
+            changes["data_root"] = str(main_rank_first(ensure_synthetic_cd, ctx))
+        cfg = dataclasses.replace(cfg, **changes)
+        for kind in SPLIT_KINDS:
+            key = f"{kind}_split"
+            path = find_split(cfg, kind, getattr(cfg, key))
+            changes[key] = None if path is None else str(path)
+        return dataclasses.replace(cfg, **changes)
+
+    def training_sets(self, cfg: CDConfig):
+        """(labelled, unlabelled or None). ``supervised`` still reads the unlabelled list when there
+        is one, so its epochs have as many iterations as the semi-supervised runs."""
+        augment = dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range),
+                       **pair_options(cfg))
+        labeled = LabeledPairs(cfg.data_root, required_split(cfg, "labeled"), seed=cfg.seed, **augment)
+        if cfg.unlabeled_split is None and cfg.method == "supervised":
+            return labeled, None
+        return labeled, UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment)
+
+    def val_evaluator(self, cfg: CDConfig, ctx: DistContext):
+        loader = eval_loader(cfg, ctx, "val")
+        return lambda model: evaluate_model(Predictor(model, cfg, ctx.device), cfg, loader, column="val %")
+
+    # ---- evaluate ------------------------------------------------------------------------
+    def add_evaluate_arguments(self, parser) -> None:
+        add_mode_argument(parser, help="default: the config's eval_mode (whole tiles)")
+
+    def evaluate(self, predictor: Predictor, cfg: CDConfig, ctx: DistContext, args) -> EvaluationReport:
+        split_name = args.split or "val"
+        split_file = split_path(cfg, split_name)
+        loader = eval_loader(cfg, ctx, split_file)
+        writer = mask_writer(prediction_folder(args.save_predictions, args.overwrite, ctx), cfg.class_values)
+        mode = args.mode or cfg.eval_mode
+        column = f"{split_name} %" if split_name in ("val", "test") else "score %"
+        result = evaluate_model(predictor, cfg, loader, mode, writer, column=column)
+        summary = {"split": split_name, "split_file": str(split_file), "tiles": len(loader.dataset), "mode": mode}
+        return EvaluationReport(f"{args.checkpoint} on {split_file} ({len(loader.dataset)} tiles, mode {mode})",
+                                result.table, result.metrics, {**summary, "metrics": result.metrics, **result.extra},
+                                [{**summary, **result.metrics}])
+
+    # ---- predict -------------------------------------------------------------------------
+    def add_predict_arguments(self, parser) -> None:
+        parser.add_argument("--before", type=Path, required=True, help="scene of the first date (A)")
+        parser.add_argument("--after", type=Path, required=True, help="scene of the second date (B), same grid as A")
+        parser.add_argument("--out", type=Path, required=True, help="output .tif/.tiff (georeferenced) or .png")
+        parser.add_argument("--window", type=int, help="window side in pixels (default: the config's crop_size)")
+        parser.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default: window / 4)")
+        parser.add_argument("--bands", help="1-based bands of each date, e.g. 1,2,3 (default: the config's bands)")
+        parser.add_argument("--stretch", help="'percentile' or a divisor for non-8-bit data (default: the config's)")
+        parser.add_argument("--probability", action="store_true", help="also write the change probability")
+        parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def predict_values(self, args) -> dict:
+        return {"bands": parse_bands(args.bands), "stretch": parse_stretch(args.stretch)}
+
+    def predict(self, predictor: Predictor, cfg: CDConfig, args, plan) -> Path:
+        window = args.window or cfg.crop_size
+        overlap = window // 4 if args.overlap is None else args.overlap
+
+        def probabilities(batch: torch.Tensor) -> torch.Tensor:
+            return predictor(batch).softmax(1)
+        out = predict_scene(args.before, args.after, args.out, probabilities, window=window, overlap=overlap,
+                            bands=cfg.bands, stretch=cfg.stretch, write_probability=args.probability,
+                            overwrite=args.overwrite, progress=not args.no_progress, batch_size=args.batch_size)
+        print(f"wrote {out}")
+        return out
+
+
+TASK = ChangeDetectionTask()

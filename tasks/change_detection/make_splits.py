@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from unimatch.errors import DataError
+from unimatch.paths import refuse_existing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -91,10 +92,7 @@ def write_splits(data_root: str | Path, fraction: float, seed: int = 0, out_dir:
     labeled, unlabeled = choose_labeled(names, fraction, seed)
     out_dir = Path(out_dir) if out_dir else Path(data_root) / "splits" / percent_name(fraction)
     labeled_path, unlabeled_path = out_dir / "labeled.txt", out_dir / "unlabeled.txt"
-    existing = [str(p) for p in (labeled_path, unlabeled_path) if p.exists()]
-    if existing and not overwrite:
-        raise DataError(f"split lists already exist: {', '.join(existing)}; pass --overwrite to replace them "
-                        f"or --out to write elsewhere")
+    refuse_existing((labeled_path, unlabeled_path), overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_name_list(labeled_path, labeled)
     write_name_list(unlabeled_path, unlabeled)

@@ -43,10 +43,11 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from tasks.change_detection.data import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
-                                         open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
+from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
+                                              open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
+from unimatch.paths import refuse_existing
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
@@ -242,9 +243,7 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
     if fmt is None:
         raise DataError(f"output {out_path} must end in .tif, .tiff or .png")
     outputs = [out_path] + ([probability_png_path(out_path)] if fmt == "PNG" and write_probability else [])
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise DataError(f"output {', '.join(existing)} already exists; choose another path or pass --overwrite (overwrite=True in Python)")
+    refuse_existing(outputs, overwrite)
     if not out_path.parent.is_dir():
         raise DataError(f"output folder {out_path.parent} does not exist")
     inputs = {before_path.resolve(), after_path.resolve()}

@@ -11,16 +11,12 @@ Every evaluation (on the validation list) prints changed IoU, F1, OA and the oth
 """
 from __future__ import annotations
 
-from tasks.change_detection.common import (DEFAULT_CONFIG, CDConfig, build_training_sets,
-                                           make_val_evaluator, resolve_data)
-from unimatch.cli import config_from_args, exit_on_user_error, run_training, train_parser
+from tasks.change_detection.common import TASK
+from unimatch.cli import exit_on_user_error, train_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = train_parser("python -m tasks.change_detection.train", __doc__.splitlines()[0], DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    return run_training(args, config_from_args(args, schema=CDConfig), resolve_data, build_training_sets,
-                        make_val_evaluator)
+    return train_main(TASK, argv, __doc__)
 
 
 if __name__ == "__main__":

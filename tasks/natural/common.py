@@ -1,26 +1,47 @@
-"""What train, evaluate and predict share for natural images: data resolution and evaluation."""
+"""The natural-image task (Pascal VOC, Cityscapes, COCO, the synthetic VOC-layout default) as an
+implementation of :class:`unimatch.task.Task`."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from torch.utils.data import DataLoader
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-from tasks.natural.data import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES, LabeledDataset,
-                                UnlabeledDataset, ValDataset)
+from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset
+from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
+from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
+from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config
+from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult, autocast_for, sharded_eval_loader
-from unimatch.errors import ConfigError
-from unimatch.inference import evaluate_segmentation
-from unimatch.paths import config_path
-from unimatch.perturb import Normalizer
+from unimatch.engine import EvalResult
+from unimatch.errors import ConfigError, DataError
+from unimatch.inference import Predictor, evaluate_segmentation, predict
+from unimatch.paths import config_path, refuse_existing
 from unimatch.report import segmentation_report
+from unimatch.task import EvaluationReport, Task
 
-DEFAULT_CONFIG = config_path("natural", "synthetic.yaml")
 CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco": COCO_CLASSES,
                "synthetic": SYNTHETIC_CLASSES}
+
+
+@dataclass
+class NaturalConfig(Config):
+    """:class:`unimatch.config.Config` with the natural-image defaults (the official Pascal ones)."""
+
+    task: str = "natural"
+    select_metric: str = "mIoU"
+
+    def default_class_names(self) -> Optional[tuple]:
+        return CLASS_NAMES.get(self.dataset)
+
+    def select_metric_keys(self) -> list[str]:
+        return ["mIoU", "OA"] + [f"IoU/{name}" for name in self.report_class_names()]
 
 
 def layout_of(cfg: Config) -> str:
@@ -30,63 +51,117 @@ def layout_of(cfg: Config) -> str:
     return "pascal" if cfg.dataset == "synthetic" else cfg.dataset
 
 
-def class_names(cfg: Config) -> list[str]:
-    if cfg.class_names:
-        return list(cfg.class_names)
-    names = CLASS_NAMES.get(cfg.dataset)
-    return list(names) if names and len(names) == cfg.nclass else [f"class {i}" for i in range(cfg.nclass)]
-
-
-def resolve_data(cfg: Config, ctx: DistContext | None = None) -> Config:
-    """Fill in the data root and split files: the synthetic set (written once, by rank 0) when no
-    root is given, otherwise ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named."""
-    changes = {}
-    root = cfg.data_root
-    if not cfg.data_root_given:
-        if cfg.dataset != "synthetic":
-            raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding its images)")
-        root = main_rank_first(ensure_synthetic_voc, ctx)
-        changes["data_root"] = str(root)
-        splits = Path(root) / "splits"
-        defaults = {"labeled_split": splits / "labeled.txt", "unlabeled_split": splits / "unlabeled.txt",
-                    "val_split": splits / "val.txt"}
-    else:
-        defaults = {"labeled_split": Path(root) / "labeled.txt", "unlabeled_split": Path(root) / "unlabeled.txt",
-                    "val_split": Path(root) / "val.txt"}
-    for key, path in defaults.items():
-        if getattr(cfg, key) is None:
-            changes[key] = str(path)
-    return dataclasses.replace(cfg, **changes)
-
-
-def build_training_sets(cfg: Config):
-    """(labelled, unlabelled or None); the unlabelled set is not even read for ``supervised``
-    unless it sets the epoch length (same number of iterations as the semi-supervised runs)."""
-    layout = layout_of(cfg)
-    labeled = LabeledDataset(layout, cfg.data_root, cfg.labeled_split, cfg.crop_size, nclass=cfg.nclass,
-                             seed=cfg.seed)
-    unlabeled = None
-    if cfg.unlabeled_split and Path(cfg.unlabeled_split).is_file():
-        unlabeled = UnlabeledDataset(layout, cfg.data_root, cfg.unlabeled_split, cfg.crop_size, seed=cfg.seed + 1)
-    elif cfg.method != "supervised":
-        raise ConfigError(f"method {cfg.method!r} needs an unlabelled split; {cfg.unlabeled_split} does not exist")
-    return labeled, unlabeled
-
-
-def val_loader(cfg: Config, ctx: DistContext, split: str | Path | None = None) -> DataLoader:
+def val_loader(cfg: Config, ctx: DistContext, split: str | Path | None = None):
     dataset = ValDataset(layout_of(cfg), cfg.data_root, split or cfg.val_split, nclass=cfg.nclass)
     return sharded_eval_loader(dataset, cfg, ctx)
 
 
-def evaluate_model(model, cfg: Config, ctx: DistContext, loader: DataLoader, mode: str | None = None,
+def evaluate_model(predictor: Predictor, cfg: Config, loader, mode: str | None = None,
                    on_prediction=None) -> EvalResult:
-    confusion = evaluate_segmentation(model, loader, cfg.nclass, Normalizer(cfg.mean, cfg.std, cfg.in_channels),
-                                      mode or cfg.eval_mode, cfg.crop_size, ctx.device, on_prediction,
-                                      autocast_for(cfg, ctx.device))
-    metrics, table = segmentation_report(confusion, class_names(cfg))
+    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
+                                      on_prediction)
+    metrics, table = segmentation_report(confusion, cfg.report_class_names())
     return EvalResult(metrics, table)
 
 
-def make_val_evaluator(cfg: Config, ctx: DistContext):
-    loader = val_loader(cfg, ctx)
-    return lambda model: evaluate_model(model, cfg, ctx, loader)
+class NaturalTask(Task):
+    name = "natural"
+    config_class = NaturalConfig
+    default_config = config_path("natural", "synthetic.yaml")
+
+    def resolve_data(self, cfg: Config, ctx: DistContext | None = None) -> Config:
+        """The synthetic set (written once, by rank 0) when no root is given, otherwise
+        ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named."""
+        changes = {}
+        root = cfg.data_root
+        if not cfg.data_root_given:
+            if cfg.dataset != "synthetic":
+                raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding its images)")
+            root = main_rank_first(ensure_synthetic_voc, ctx)
+            changes["data_root"] = str(root)
+            folder = Path(root) / "splits"
+        else:
+            folder = Path(root)
+        for kind in ("labeled", "unlabeled", "val"):
+            if getattr(cfg, f"{kind}_split") is None:
+                changes[f"{kind}_split"] = str(folder / f"{kind}.txt")
+        return dataclasses.replace(cfg, **changes)
+
+    def training_sets(self, cfg: Config):
+        """(labelled, unlabelled or None); the unlabelled set is not even read for ``supervised``
+        unless it sets the epoch length (same number of iterations as the semi-supervised runs)."""
+        layout = layout_of(cfg)
+        labeled = LabeledDataset(layout, cfg.data_root, cfg.labeled_split, cfg.crop_size, nclass=cfg.nclass,
+                                 seed=cfg.seed)
+        unlabeled = None
+        if cfg.unlabeled_split and Path(cfg.unlabeled_split).is_file():
+            unlabeled = UnlabeledDataset(layout, cfg.data_root, cfg.unlabeled_split, cfg.crop_size, seed=cfg.seed + 1)
+        elif cfg.method != "supervised":
+            raise ConfigError(f"method {cfg.method!r} needs an unlabelled split; {cfg.unlabeled_split} does not exist")
+        return labeled, unlabeled
+
+    def val_evaluator(self, cfg: Config, ctx: DistContext):
+        loader = val_loader(cfg, ctx)
+        return lambda model: evaluate_model(Predictor(model, cfg, ctx.device), cfg, loader)
+
+    # ---- evaluate ------------------------------------------------------------------------
+    def add_evaluate_arguments(self, parser) -> None:
+        add_mode_argument(parser)
+
+    def evaluate(self, predictor: Predictor, cfg: Config, ctx: DistContext, args) -> EvaluationReport:
+        split = args.split or cfg.val_split
+        loader = val_loader(cfg, ctx, split)
+        writer = None
+        directory = prediction_folder(args.save_predictions, args.overwrite, ctx)
+        if directory is not None:
+            palette = palette_for(cfg.dataset)
+
+            def writer(sample_id, pred, mask):
+                save_palette_png(pred.cpu().numpy(), directory / f"{sample_id}.png", palette, overwrite=args.overwrite)
+        mode = args.mode or cfg.eval_mode
+        result = evaluate_model(predictor, cfg, loader, mode, writer)
+        summary = {"split": str(split), "mode": mode}
+        return EvaluationReport(f"{args.checkpoint} on {split} ({len(loader.dataset)} images, mode {mode})",
+                                result.table, result.metrics, {**summary, "metrics": result.metrics},
+                                [{**summary, **result.metrics}])
+
+    # ---- predict -------------------------------------------------------------------------
+    def add_predict_arguments(self, parser) -> None:
+        parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+        parser.add_argument("--output", type=Path, required=True, help="folder for <name>.png masks")
+        parser.add_argument("--overlay", action="store_true", help="also write <name>_overlay.jpg")
+        add_mode_argument(parser, default="original",
+                          help="sliding_window for images much larger than the training crop")
+
+    def check_predict_outputs(self, cfg: Config, args) -> ImageFolderDataset:
+        if args.input.is_file():
+            dataset = ImageFolderDataset(args.input.parent)
+            dataset.entries = [e for e in dataset.entries if e.image.name == args.input.name]
+        else:
+            dataset = ImageFolderDataset(args.input)
+        if not len(dataset):
+            raise DataError(f"{args.input}: no image to predict")
+        refuse_existing([args.output / f"{entry.sample_id}.png" for entry in dataset.entries], args.overwrite)
+        return dataset
+
+    def predict(self, predictor: Predictor, cfg: Config, args, dataset: ImageFolderDataset) -> list[Path]:
+        palette = palette_for(cfg.dataset)
+        args.output.mkdir(parents=True, exist_ok=True)
+        written = []
+        with predictor.evaluating():
+            for i in tqdm(range(len(dataset)), desc="predict", unit="image"):
+                image, sample_id = dataset[i]
+                scores, origin = predict(predictor.forward, predictor.normalize(image.unsqueeze(0)), args.mode,
+                                         cfg.crop_size, cfg.nclass, sample_id)
+                pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
+                written.append(save_palette_png(pred, args.output / f"{sample_id}.png", palette, overwrite=True))
+                if args.overlay:
+                    shown = image if origin is None else image[:, origin[0]:origin[0] + pred.shape[0],
+                                                               origin[1]:origin[1] + pred.shape[1]]
+                    Image.fromarray(overlay(shown, pred, palette=palette)).save(
+                        args.output / f"{sample_id}_overlay.jpg")
+        print(f"wrote {len(written)} mask(s) to {args.output}")
+        return written
+
+
+TASK = NaturalTask()

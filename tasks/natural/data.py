@@ -1,19 +1,4 @@
-"""Readers for Pascal VOC, Cityscapes and COCO in the layouts and split files of official UniMatch.
-
-Layouts (paths relative to the data root), as the official ``dataset/semi.py`` reads them:
-
-* Pascal VOC: ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png`` (palette PNG, 21 classes)
-* Cityscapes: ``leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` and
-  ``gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png`` (train ids, 19 classes)
-* COCO: ``train2017/<id>.jpg`` / ``val2017/<id>.jpg`` and ``masks/<id>.png`` (81 classes)
-
-Split-file lines (one sample per line; blank lines are skipped):
-
-* ``IMAGE MASK``: two root-relative paths, the official format of every UniMatch split
-  (``JPEGImages/2007_000033.jpg SegmentationClass/2007_000033.png``);
-* ``IMAGE``: one root-relative image path; the mask path follows from the layout;
-* ``ID``: a bare id (``2007_000033``; Cityscapes ``train/jena/jena_000078_000019`` or
-  ``jena_000078_000019``; COCO ``000000283213``); both paths follow from the layout.
+"""Natural-image datasets on the layouts and split files of :mod:`tasks.natural.layouts`.
 
 Items (the data contract with the core):
 
@@ -29,12 +14,9 @@ with p = 0.5. Colour perturbations and normalisation happen later, batched on th
 """
 from __future__ import annotations
 
-import math
 import os
-import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -43,209 +25,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from tasks.natural.synthetic import SYNTHETIC_CLASSES
+from tasks.natural.layouts import IMAGE_SUFFIXES, SplitEntry, get_layout, read_split
+from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
-
-IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-PASCAL_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)
-COCO_CLASSES = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
-    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
-    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv",
-    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-
-
-# ----------------------------------------------------------------------------- layouts
-
-@dataclass(frozen=True)
-class Layout:
-    """How one dataset names its files: id -> paths, image path -> mask path, image path -> id."""
-
-    name: str
-    classes: tuple[str, ...]
-    paths_for_id: Callable[[str, Path], tuple[str, str]]
-    mask_for_image: Callable[[str], str]
-    id_for_image: Callable[[str], str]
-
-    @property
-    def nclass(self) -> int:
-        return len(self.classes)
-
-
-def _stem(relative: str) -> str:
-    return Path(relative).stem
-
-
-def _pascal_paths(sample_id: str, root: Path) -> tuple[str, str]:
-    return f"JPEGImages/{sample_id}.jpg", f"SegmentationClass/{sample_id}.png"
-
-
-def _pascal_mask(image: str) -> str:
-    return f"SegmentationClass/{_stem(image)}.png"
-
-
-_CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
-_CITYSCAPES_MASK_SUFFIX = "_gtFine_labelTrainIds.png"
-
-
-def _cityscapes_paths(sample_id: str, root: Path) -> tuple[str, str]:
-    if "/" in sample_id:
-        relative = sample_id
-    else:  # "<city>_<seq>_<frame>": find the split folder that holds it
-        city = sample_id.split("_")[0]
-        candidates = [f"{split}/{city}/{sample_id}" for split in ("train", "val", "test")]
-        relative = next(
-            (c for c in candidates if (root / "leftImg8bit" / f"{c}{_CITYSCAPES_IMAGE_SUFFIX}").is_file()),
-            candidates[0],
-        )
-    return f"leftImg8bit/{relative}{_CITYSCAPES_IMAGE_SUFFIX}", f"gtFine/{relative}{_CITYSCAPES_MASK_SUFFIX}"
-
-
-def _cityscapes_mask(image: str) -> str:
-    parts = Path(image).parts
-    if parts and parts[0] == "leftImg8bit":
-        parts = ("gtFine",) + parts[1:]
-    name = parts[-1]
-    if name.endswith(_CITYSCAPES_IMAGE_SUFFIX):
-        name = name[: -len(_CITYSCAPES_IMAGE_SUFFIX)]
-    else:
-        name = Path(name).stem
-    return "/".join(parts[:-1] + (name + _CITYSCAPES_MASK_SUFFIX,))
-
-
-def _cityscapes_id(image: str) -> str:
-    name = Path(image).name
-    return name[: -len(_CITYSCAPES_IMAGE_SUFFIX)] if name.endswith(_CITYSCAPES_IMAGE_SUFFIX) else Path(name).stem
-
-
-def _coco_paths(sample_id: str, root: Path) -> tuple[str, str]:
-    candidates = [f"train2017/{sample_id}.jpg", f"val2017/{sample_id}.jpg"]
-    image = next((c for c in candidates if (root / c).is_file()), candidates[0])
-    return image, f"masks/{sample_id}.png"
-
-
-def _coco_mask(image: str) -> str:
-    return f"masks/{_stem(image)}.png"
-
-
-LAYOUTS: dict[str, Layout] = {
-    "pascal": Layout("pascal", PASCAL_CLASSES, _pascal_paths, _pascal_mask, _stem),
-    "cityscapes": Layout("cityscapes", CITYSCAPES_CLASSES, _cityscapes_paths, _cityscapes_mask, _cityscapes_id),
-    "coco": Layout("coco", COCO_CLASSES, _coco_paths, _coco_mask, _stem),
-    # The synthetic default dataset is stored exactly like Pascal VOC.
-    "synthetic": Layout("synthetic", SYNTHETIC_CLASSES, _pascal_paths, _pascal_mask, _stem),
-}
-
-
-def get_layout(dataset: str) -> Layout:
-    """The :class:`Layout` of a dataset name (``pascal``, ``cityscapes``, ``coco``, ``synthetic``)."""
-    try:
-        return LAYOUTS[dataset]
-    except KeyError:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(LAYOUTS)}") from None
-
-
-# ----------------------------------------------------------------------------- split files
-
-@dataclass(frozen=True)
-class SplitEntry:
-    """One line of a split file, resolved against the data root."""
-
-    image: Path
-    mask: Path | None
-    sample_id: str
-    split_file: Path
-    line_number: int
-    image_rel: str = ""
-    mask_rel: str = ""
-
-    def where(self) -> str:
-        """``<split file>:<line>`` (or the image path when listed from a folder): where to look when it is bad."""
-        return f"{self.split_file}:{self.line_number}" if self.line_number else str(self.image)
-
-
-def parse_split_line(line: str, layout: Layout, root: Path) -> tuple[str, str]:
-    """Root-relative (image, mask) paths of one non-blank split line in any supported format."""
-    fields = line.split()
-    if len(fields) == 2:
-        return fields[0], fields[1]
-    if len(fields) == 1:
-        token = fields[0]
-        if token.lower().endswith(IMAGE_SUFFIXES):
-            return token, layout.mask_for_image(token)
-        return layout.paths_for_id(token, root)
-    raise ValueError(
-        f"has {len(fields)} space-separated fields; expected 'ID', 'IMAGE' or 'IMAGE MASK' (paths without spaces)"
-    )
-
-
-def read_split(
-    split_file: str | os.PathLike,
-    root: str | os.PathLike,
-    dataset: str,
-    need_masks: bool,
-) -> list[SplitEntry]:
-    """Resolve every line of ``split_file`` against ``root``; fail on the first line whose files are missing.
-
-    With ``need_masks`` false the mask column is neither required nor checked (unlabelled
-    data), and ``SplitEntry.mask`` is None.
-    """
-    split_file, root = Path(split_file), Path(root)
-    layout = get_layout(dataset)
-    if not split_file.is_file():
-        raise DataError(f"split file {split_file} does not exist; check the path or write one with "
-                        "`python -m tasks.natural.make_splits`")
-    if not root.is_dir():
-        raise DataError(f"data root {root} (used by split file {split_file}) is not a directory; "
-                        "check --data-root")
-    entries = []
-    with open(split_file, encoding="utf-8") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                image_rel, mask_rel = parse_split_line(line, layout, root)
-            except ValueError as error:
-                raise DataError(f"{split_file}:{line_number}: the line {line!r} {error}; fix or remove it") from None
-            image = root / image_rel
-            if not image.is_file():
-                raise DataError(
-                    f"{split_file}:{line_number}: image file {image} does not exist; check the data root "
-                    f"({root}) and the {dataset} layout, or remove the line"
-                )
-            mask = None
-            if need_masks:
-                mask = root / mask_rel
-                if not mask.is_file():
-                    raise DataError(
-                        f"{split_file}:{line_number}: mask file {mask} does not exist; check the data root "
-                        f"({root}) and the {dataset} layout, or remove the line"
-                    )
-            entries.append(SplitEntry(image, mask, layout.id_for_image(image_rel), split_file, line_number,
-                                      image_rel, mask_rel))
-    if not entries:
-        raise DataError(f"split file {split_file} is empty; it must list at least one sample "
-                        "(see `python -m tasks.natural.make_splits`)")
-    return entries
-
 
 # ----------------------------------------------------------------------------- decoding
 
@@ -361,12 +143,8 @@ class RandomLongSideRescale(A.DualTransform):
 
 
 def weak_augmentation(crop_size: int, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0) -> A.Compose:
-    """The official weak view: rescale, pad right/bottom (image 0, mask 255), random crop, h-flip p=0.5.
-
-    All transforms share ONE pair of generators seeded by ``seed``: albumentations' own
-    ``Compose(seed=...)`` gives every transform its own, identically seeded stream, so the
-    draws of one transform would replay those of another.
-    """
+    """The official weak view: rescale, pad right/bottom (image 0, mask 255), random crop, h-flip p=0.5,
+    all drawing from one stream seeded by ``seed`` (:func:`unimatch.data.reseed_pipeline`)."""
     pipeline = A.Compose([
         RandomLongSideRescale(scale_range),
         A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
@@ -376,32 +154,6 @@ def weak_augmentation(crop_size: int, scale_range: tuple[float, float] = (0.5, 2
     ])
     reseed_pipeline(pipeline, seed)
     return pipeline
-
-
-def reseed_pipeline(pipeline: A.Compose, seed: int) -> None:
-    """Give every transform of ``pipeline`` the same shared numpy and Python generators, seeded by ``seed``."""
-    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: seeds numpy, ``random`` and the dataset's augmentation
-    from the worker's torch seed (base seed + worker id), so runs are reproducible under
-    ``torch.manual_seed`` and every worker and epoch draws different views."""
-    info = torch.utils.data.get_worker_info()
-    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    if info is not None:
-        _reseed_dataset(info.dataset, seed)
-
-
-def _reseed_dataset(dataset: Dataset, seed: int) -> None:
-    if hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
-    for child in getattr(dataset, "datasets", ()):  # ConcatDataset
-        _reseed_dataset(child, seed)
-    if hasattr(dataset, "dataset"):  # Subset
-        _reseed_dataset(dataset.dataset, seed)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -419,59 +171,39 @@ def _check_scale_range(scale_range) -> tuple[float, float]:
     return low, high
 
 
-class _WeakViewDataset(Dataset):
+class _SplitViews(WeakViewDataset):
     """Training images listed in a split file, each returned as a weak (geometric) view."""
 
     def __init__(self, dataset: str, root, split_file, crop_size: int, need_masks: bool,
                  scale_range: tuple[float, float], seed: int):
         self.layout = get_layout(dataset)
         self.crop_size = _check_crop_size(crop_size)
-        self.entries = read_split(split_file, root, dataset, need_masks=need_masks)
-        self.transform = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
+        pipeline = weak_augmentation(self.crop_size, _check_scale_range(scale_range), seed)
+        super().__init__(read_split(split_file, root, dataset, need_masks=need_masks), seed, pipeline)
 
-    def reseed(self, seed: int) -> None:
-        reseed_pipeline(self.transform, seed)
-
-    def __len__(self) -> int:
-        return len(self.entries)
+    @property
+    def entries(self) -> list[SplitEntry]:
+        return self.items
 
 
-class LabeledDataset(_WeakViewDataset):
+class LabeledDataset(_SplitViews):
     """Labelled training images: ``(image uint8 (3, c, c), mask int64 (c, c))`` after the weak view.
 
-    ``repeat_to`` repeats the list to that length, as the official ``nsample`` (the labelled
-    set is stretched to the size of the unlabelled set so both loaders have one epoch length).
     ``nclass`` defaults to the dataset's class count (21 Pascal, 19 Cityscapes, 81 COCO).
     """
 
-    def __init__(
-        self,
-        dataset: str,
-        root: str | os.PathLike,
-        split_file: str | os.PathLike,
-        crop_size: int,
-        *,
-        nclass: int | None = None,
-        repeat_to: int | None = None,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        seed: int = 0,
-    ):
+    def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
+                 nclass: int | None = None, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
         super().__init__(dataset, root, split_file, crop_size, True, scale_range, seed)
         self.nclass = nclass if nclass is not None else self.layout.nclass
-        if repeat_to is not None:
-            if repeat_to < 1:
-                raise DataError(f"repeat_to must be a positive number of samples; got {repeat_to}")
-            self.entries = (self.entries * math.ceil(repeat_to / len(self.entries)))[:repeat_to]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.entries[index]
+    def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
         image = load_image(entry)
-        mask = load_mask(entry, self.nclass, image.shape[:2])
-        view = self.transform(image=image, mask=mask)
+        view = self.pipeline(image=image, mask=load_mask(entry, self.nclass, image.shape[:2]))
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 
-class UnlabeledDataset(_WeakViewDataset):
+class UnlabeledDataset(_SplitViews):
     """Unlabelled training images: ``(image uint8 (3, c, c), ignore_mask int64 (c, c))``.
 
     ``ignore_mask`` is 255 where the crop lies outside the rescaled image (padding) and 0
@@ -479,22 +211,13 @@ class UnlabeledDataset(_WeakViewDataset):
     those pixels 255. No label file is opened or even looked for.
     """
 
-    def __init__(
-        self,
-        dataset: str,
-        root: str | os.PathLike,
-        split_file: str | os.PathLike,
-        crop_size: int,
-        *,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        seed: int = 0,
-    ):
+    def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
+                 scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
         super().__init__(dataset, root, split_file, crop_size, False, scale_range, seed)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_image(self.entries[index])
-        inside = np.zeros(image.shape[:2], dtype=np.uint8)
-        view = self.transform(image=image, mask=inside)
+    def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        image = load_image(entry)
+        view = self.pipeline(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.natural.data import LAYOUTS, SplitEntry, get_layout, read_split
+from tasks.natural.layouts import LAYOUTS, SplitEntry, get_layout, read_split
 from unimatch.errors import DataError
+from unimatch.paths import refuse_existing
 
 DEFAULT_SOURCE_SPLITS = {
     "pascal": ("ImageSets/Segmentation/train.txt",),
@@ -101,9 +102,7 @@ def make_splits(
     if not data_root.is_dir():
         raise DataError(f"data root {data_root} is not a directory; check --data-root")
     targets = tuple(out_dir / name for name in SPLIT_NAMES)
-    existing = [str(path) for path in targets if path.exists()]
-    if existing and not overwrite:
-        raise DataError(f"{', '.join(existing)} already exist(s); choose another --out or pass --overwrite")
+    refuse_existing(targets, overwrite)
 
     pool = training_pool(dataset, data_root, Path(source_split) if source_split is not None else None)
     unique_pool = list(dict.fromkeys(pool))

@@ -11,31 +11,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unimatch.data import IGNORE_INDEX
 from unimatch.errors import DataError
+from unimatch.paths import refuse_existing
 
-IGNORE_INDEX = 255
-
-# Cityscapes colours of the 19 evaluation classes, indexed by train id.
-CITYSCAPES_TRAIN_ID_COLORS = (
-    (128, 64, 128),   # road
-    (244, 35, 232),   # sidewalk
-    (70, 70, 70),     # building
-    (102, 102, 156),  # wall
-    (190, 153, 153),  # fence
-    (153, 153, 153),  # pole
-    (250, 170, 30),   # traffic light
-    (220, 220, 0),    # traffic sign
-    (107, 142, 35),   # vegetation
-    (152, 251, 152),  # terrain
-    (70, 130, 180),   # sky
-    (220, 20, 60),    # person
-    (255, 0, 0),      # rider
-    (0, 0, 142),      # car
-    (0, 0, 70),       # truck
-    (0, 60, 100),     # bus
-    (0, 80, 100),     # train
-    (0, 0, 230),      # motorcycle
-    (119, 11, 32),    # bicycle
+# Cityscapes colours of the 19 evaluation classes in train-id order (road, sidewalk, building, wall,
+# fence, pole, traffic light, traffic sign, vegetation, terrain, sky, person, rider, car, truck, bus,
+# train, motorcycle, bicycle), as RGB hex codes.
+CITYSCAPES_TRAIN_ID_COLORS = tuple(
+    tuple(bytes.fromhex(code)) for code in
+    "804080 f423e8 464646 66669c be9999 999999 faaa1e dcdc00 6b8e23 98fb98"
+    " 4682b4 dc143c ff0000 00008e 000046 003c64 005064 0000e6 770b20".split()
 )
 
 
@@ -90,8 +76,7 @@ def save_palette_png(mask, path, palette: np.ndarray | None = None, overwrite: b
     silently destroys earlier predictions or labels.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path} already exists; choose another output path or pass overwrite=True")
+    refuse_existing([path], overwrite)
     palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
     image = Image.fromarray(_as_index_mask(mask))
     image.putpalette(palette.reshape(-1).tolist())  # turns the "L" image into "P", values unchanged

@@ -32,7 +32,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from medpy.metric import binary as medpy_binary
 
-ACDC_CLASSES = {1: "RV", 2: "Myo", 3: "LV"}
 _DISTANCES = ("hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
 
 
@@ -77,8 +76,8 @@ def binary_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) ->
 
 
 def score_volume(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
-                 classes: Mapping[int, str] = ACDC_CLASSES) -> dict[str, ClassScore]:
-    """Per-class scores of one volume: ``{class name: ClassScore}``."""
+                 classes: Mapping[int, str]) -> dict[str, ClassScore]:
+    """Per-class scores of one volume: ``{class name: ClassScore}`` for each ``{class id: name}``."""
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     if pred.shape != gt.shape:

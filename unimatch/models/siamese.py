@@ -96,18 +96,3 @@ class SiamesePSPNet(SiameseEncoder, nn.Module):
         c4 = self.difference_features(x)[-1]
         return decode_with_fp(self.head, c4, x.shape[-2:], need_fp)
 
-
-def build_siamese(cfg) -> nn.Module:
-    """The siamese model named by ``cfg.model`` (``siamese_deeplabv3plus`` or ``siamese_pspnet``).
-
-    ``cfg.in_channels`` counts the channels of both dates (6 for two RGB images).
-    """
-    common = dict(nclass=cfg.nclass, backbone=cfg.backbone, pretrained=cfg.pretrained,
-                  replace_stride_with_dilation=list(cfg.replace_stride_with_dilation), deep_stem=cfg.deep_stem,
-                  in_channels=cfg.in_channels, width=cfg.width, multi_grid=cfg.multi_grid)
-    if cfg.model == "siamese_deeplabv3plus":
-        return SiameseDeepLabV3Plus(dilations=list(cfg.dilations), reduce_channels=cfg.reduce_channels,
-                                    decoder_channels=cfg.decoder_channels, **common)
-    if cfg.model == "siamese_pspnet":
-        return SiamesePSPNet(**common)
-    raise ValueError(f"{cfg.model!r} is not a siamese model (siamese_deeplabv3plus, siamese_pspnet)")

@@ -1,0 +1,229 @@
+"""Reading bi-temporal rasters: PNG/JPEG tiles and GeoTIFFs of any band count and data type.
+
+Formats
+-------
+- Tiles as PNG/JPEG (WHU-CD, LEVIR-CD processed layout): ``root/A/<name>``, ``root/B/<name>``,
+  ``root/label/<name>`` with the same file name in each folder.
+- GeoTIFF (``.tif``/``.tiff``, read with rasterio), any number of bands of any data type.
+
+Bands are chosen with ``bands`` (1-based, as rasterio numbers them; default ``(1, 2, 3)``). 8-bit
+data pass unchanged. Any other data type (uint16 reflectance, float) is mapped to uint8 by the
+``stretch`` rule:
+
+- ``"percentile"`` (default): per band, the 2nd..98th percentile of *that file* (nodata excluded,
+  read from an overview of at most ``PERCENTILE_MAX_SIDE`` pixels a side) maps linearly to
+  0..255, values outside are clipped. Each date is stretched on its own, which also removes a
+  global brightness difference between the dates.
+- a number ``d``: ``uint8 = clip(value / d, 0, 255)`` (e.g. 256 for the full uint16 range,
+  16 for 12-bit data, 4 for 0..1000 reflectance); the same for every file, so absolute
+  radiometry is kept.
+
+A and B of one pair must share size, band count, CRS and geotransform; labels 0/255 become
+classes 0/1 (``class_values`` lists the pixel value of each class for other encodings).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from unimatch.errors import DataError
+from unimatch.finite import require_finite
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+PERCENTILE_MAX_SIDE = 1024
+PERCENTILE_RANGE = (2.0, 98.0)
+DEFAULT_BANDS = (1, 2, 3)
+DEFAULT_CLASS_VALUES = (0, 255)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What must agree between the two dates of a pair."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: object = None
+    transform: object = None
+
+
+def is_geotiff(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in GEOTIFF_SUFFIXES
+
+
+def open_raster(path: str | Path):
+    """rasterio dataset of ``path``; an unreadable file is a DataError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as error:
+        raise DataError(f"cannot read raster {path}: {error}. Check that it is a valid GeoTIFF") from error
+
+
+def raster_info(src) -> RasterInfo:
+    return RasterInfo(str(src.name), src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform)
+
+
+def check_bands(bands: Sequence[int], count: int, path) -> list[int]:
+    bands = [int(b) for b in bands]
+    if not bands or min(bands) < 1 or max(bands) > count:
+        raise DataError(f"{path} has {count} band(s); bands {tuple(bands)} must each be in 1..{count} "
+                        f"(1-based, as rasterio numbers them)")
+    return bands
+
+
+def check_stretch(stretch) -> None:
+    if stretch == "percentile":
+        return
+    if isinstance(stretch, str) or not isinstance(stretch, (int, float)) or not stretch > 0:
+        raise DataError(f"stretch must be 'percentile' or a positive divisor, got {stretch!r}")
+
+
+def percentile_limits(src, bands: Sequence[int], percentiles=PERCENTILE_RANGE,
+                      max_side: int = PERCENTILE_MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (low, high) percentiles of a whole raster, from a decimated read of bounded size."""
+    factor = max(1, math.ceil(max(src.width, src.height) / max_side))
+    shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
+    sample = src.read(list(bands), out_shape=shape, masked=True).astype(np.float64)
+    low = np.zeros(len(bands))
+    high = np.ones(len(bands))
+    for i, band in enumerate(sample):
+        values = band.compressed()
+        values = values[np.isfinite(values)]
+        if values.size:
+            low[i], high[i] = np.percentile(values, percentiles)
+    return low, high
+
+
+def stretch_to_uint8(array: np.ndarray, stretch, limits: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Map a (C, H, W) array of any dtype to uint8 by the ``stretch`` rule (uint8 passes through)."""
+    if array.dtype == np.uint8:
+        return array
+    array = array.astype(np.float32)
+    if stretch == "percentile":
+        low, high = (np.asarray(v, np.float32)[:, None, None] for v in limits)
+        scaled = (array - low) * (255.0 / np.maximum(high - low, 1e-6))
+    else:
+        scaled = array / np.float32(stretch)
+    return np.clip(np.nan_to_num(scaled) + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="percentile") -> tuple[np.ndarray, RasterInfo]:
+    """One date as uint8 (C, H, W) and its :class:`RasterInfo`."""
+    path = Path(path)
+    check_stretch(stretch)
+    if is_geotiff(path):
+        with open_raster(path) as src:
+            info = raster_info(src)
+            bands = check_bands(bands, src.count, path)
+            array = require_finite(src.read(bands), path, src.nodata)
+            limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
+            if src.nodata is not None and array.dtype != np.uint8:
+                nodata = np.any(array == src.nodata, axis=0)
+            else:
+                nodata = None
+        array = stretch_to_uint8(array, stretch, limits)
+        if nodata is not None:
+            array[:, nodata] = 0
+        return array, info
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGBA" if "A" in image.mode else "RGB")
+            array = np.asarray(image)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = np.moveaxis(array, -1, 0)
+    count, height, width = array.shape
+    bands = check_bands(bands, count, path)
+    array = array[[b - 1 for b in bands]]
+    limits = None
+    if stretch == "percentile" and array.dtype != np.uint8:
+        limits = tuple(np.stack(v) for v in zip(*(np.nanpercentile(band, PERCENTILE_RANGE) for band in array)))
+    info = RasterInfo(str(path), width, height, count, str(array.dtype))
+    return stretch_to_uint8(np.ascontiguousarray(array), stretch, limits), info
+
+
+def same_transform(first, second) -> bool:
+    """Equal geotransforms, up to float noise (1e-9 of a pixel size or of the origin)."""
+    if first is None or second is None:
+        return first is None and second is None
+    return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(tuple(first), tuple(second)))
+
+
+def check_pair(info_a: RasterInfo, info_b: RasterInfo) -> None:
+    """A and B must cover the same pixels: same size, band count, CRS and geotransform."""
+    problems = []
+    if (info_a.width, info_a.height) != (info_b.width, info_b.height):
+        problems.append(f"size {info_a.width}x{info_a.height} vs {info_b.width}x{info_b.height}")
+    if info_a.count != info_b.count:
+        problems.append(f"band count {info_a.count} vs {info_b.count}")
+    if info_a.crs != info_b.crs:
+        problems.append(f"CRS {info_a.crs} vs {info_b.crs}")
+    if not same_transform(info_a.transform, info_b.transform):
+        problems.append(f"transform {tuple(info_a.transform or ())} vs {tuple(info_b.transform or ())}")
+    if problems:
+        raise DataError(f"the two dates do not match ({'; '.join(problems)}): {info_a.path} and {info_b.path}. "
+                        f"Resample/reproject one onto the other's grid first")
+
+
+def read_pair(path_a: str | Path, path_b: str | Path, bands: Sequence[int] = DEFAULT_BANDS,
+              stretch="percentile") -> tuple[np.ndarray, np.ndarray]:
+    """Both dates as uint8 (C, H, W) arrays, checked to share grid and band count."""
+    if is_geotiff(path_a) != is_geotiff(path_b):
+        raise DataError(f"one date is a GeoTIFF and the other is not: {path_a} and {path_b}")
+    image_a, info_a = read_image(path_a, bands, stretch)
+    image_b, info_b = read_image(path_b, bands, stretch)
+    check_pair(info_a, info_b)
+    return image_a, image_b
+
+
+def encode_classes(values: np.ndarray, path, class_values: Sequence[int] = DEFAULT_CLASS_VALUES) -> np.ndarray:
+    """Pixel values -> class ids (index in ``class_values``); any other value is a DataError."""
+    lookup = np.full(max(int(values.max(initial=0)), max(class_values)) + 1, -1, np.int64)
+    for class_id, value in enumerate(class_values):
+        lookup[int(value)] = class_id
+    if values.min(initial=0) < 0:
+        raise DataError(f"label {path} has negative values; expected only {tuple(class_values)}")
+    mask = lookup[values]
+    if (mask < 0).any():
+        unexpected = np.unique(values[mask < 0])[:10].tolist()
+        raise DataError(f"label {path} has pixel values {unexpected} outside the class values {tuple(class_values)}; "
+                        f"labels must be 0 (unchanged) / 255 (changed), or set class_values to the encoding used")
+    return mask
+
+
+def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VALUES) -> np.ndarray:
+    """Label image as int64 (H, W) class ids. RGB labels are accepted when their channels agree."""
+    path = Path(path)
+    if is_geotiff(path):
+        with open_raster(path) as src:
+            values = src.read(1)
+    else:
+        try:
+            with Image.open(path) as image:
+                values = np.asarray(image.convert("RGB") if image.mode == "P" else image)
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read label {path}: {error}") from error
+        if values.ndim == 3:
+            if not (values[..., :3] == values[..., :1]).all():
+                raise DataError(f"label {path} is a colour image with differing channels; save it as a "
+                                f"single-band 0/255 PNG")
+            values = values[..., 0]
+    if not np.issubdtype(values.dtype, np.integer):
+        raise DataError(f"label {path} holds {values.dtype} values; labels must be integer class values")
+    return encode_classes(values.astype(np.int64), path, class_values)
