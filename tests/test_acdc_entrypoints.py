@@ -394,7 +394,7 @@ def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_
     save_dir = tmp_path / "run"
     train.main(_train_args(phantom, save_dir, "--cases", "1"))
     before = {name: (save_dir / name).read_bytes() for name in ("latest.pth", "best.pth")}
-    args = _train_args(phantom, save_dir, "--cases", "1", "lr=1e30")
+    args = _train_args(phantom, save_dir, "--cases", "1", "--resume-with-changes", "lr=1e30")
     args[args.index("--epochs") + 1] = "2"
     status, err = _exit_status_and_error(train.main, args, monkeypatch, capsys)
     assert status == 2
@@ -402,3 +402,16 @@ def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_
     assert "lower lr" in err
     for name, content in before.items():
         assert (save_dir / name).read_bytes() == content, name
+
+
+def test_rerun_with_more_cases_is_refused_and_leaves_the_split_of_the_weights(run, phantom, tmp_path, monkeypatch,
+                                                                               capsys):
+    """--cases 2 into a finished --cases 1 run: its weights saw one labelled patient, so split.json and
+    config.yaml must keep saying so; the command stops before any file is written."""
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    before = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
+    status, err = _exit_status_and_error(train.main, _train_args(phantom, copy, "--cases", "2"), monkeypatch, capsys)
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "cases: 1 stored, 2 now" in err and "--resume-with-changes" in err
+    after = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
+    assert after == before

@@ -213,3 +213,23 @@ def test_every_shipped_config_passes_the_nested_validation(path):
     schema = {"acdc": AcdcConfig, "change_detection": CDConfig}.get(path.parent.name, Config)
     cfg = load_config(path, schema=schema)
     assert cfg.criterion["name"] in ("CELoss", "OHEM", "CEDice")
+
+
+def test_training_differences_ignore_only_the_keys_that_do_not_shape_the_weights():
+    from unimatch.config import NON_TRAINING_KEYS, training_differences
+
+    cfg = load_config(None, method="unimatch", epochs=3)
+    stored = cfg.to_dict()
+    assert training_differences(stored, cfg) == {}
+    assert training_differences(stored, load_config(None, method="unimatch", epochs=3, num_workers=7,
+                                                    log_every=1, save_dir="elsewhere")) == {}
+    assert {"num_workers", "log_every", "save_dir"} <= NON_TRAINING_KEYS
+    changed = load_config(None, ["conf_thresh=0.9", "criterion.name=OHEM"], method="supervised", epochs=3)
+    assert training_differences(stored, changed) == {
+        "method": ("unimatch", "supervised"), "conf_thresh": (0.95, 0.9),
+        "criterion": ({"name": "CELoss", "kwargs": {"ignore_index": 255}},
+                      {"name": "OHEM", "kwargs": {"ignore_index": 255}})}
+    # a run saved before a key existed was trained with that key's default
+    del stored["blur_p"]
+    assert training_differences(stored, cfg) == {}
+    assert training_differences(stored, load_config(None, ["blur_p=0.0"], epochs=3)) == {"blur_p": (0.5, 0.0)}

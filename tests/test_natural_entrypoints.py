@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from tasks.natural import evaluate as evaluate_cli
@@ -120,21 +122,6 @@ def test_predict_writes_masks_and_overlays_and_refuses_overwrite(trained, tmp_pa
     assert [p.name for p in single] == [f"{images[0].stem}.png"]
 
 
-def test_resume_continues_after_last_epoch(trained, tmp_path):
-    """Running the same command with more epochs resumes from latest.pth instead of starting over."""
-    root, run = trained
-    import shutil
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    train_cli.main(["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
-                    "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
-                    str(root / "splits/val.txt"), "--save-dir", str(copy), "--epochs", "2", "--batch-size", "4",
-                    "--num-workers", "0", "--no-progress", "--device", "cpu", *TINY])
-    epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]
-    assert "resumed from" in (copy / "train.log").read_text()
-
-
 # ---- run set-up errors: one line, exit status 2 -------------------------------------------------
 def train_args(root, save_dir, *extra):
     return ["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
@@ -191,6 +178,56 @@ def test_set_smaller_than_one_batch_is_one_error_line(trained, tmp_path, monkeyp
     status, err = exit_status_and_error(args, monkeypatch, capsys)
     assert status == 2 and "the unlabelled set of" in err and "smaller than one batch of 1000" in err
     assert "lower batch_size" in err
+# ---- rerunning into a run folder ---------------------------------------------------------------
+def test_rerunning_the_same_command_resumes(trained, tmp_path):
+    """The same command again (other loader processes and logging allowed) resumes from latest.pth."""
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    train_cli.main(train_args(root, copy, "conf_thresh=0.0", "eval_every=3"))
+    epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1]
+    assert "resumed from" in (copy / "train.log").read_text()
+
+
+def run_files(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_other_training_settings_is_refused_before_any_file_changes(trained, tmp_path, monkeypatch,
+                                                                              capsys):
+    """--method supervised into a UniMatch run would continue its weights silently: refused, one line,
+    every file of the run folder byte for byte as it was (config.yaml, latest.pth, logs, TensorBoard)."""
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = run_files(copy)
+    args = train_args(root, copy, "--method", "supervised", "conf_thresh=0.0")
+    args[args.index("--epochs") + 1] = "2"
+    status, err = exit_status_and_error(args, monkeypatch, capsys)
+    assert status == 2
+    assert "method: 'unimatch' stored, 'supervised' now" in err and "epochs: 1 stored, 2 now" in err
+    assert "another --save-dir" in err and "--resume-with-changes" in err
+    assert run_files(copy) == before
+
+
+def test_resume_with_changes_continues_and_records_the_new_settings(trained, tmp_path):
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    args = train_args(root, copy, "--method", "supervised", "--resume-with-changes", "conf_thresh=0.0")
+    args[args.index("--epochs") + 1] = "2"
+    train_cli.main(args)
+    epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    log = (copy / "train.log").read_text()
+    assert "resumed from" in log and "method: 'unimatch' stored, 'supervised' now" in log
+    stored = torch.load(copy / "latest.pth", map_location="cpu", weights_only=False)["config"]
+    assert (stored["method"], stored["epochs"]) == ("supervised", 2)
+    written = yaml.safe_load((copy / "config.yaml").read_text())
+    assert (written["method"], written["epochs"]) == ("supervised", 2)
+
+
 def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(trained, tmp_path, capsys):
     """Without --config (nor the run's overrides) the run's own model is rebuilt, and the command says so."""
     root, run = trained

@@ -19,7 +19,11 @@ def train_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--labeled-split", help="file listing the labelled samples (official format)")
     parser.add_argument("--unlabeled-split", help="file listing the unlabelled samples")
     parser.add_argument("--val-split", help="file listing the validation samples")
-    parser.add_argument("--save-dir", help="run directory (checkpoints, logs); an existing run there is resumed")
+    parser.add_argument("--save-dir", help="run directory (checkpoints, logs); an existing run there is resumed "
+                                           "if it was trained with the same settings")
+    parser.add_argument("--resume-with-changes", action="store_true",
+                        help="resume the run in --save-dir although its training settings differ from this "
+                             "command's; the run's config and records then describe the new settings")
     parser.add_argument("--method", choices=list(METHODS))
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -110,7 +114,7 @@ def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
-    from unimatch.engine import Trainer, log, prepare_run_dir
+    from unimatch.engine import Trainer, check_resumable, describe_changes, log, prepare_run_dir
     from unimatch.models import build_model
 
     parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
@@ -119,17 +123,20 @@ def train_main(task, argv, doc: str) -> dict:
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     ctx = setup_distributed(args.device)
     try:
-        prepare_run_dir(default_save_dir(cfg))
+        save_dir = prepare_run_dir(default_save_dir(cfg))
         cfg = task.resolve_data(cfg, ctx)
+        changes = check_resumable(save_dir, cfg, args.resume_with_changes)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(build_model(cfg), ctx)
         labeled, unlabeled = task.training_sets(cfg)
-        trainer = Trainer(cfg, model, labeled, unlabeled, task.val_evaluator(cfg, ctx), ctx, default_save_dir(cfg),
+        trainer = Trainer(cfg, model, labeled, unlabeled, task.val_evaluator(cfg, ctx), ctx, save_dir,
                           progress=not args.no_progress)
+        if changes and ctx.is_main:
+            log.warning(f"--resume-with-changes: continuing the run in {save_dir} with changed settings "
+                        f"({describe_changes(changes)}); its config and records now describe them")
         result = trainer.fit()
         if ctx.is_main:
-            log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in "
-                     f"{default_save_dir(cfg)}")
+            log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in {save_dir}")
         return result
     finally:
         cleanup()

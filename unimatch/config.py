@@ -168,6 +168,40 @@ class Config:
         validate_criterion(self.criterion)
 
 
+# Keys that do not shape the weights: how many loader processes, how often to log, where the run
+# folder is, how many images one evaluation batch holds, how often to evaluate. A run may be
+# resumed with other values of these; every other key must equal the stored one (see
+# ``training_differences``), because the weights in the run folder were trained under it.
+NON_TRAINING_KEYS = frozenset({"num_workers", "log_every", "save_dir", "eval_batch_size", "eval_every"})
+
+
+def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
+    """``key -> (stored value, value now)`` for every key of ``config`` outside
+    :data:`NON_TRAINING_KEYS` whose value differs from the one in ``stored`` (a run's saved config).
+
+    A key ``stored`` lacks (a run saved before the key existed) counts as its default, the value
+    that run was trained with; stored keys ``config`` does not know are ignored (``task`` tells
+    runs of another task apart).
+    """
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    differences = {}
+    for f in dataclasses.fields(config):
+        if f.name in NON_TRAINING_KEYS:
+            continue
+        if f.name in stored:
+            before = stored[f.name]
+        else:
+            before = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        now = getattr(config, f.name)
+        if plain(before) != plain(now):
+            differences[f.name] = (before, now)
+    return differences
+
+
 CRITERION_KEYS = ("name", "kwargs")
 
 

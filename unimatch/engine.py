@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from unimatch.config import Config, save_config
+from unimatch.config import Config, save_config, training_differences
 from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_worker
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
 from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
@@ -128,6 +128,55 @@ def prepare_run_dir(save_dir: Path) -> Path:
     return save_dir
 
 
+def stored_run_config(save_dir: Path) -> tuple[dict | None, Path | None]:
+    """The config of the run in ``save_dir`` and the file it came from: ``latest.pth``'s (the one that
+    describes the weights), else ``config.yaml`` (a run stopped before its first epoch ended);
+    ``(None, None)`` for a new run folder."""
+    import yaml
+
+    latest, written = save_dir / "latest.pth", save_dir / "config.yaml"
+    if latest.is_file():
+        try:
+            checkpoint = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as exc:
+            raise CheckpointError(f"{latest}: not a readable PyTorch checkpoint ({exc}); move it away to start "
+                                  f"over, or choose another --save-dir") from exc
+        stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+        if isinstance(stored, dict):
+            return stored, latest
+    if written.is_file():
+        with open(written) as f:
+            stored = yaml.safe_load(f)
+        if isinstance(stored, dict):
+            return stored, written
+    return None, None
+
+
+def describe_changes(changes: dict) -> str:
+    """``key: stored -> now`` for each changed key, in one line."""
+    return "; ".join(f"{key}: {before!r} stored, {now!r} now" for key, (before, now) in changes.items())
+
+
+def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) -> dict:
+    """The training settings in which ``cfg`` differs from the run already in ``save_dir``
+    (:func:`unimatch.config.training_differences`); raises :class:`ConfigError` when there are any
+    and ``allow_changes`` is False.
+
+    Called before anything in the run folder is written (config, split, logs), so a rerun with
+    another command never continues weights trained under other settings, nor rewrites the
+    records that describe them.
+    """
+    stored, source = stored_run_config(save_dir)
+    if stored is None:
+        return {}
+    changes = training_differences(stored, cfg)
+    if changes and not allow_changes:
+        raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings ({describe_changes(changes)}; "
+                          f"from {source.name}); resuming would continue its weights under the new ones. Start a "
+                          f"new run with another --save-dir, or add --resume-with-changes to continue it on purpose")
+    return changes
+
+
 def autocast_for(cfg: Config, device: torch.device):
     if device.type == "cuda" and cfg.amp != "none":
         dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -188,7 +237,6 @@ class Trainer:
         if ctx.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.save_dir / "tensorboard"))
-            save_config(cfg, self.save_dir / "config.yaml")
 
     # ---- data ----------------------------------------------------------------------------
     def epoch_length(self) -> int:
@@ -283,6 +331,8 @@ class Trainer:
     def _fit(self) -> dict:
         self.resume()
         cfg, ctx = self.cfg, self.ctx
+        if ctx.is_main:  # once the weights are loaded, so config.yaml always describes the ones beside it
+            save_config(cfg, self.save_dir / "config.yaml")
         iters_per_epoch = self.epoch_length()
         total_iters = iters_per_epoch * cfg.epochs
         labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
