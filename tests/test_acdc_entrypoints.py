@@ -26,7 +26,7 @@ from tasks.acdc.readers import list_raw_cases, load_raw_case
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights
-from unimatch.errors import DataError
+from unimatch.errors import CheckpointError, DataError
 from unimatch.inference import Predictor
 from unimatch.losses import CrossEntropyDice
 from unimatch.metrics.volume import score_volume
@@ -415,3 +415,15 @@ def test_rerun_with_more_cases_is_refused_and_leaves_the_split_of_the_weights(ru
     assert "cases: 1 stored, 2 now" in err and "--resume-with-changes" in err
     after = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
     assert after == before
+
+
+def test_an_acdc_checkpoint_given_to_another_task_names_the_command_to_use(run, tmp_path):
+    from tasks.change_detection import evaluate as cd_evaluate
+    from tasks.natural import evaluate as natural_evaluate
+
+    checkpoint = run / "best.pth"
+    for main, other in ((cd_evaluate.main, "change_detection"), (natural_evaluate.main, "natural")):
+        with pytest.raises(CheckpointError) as error:
+            main(["--checkpoint", str(checkpoint), "--device", "cpu"])
+        assert str(error.value) == (f"checkpoint {checkpoint} was trained by the acdc task, not {other}; "
+                                    f"use python -m tasks.acdc.evaluate")

@@ -24,7 +24,7 @@ from tasks.change_detection.common import CDConfig, change_report
 from unimatch.cli import exit_on_user_error
 from tasks.change_detection.synthetic import ensure_synthetic_cd
 from unimatch.config import load_config
-from unimatch.errors import ConfigError, DataError
+from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.models import build_model
 from unimatch.paths import config_path
@@ -311,3 +311,24 @@ def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(tra
     predict_cli.main(["--checkpoint", str(run / "best.pth"), "--before", str(before), "--after", str(after),
                       "--out", str(tmp_path / "change.tif"), "--device", "cpu", "--no-progress"])
     assert (tmp_path / "change.tif").is_file() and "(stored config)" in capsys.readouterr().out
+
+
+def test_a_change_detection_checkpoint_given_to_another_task_names_the_command_to_use(trained, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Not a select_metric complaint: the stored config's task says which command reads the checkpoint."""
+    from tasks.acdc import evaluate as acdc_evaluate
+    from tasks.natural import predict as natural_predict
+
+    root, run = trained
+    checkpoint = run / "best.pth"
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--checkpoint", str(checkpoint), "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(acdc_evaluate.main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: checkpoint {checkpoint} was trained by the change_detection task, "
+                                       f"not acdc; use python -m tasks.change_detection.evaluate\n")
+    with pytest.raises(CheckpointError, match=r"trained by the change_detection task, not natural; "
+                                              r"use python -m tasks\.change_detection\.predict$"):
+        natural_predict.main(["--checkpoint", str(checkpoint), "--input", str(tmp_path), "--output",
+                              str(tmp_path / "out"), "--device", "cpu"])
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from unimatch.config import EVAL_MODES, METHODS, Config, load_config
+from unimatch.errors import CheckpointError
 from unimatch.paths import prepare_output_dir, refuse_existing
 
 
@@ -152,28 +153,33 @@ def checkpoint_config(path: Path) -> dict | None:
     return stored if isinstance(stored, dict) else None
 
 
-def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), **values) -> tuple[Config, str]:
-    """The config to evaluate/predict with, and where it came from.
+def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), command: str = "evaluate",
+                     **values) -> tuple[Config, str]:
+    """The config to ``command`` (evaluate/predict) with, and where it came from.
 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
     model, normalisation, sizes and seed (which decides ACDC's test patients) are used; otherwise
-    (official checkpoints store none) the task's built-in default.
+    (official checkpoints store none) the task's built-in default. A checkpoint whose stored
+    config names another task is refused first, naming the command that reads it.
     """
     import dataclasses
 
+    stored = checkpoint_config(checkpoint)
+    trained_by = stored.get("task") if stored is not None else None
+    if trained_by is not None and trained_by != task.name:
+        raise CheckpointError(f"checkpoint {checkpoint} was trained by the {trained_by} task, not {task.name}; "
+                              f"use python -m tasks.{trained_by}.{command}")
     if config is not None:
         cfg, source = load_config(config, overrides, schema=task.config_class, **values), str(config)
+    elif stored is None:
+        cfg = load_config(task.default_config, overrides, schema=task.config_class, **values)
+        source = f"{task.default_config} (the checkpoint stores none)"
     else:
-        stored = checkpoint_config(checkpoint)
-        if stored is None:
-            cfg = load_config(task.default_config, overrides, schema=task.config_class, **values)
-            source = f"{task.default_config} (the checkpoint stores none)"
-        else:
-            known = {f.name for f in dataclasses.fields(task.config_class)}
-            stored = {k: v for k, v in stored.items() if k in known}
-            stored.update({k: v for k, v in values.items() if v is not None})
-            cfg = load_config(None, overrides, schema=task.config_class, **stored)
-            source = f"{checkpoint} (stored config)"
+        known = {f.name for f in dataclasses.fields(task.config_class)}
+        stored = {k: v for k, v in stored.items() if k in known}
+        stored.update({k: v for k, v in values.items() if v is not None})
+        cfg = load_config(None, overrides, schema=task.config_class, **stored)
+        source = f"{checkpoint} (stored config)"
     return cfg, source
 
 
@@ -216,7 +222,8 @@ def predict_main(task, argv, doc: str):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
-    cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, **task.predict_values(args))
+    cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, "predict",
+                                   **task.predict_values(args))
     print(f"config: {source}")
     plan = task.check_predict_outputs(cfg, args)
     device = pick_device(args.device)
