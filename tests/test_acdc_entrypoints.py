@@ -229,6 +229,22 @@ def test_official_checkpoint_predicts_like_ours(fitted, phantom, tmp_path):
         np.testing.assert_array_equal(ours_labels, np.asarray(nib.load(str(tmp_path / "b" / name)).dataobj))
 
 
+def test_official_checkpoint_of_other_widths_says_what_does_not_fit(fitted, phantom, tmp_path):
+    """Official checkpoints store no config; without --config the built-in default UNet (8..128
+    channels) is built, and the error says so in config keys before any key listing."""
+    ours = torch.load(fitted, map_location="cpu", weights_only=False)["model"]
+    official = tmp_path / "official.pth"
+    torch.save({"model": {"module." + k: v for k, v in ours.items()}}, official)
+    with pytest.raises(CheckpointError) as error:
+        predict.main(["--checkpoint", str(official), "--input", str(_image_file(phantom)), "--output",
+                      str(tmp_path / "out"), "--device", "cpu"])
+    message = str(error.value)
+    assert f"does not fit the model built from the config {predict.TASK.default_config} (the checkpoint stores none)" \
+        in message
+    assert ("the checkpoint's UNet has 4..64 feature channels ([4, 8, 16, 32, 64]), the config says "
+            "feature_channels: [8, 16, 32, 64, 128]. Missing: []") in message
+
+
 def test_predict_4d_needs_a_frame(run, phantom, tmp_path):
     source = nib.load(str(_image_file(phantom)))
     data = np.asarray(source.dataobj)
@@ -427,3 +443,14 @@ def test_an_acdc_checkpoint_given_to_another_task_names_the_command_to_use(run, 
             main(["--checkpoint", str(checkpoint), "--device", "cpu"])
         assert str(error.value) == (f"checkpoint {checkpoint} was trained by the acdc task, not {other}; "
                                     f"use python -m tasks.acdc.evaluate")
+
+
+def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(run, phantom, tmp_path, capsys):
+    """Without --config (nor the run's model overrides) the run's own UNet, slice size and seed are
+    used, and both commands say which configuration they used."""
+    checkpoint = run / "best.pth"
+    evaluate.main(["--checkpoint", str(checkpoint), "--device", "cpu"])
+    assert f"(config: {checkpoint} (stored config))" in capsys.readouterr().out
+    predict.main(["--checkpoint", str(checkpoint), "--input", str(_image_file(phantom)), "--output",
+                  str(tmp_path / "out"), "--device", "cpu"])
+    assert f"config: {checkpoint} (stored config)" in capsys.readouterr().out

@@ -266,6 +266,25 @@ def test_load_model_weights_lists_missing_and_unexpected_keys(tmp_path):
         load_model_weights(tiny_deeplab(), tmp_path / "junk.pth")
 
 
+def test_a_checkpoint_of_another_architecture_names_the_cause_before_the_keys(tmp_path):
+    """An official ResNet-50 checkpoint under a ResNet-101 config (narrow trunks keep the file small)."""
+    from unimatch.models.deeplabv3plus import DeepLabV3Plus
+
+    narrow = dict(width=8, reduce_channels=8, decoder_channels=16)
+    saved = DeepLabV3Plus(21, "resnet50", **narrow).state_dict()
+    torch.save({"model": {f"module.{k}": v for k, v in saved.items()}}, tmp_path / "official.pth")
+    with pytest.raises(CheckpointError) as error:
+        load_model_weights(DeepLabV3Plus(19, "resnet101", **narrow), tmp_path / "official.pth",
+                           config_source="pascal.yaml")
+    message = str(error.value)
+    assert message.startswith(
+        f"{tmp_path / 'official.pth'} does not fit the model built from the config pascal.yaml (DeepLabV3Plus): "
+        "the checkpoint's backbone is a ResNet-50 (layer3 blocks 0..5), the config says backbone: resnet101 "
+        "(layer3 blocks 0..22); the checkpoint has 21 classes, the config says nclass: 19. Missing: "
+        "['backbone.layer3.6.conv1.weight'")
+    assert "shape mismatch: ['classifier.weight: checkpoint (21, 16, 1, 1)" in message
+
+
 # ---- inference modes ------------------------------------------------------------------------------
 class TileSensitiveNet(nn.Module):
     """Per-pixel logits plus a term from the mean of the whole input, so the result depends on how

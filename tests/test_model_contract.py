@@ -13,6 +13,7 @@ from official_keys import (OFFICIAL_DEEPLAB_HEAD_KEYS, OFFICIAL_PSPNET_HEAD_KEYS
 from unimatch.config import Config
 from unimatch.engine import build_optimizer
 from unimatch.models import MODELS, build_model
+from unimatch.models.architecture import mismatch_causes
 
 TINY_RESNET = dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16, dilations=[1, 2, 3])
 
@@ -81,6 +82,20 @@ class TestModelContract:
         with torch.device("meta"):
             model = build(name, CASES[name][1])
         assert sorted(model.state_dict()) == sorted(CASES[name][2])
+
+    def test_a_checkpoint_of_other_classes_or_channels_is_explained_in_config_keys(self, name):
+        """load_model_weights names the cause first; every model must show its classes and input
+        channels to that diagnosis (unimatch.models.architecture)."""
+        values = CASES[name][0]
+        channels = values.get("in_channels", 3)
+        with torch.device("meta"):
+            built = build(name, values).state_dict()
+            saved = build(name, {**values, "nclass": values["nclass"] + 1, "in_channels": 2 * channels}).state_dict()
+        reads = channels // 2 if name.startswith("siamese") else channels
+        assert mismatch_causes(saved, built) == [
+            f"the checkpoint's first convolution reads {2 * reads} channel(s), the model built from the config "
+            f"reads {reads} (in_channels)",
+            f"the checkpoint has {values['nclass'] + 1} classes, the config says nclass: {values['nclass']}"]
 
     def test_param_groups_split_backbone_and_head(self, name):
         model = build(name, CASES[name][0])

@@ -96,6 +96,18 @@ def test_checkpoint_of_another_model_is_one_clear_error(trained):
         evaluate_cli.main(eval_args(root, run, overrides=["width=16"]))
 
 
+def test_official_checkpoint_of_other_classes_says_so_in_config_keys(trained, tmp_path):
+    root, run = trained
+    ours = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    nclass = ours["config"]["nclass"]
+    torch.save({"model": {f"module.{k}": v for k, v in ours["model"].items()}}, tmp_path / "official.pth")
+    args = eval_args(root, run, overrides=[f"nclass={nclass + 2}"])
+    args[1] = str(tmp_path / "official.pth")
+    with pytest.raises(CheckpointError, match=rf"the checkpoint has {nclass} classes, the config says nclass: "
+                                              rf"{nclass + 2}\. Missing: \[\]"):
+        evaluate_cli.main(args)
+
+
 def test_unknown_config_key_lists_valid_keys(trained):
     root, run = trained
     with pytest.raises(ConfigError, match="unknown config key 'nclas'.*Valid keys: task, dataset"):

@@ -197,7 +197,7 @@ def evaluate_main(task, argv, doc: str) -> dict:
     ctx = setup_distributed(args.device)
     try:
         cfg = task.resolve_data(cfg, ctx)
-        predictor = Predictor(load_trained_model(cfg, args.checkpoint, ctx.device), cfg, ctx.device)
+        predictor = Predictor(load_trained_model(cfg, args.checkpoint, ctx.device, source), cfg, ctx.device)
         report = task.evaluate(predictor, cfg, ctx, args)
         if ctx.is_main:
             print(f"{report.title} (config: {source})")
@@ -227,20 +227,21 @@ def predict_main(task, argv, doc: str):
     print(f"config: {source}")
     plan = task.check_predict_outputs(cfg, args)
     device = pick_device(args.device)
-    predictor = Predictor(load_trained_model(cfg, args.checkpoint, device), cfg, device)
+    predictor = Predictor(load_trained_model(cfg, args.checkpoint, device, source), cfg, device)
     return task.predict(predictor, cfg, args, plan)
 
 
-def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device):
+def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device, source: str | None = None):
     """The config's model with the weights of ``checkpoint`` (ours or an official release), in eval
-    mode on ``device``. ``pretrained`` is ignored: the checkpoint holds every weight."""
+    mode on ``device``. ``pretrained`` is ignored: the checkpoint holds every weight. When they do
+    not fit, the error also names the config used (``source``), since that is what to change."""
     import dataclasses
 
     from unimatch.engine import load_model_weights
     from unimatch.models import build_model
 
     model = build_model(dataclasses.replace(cfg, pretrained=None))
-    load_model_weights(model, checkpoint)
+    load_model_weights(model, checkpoint, config_source=source)
     return model.to(device).eval()
 
 

@@ -29,6 +29,7 @@ from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
+from unimatch.models.architecture import mismatch_causes
 from unimatch.models.backbones import strip_wrappers
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
 from unimatch.report import append_json_line
@@ -80,10 +81,14 @@ def restore_rng_state(state: dict, perturbation: StrongPerturbation) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
+def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True,
+                       config_source: str | None = None) -> dict:
     """Load ``{'model': state_dict}`` (ours, or the official one with ``module.`` keys) into ``model``.
 
-    A key mismatch is one :class:`CheckpointError` listing the missing and unexpected keys.
+    A key mismatch is one :class:`CheckpointError` that names the likely cause in config keys first
+    (:func:`unimatch.models.architecture.mismatch_causes`: backbone depth, classes, input
+    channels, widths), then lists the missing, unexpected and misshapen keys; ``config_source``
+    (where the model's config came from) is named there, since that is what to change.
     """
     path = Path(path)
     if not path.is_file():
@@ -105,9 +110,12 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     if strict and (missing or unexpected or shape):
         def listing(keys):
             return f"{keys[:12]}{' ... (%d in all)' % len(keys) if len(keys) > 12 else ''}"
-        raise CheckpointError(f"{path}: keys do not fit the model ({type(target).__name__}). "
-                              f"Missing: {listing(missing)}; unexpected: {listing(unexpected)}; "
-                              f"shape mismatch: {listing(shape)}. Check --config (model, backbone, nclass).")
+        causes = mismatch_causes(state_dict, expected)
+        cause = "; ".join(causes) + ". " if causes else "Check --config (model, backbone, nclass). "
+        config = f"the config {config_source}" if config_source else "the config"
+        raise CheckpointError(f"{path} does not fit the model built from {config} ({type(target).__name__}): "
+                              f"{cause}Missing: {listing(missing)}; unexpected: {listing(unexpected)}; "
+                              f"shape mismatch: {listing(shape)}")
     target.load_state_dict(state_dict, strict=strict)
     return checkpoint
 
@@ -171,9 +179,10 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
         return {}
     changes = training_differences(stored, cfg)
     if changes and not allow_changes:
-        raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings ({describe_changes(changes)}; "
-                          f"from {source.name}); resuming would continue its weights under the new ones. Start a "
-                          f"new run with another --save-dir, or add --resume-with-changes to continue it on purpose")
+        raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings "
+                          f"({describe_changes(changes)}; from {source.name}); resuming would continue its weights "
+                          f"under the new ones. Start a new run with another --save-dir, or add "
+                          f"--resume-with-changes to continue it on purpose")
     return changes
 
 
