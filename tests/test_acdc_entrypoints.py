@@ -26,7 +26,7 @@ from tasks.acdc.readers import list_raw_cases, load_raw_case
 from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights
-from unimatch.errors import CheckpointError, DataError
+from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.inference import Predictor
 from unimatch.losses import CrossEntropyDice
 from unimatch.metrics.volume import score_volume
@@ -454,3 +454,16 @@ def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(run
     predict.main(["--checkpoint", str(checkpoint), "--input", str(_image_file(phantom)), "--output",
                   str(tmp_path / "out"), "--device", "cpu"])
     assert f"config: {checkpoint} (stored config)" in capsys.readouterr().out
+
+
+def test_training_another_task_into_a_run_folder_is_refused_even_with_resume_with_changes(run, phantom, tmp_path):
+    from tasks.natural import train as natural_train
+
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    before = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
+    with pytest.raises(ConfigError) as error:
+        natural_train.main(["--data-root", str(phantom), "--save-dir", str(copy), "--resume-with-changes",
+                            "--no-progress", "--device", "cpu"])
+    assert str(error.value) == (f"--save-dir {copy} holds a run of the acdc task (python -m tasks.acdc.train), "
+                                f"not natural; choose another --save-dir")
+    assert {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()} == before

@@ -168,7 +168,7 @@ def describe_changes(changes: dict) -> str:
 def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) -> dict:
     """The training settings in which ``cfg`` differs from the run already in ``save_dir``
     (:func:`unimatch.config.training_differences`); raises :class:`ConfigError` when there are any
-    and ``allow_changes`` is False.
+    and ``allow_changes`` is False, or when the run is another task's.
 
     Called before anything in the run folder is written (config, split, logs), so a rerun with
     another command never continues weights trained under other settings, nor rewrites the
@@ -178,6 +178,9 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
     if stored is None:
         return {}
     changes = training_differences(stored, cfg)
+    if "task" in changes:  # not a change of settings: another task's weights, whatever the flag says
+        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task "
+                          f"(python -m tasks.{stored['task']}.train), not {cfg.task}; choose another --save-dir")
     if changes and not allow_changes:
         raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings "
                           f"({describe_changes(changes)}; from {source.name}); resuming would continue its weights "
