@@ -110,3 +110,16 @@ class TestModelContract:
         assert len(backbone) + len(head) == len(list(model.parameters()))
         groups = build_optimizer(model, Config(lr=0.1, lr_multi=10.0)).param_groups
         assert [g["lr"] for g in groups] == [0.1, pytest.approx(1.0)]
+
+
+def test_stem_width_and_model_family_are_explained_in_config_keys():
+    with torch.device("meta"):
+        official = build("deeplabv3plus", dict(nclass=21, **TINY_RESNET)).state_dict()
+        seven_by_seven = build("deeplabv3plus", dict(nclass=21, deep_stem=False, **TINY_RESNET)).state_dict()
+        wider = build("deeplabv3plus", dict(nclass=21, **{**TINY_RESNET, "width": 16})).state_dict()
+        unet = build("unet", CASES["unet"][0]).state_dict()
+    assert mismatch_causes(official, seven_by_seven) == [
+        "the checkpoint's backbone has the deep 3-convolution stem, the config says deep_stem: false"]
+    assert mismatch_causes(official, wider) == [
+        "the checkpoint's backbone is 8 channels wide, the config says width: 16"]
+    assert mismatch_causes(unet, official) == ["the checkpoint is a UNet, the config builds a DeepLabV3+ (model)"]

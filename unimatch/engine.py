@@ -161,7 +161,7 @@ def stored_run_config(save_dir: Path) -> tuple[dict | None, Path | None]:
 
 
 def describe_changes(changes: dict) -> str:
-    """``key: stored -> now`` for each changed key, in one line."""
+    """``key: <stored> stored, <now> now`` for each changed key, in one line."""
     return "; ".join(f"{key}: {before!r} stored, {now!r} now" for key, (before, now) in changes.items())
 
 

@@ -56,7 +56,7 @@ def architecture_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         bottleneck = "backbone.layer1.0.conv3.weight" in state_dict
         facts["blocks"] = tuple(blocks)
         facts["backbone"] = resnet_name(tuple(blocks), bottleneck) or (
-            f"a {'Bottleneck' if bottleneck else 'BasicBlock'} ResNet with {tuple(blocks)} blocks")
+            f"{'Bottleneck' if bottleneck else 'BasicBlock'} ResNet with {tuple(blocks)} blocks")
     if "backbone.conv1.0.weight" in state_dict or "backbone.conv1.weight" in state_dict:
         facts["deep_stem"] = "backbone.conv1.0.weight" in state_dict
     width = _shape(state_dict, "backbone.layer1.0.conv1.weight")
@@ -79,7 +79,10 @@ def architecture_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _display(backbone: str) -> str:
-    return backbone.replace("resnet", "ResNet-") if backbone.startswith("resnet") else backbone
+    """``resnet50`` -> ``ResNet-50``, ``tiny`` -> ``tiny ResNet``; other descriptions unchanged."""
+    if backbone.startswith("resnet"):
+        return backbone.replace("resnet", "ResNet-")
+    return f"{backbone} ResNet" if backbone in ARCHITECTURES else backbone
 
 
 def _stage3(blocks: tuple) -> str:
