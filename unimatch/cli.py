@@ -84,12 +84,14 @@ def run_training(args: argparse.Namespace, cfg: Config, resolve_data, build_trai
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.engine import Trainer, log, seed_everything
     from unimatch.models import build_model
+    from unimatch.precision import configure_cpu_allocator, prepare_model
 
+    configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
     ctx = setup_distributed(args.device)
     try:
         cfg = resolve_data(cfg, ctx)
         seed_everything(cfg.seed + ctx.rank)
-        model = wrap_model(build_model(cfg), ctx)
+        model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
         labeled, unlabeled = build_training_sets(cfg)
         trainer = Trainer(cfg, model, labeled, unlabeled, make_evaluator(cfg, ctx), ctx, default_save_dir(cfg),
                           sup_criterion=sup_criterion, progress=not args.no_progress)
