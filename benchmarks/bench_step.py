@@ -5,7 +5,8 @@
 official shapes, for each speed variant. Every variant runs in a fresh process (so peak RSS and
 the allocator setting are its own); the variants are alternated round by round (A B C A B C ...),
 so a load change on a shared machine hits them alike. Reported per variant: s/iter (median, min,
-max over all timed iterations), iterations per second, peak RSS (CPU) or peak GPU memory, the
+max over all timed iterations), iterations per second, the process's CPU seconds per iteration
+(less disturbed than wall time when other jobs share the cores), peak RSS (CPU) or peak GPU memory, the
 load average before each process, and on CUDA achieved TFLOP/s and the share of the device's peak
 (FLOPs counted once with ``FlopCounterMode``).
 
@@ -142,13 +143,15 @@ def run_variant(args) -> dict:
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
+        times, cpu_times = [], []
         for _ in range(args.iters):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             iteration()
             sync()
             times.append(time.perf_counter() - start)
-        result = {"times": times, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+            cpu_times.append(time.process_time() - cpu_start)
+        result = {"times": times, "cpu_times": cpu_times,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
         if device.type == "cuda":
             result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         if args.flops:
@@ -182,7 +185,7 @@ def measure(args, variants: list[str]) -> dict:
             result["load_before"] = load
             runs[variant].append(result)
             print(f"round {round_index + 1} {variant}: " + " ".join(f"{t:.2f}" for t in result["times"]) +
-                  f" s/iter, peak RSS {result['peak_rss_gb']:.2f} GB, load {load:.2f}", file=sys.stderr, flush=True)
+                  " s/iter (CPU " + " ".join(f"{t:.2f}" for t in result["cpu_times"]) + f" s), peak RSS {result['peak_rss_gb']:.2f} GB, load {load:.2f}", file=sys.stderr, flush=True)
     return runs
 
 
@@ -190,12 +193,15 @@ def summarise(args, runs: dict) -> dict:
     import torch
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     out = {"scenario": args.scenario, "device": device_name, "threads": args.threads, "torch": torch.__version__,
-           "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds, "variants": {}}
+           "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "variants": {}}
     base = None
     for variant, results in runs.items():
         times = [t for r in results for t in r["times"]]
         median = statistics.median(times)
+        cpu_times = [t for r in results for t in r["cpu_times"]]
         row = {"settings": VARIANTS[variant], "s_per_iter_median": median, "s_per_iter_min": min(times),
+               "cpu_s_per_iter_median": statistics.median(cpu_times), "cpu_times": cpu_times,
                "s_per_iter_max": max(times), "iter_per_s": 1 / median,
                "peak_rss_gb": max(r["peak_rss_gb"] for r in results),
                "load_average_before": [r["load_before"] for r in results], "times": times}
@@ -217,13 +223,15 @@ def summarise(args, runs: dict) -> dict:
 
 def print_table(summary: dict) -> None:
     print(f"scenario {summary['scenario']} on {summary['device']}, {summary['threads']} threads, "
+          f"OMP_WAIT_POLICY {summary['omp_wait_policy']}, "
           f"{summary['rounds']} rounds x {summary['iters']} iterations (+{summary['warmup']} warm-up)")
-    print("| variant | s/iter median | min | max | it/s | peak RSS GB | speed-up | RSS ratio | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | s/iter median | min | max | it/s | CPU s/iter | peak RSS GB | speed-up | RSS ratio | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in summary["variants"].items():
         loads = row["load_average_before"]
         print(f"| {name} | {row['s_per_iter_median']:.2f} | {row['s_per_iter_min']:.2f} | "
-              f"{row['s_per_iter_max']:.2f} | {row['iter_per_s']:.3f} | {row['peak_rss_gb']:.2f} | "
+              f"{row['s_per_iter_max']:.2f} | {row['iter_per_s']:.3f} | {row['cpu_s_per_iter_median']:.2f} | "
+              f"{row['peak_rss_gb']:.2f} | "
               f"{row['speedup_vs_first']:.2f}x | {row['peak_rss_vs_first']:.2f} | "
               f"{min(loads):.1f}-{max(loads):.1f} |")
 
