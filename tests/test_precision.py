@@ -169,7 +169,7 @@ def test_autocast_choice_per_device(monkeypatch, caplog):
 
 def test_speed_keys_have_speed_defaults_and_are_validated():
     cfg = Config()
-    assert (cfg.channels_last, cfg.compile, cfg.cpu_allocator, cfg.amp) == (True, False, "reuse", "none")
+    assert (cfg.channels_last, cfg.compile, cfg.cpu_allocator, cfg.amp) == (True, False, "default", "none")
     with pytest.raises(ConfigError, match="cpu_allocator"):
         dataclasses.replace(cfg, cpu_allocator="jemalloc").validate()
 

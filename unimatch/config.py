@@ -89,7 +89,7 @@ class Config:
     # speed only (unimatch/precision.py): how the maths runs, not what it computes
     channels_last: bool = True
     compile: bool = False
-    cpu_allocator: str = "reuse"
+    cpu_allocator: str = "default"
     # run
     seed: int = 0
     save_dir: Optional[str] = None
