@@ -1,0 +1,1 @@
+import unimatch  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)

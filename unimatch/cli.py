@@ -117,18 +117,20 @@ def train_main(task, argv, doc: str) -> dict:
     from unimatch.data import seed_everything
     from unimatch.engine import Trainer, check_resumable, describe_changes, log, prepare_run_dir
     from unimatch.models import build_model
+    from unimatch.precision import configure_cpu_allocator, prepare_model
 
     parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
+    configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
     ctx = setup_distributed(args.device)
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
         cfg = task.resolve_data(cfg, ctx)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes)
         seed_everything(cfg.seed + ctx.rank)
-        model = wrap_model(build_model(cfg), ctx)
+        model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
         labeled, unlabeled = task.training_sets(cfg)
         trainer = Trainer(cfg, model, labeled, unlabeled, task.val_evaluator(cfg, ctx), ctx, save_dir,
                           progress=not args.no_progress)
@@ -240,9 +242,11 @@ def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device, sour
     from unimatch.engine import load_model_weights
     from unimatch.models import build_model
 
+    from unimatch.precision import prepare_model
+
     model = build_model(dataclasses.replace(cfg, pretrained=None))
     load_model_weights(model, checkpoint, config_source=source)
-    return model.to(device).eval()
+    return prepare_model(model.to(device), getattr(cfg, "channels_last", False), False, device).eval()
 
 
 def prediction_folder(directory: Path | None, overwrite: bool, ctx) -> Path | None:

@@ -94,6 +94,10 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     amp: str = "none"
+    # speed only (unimatch/precision.py): how the maths runs, not what it computes
+    channels_last: bool = True
+    compile: bool = False
+    cpu_allocator: str = "default"
     # run
     seed: int = 0
     save_dir: Optional[str] = None
@@ -142,6 +146,8 @@ class Config:
             raise ConfigError(f"unsup_loss: {self.unsup_loss!r} must be 'ce' or 'dice'")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
+        if self.cpu_allocator not in ("default", "reuse"):
+            raise ConfigError(f"cpu_allocator: {self.cpu_allocator!r} must be 'default' or 'reuse'")
         # checked here, not at the first evaluation after a whole epoch of training
         if self.eval_mode not in EVAL_MODES:
             raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of {', '.join(EVAL_MODES)}")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from unimatch import precision
 from unimatch.config import Config, save_config, training_differences
 from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_worker
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
@@ -190,10 +191,8 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
 
 
 def autocast_for(cfg: Config, device: torch.device):
-    if device.type == "cuda" and cfg.amp != "none":
-        dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
+    """The autocast context of ``cfg.amp`` on ``device`` (see :mod:`unimatch.precision`)."""
+    return precision.autocast_for(cfg.amp, device)
 
 
 def setup_logging(save_dir: Path | None, is_main: bool) -> None:
@@ -276,7 +275,21 @@ class Trainer:
                           persistent_workers=False)
 
     def to_device(self, batch):
-        return [t.to(self.ctx.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+        return [precision.to_memory_format(t.to(self.ctx.device, non_blocking=True), self.cfg.channels_last)
+                if torch.is_tensor(t) else t for t in batch]
+
+    def train_iteration(self, batches, iteration: int | None = None, guard: NonFiniteLossGuard | None = None) -> dict:
+        """One optimisation step on device batches; returns the step's stats (device tensors).
+
+        ``guard`` sees the loss before ``backward`` (see :class:`unimatch.finite.NonFiniteLossGuard`)."""
+        loss, stats = self.step(*batches, autocast=self.autocast)
+        if guard is not None:
+            guard.observe(iteration, loss, stats)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return stats
 
     # ---- checkpoints ---------------------------------------------------------------------
     def checkpoint_state(self, epoch: int) -> dict:
@@ -329,6 +342,20 @@ class Trainer:
                  f"best {self.cfg.select_metric} so far {self.best_score:.4f}")
 
     # ---- loop ----------------------------------------------------------------------------
+    def record_stats(self, pending: list, sums: dict) -> dict:
+        """Read the stats of ``pending`` (iteration, lr, stats) iterations with one device sync,
+        add them to ``sums``, write them to TensorBoard; returns the last iteration's values."""
+        keys = list(pending[0][2])
+        rows = torch.stack([torch.stack([stats[k].float() for k in keys]) for _, _, stats in pending]).tolist()
+        for (iteration, lr, _), row in zip(pending, rows):
+            for k, v in zip(keys, row):
+                sums[k] = sums.get(k, 0.0) + v
+                if self.writer is not None:
+                    self.writer.add_scalar(f"train/{k}", v, iteration)
+            if self.writer is not None:
+                self.writer.add_scalar("train/lr", lr, iteration)
+        return dict(zip(keys, rows[-1]))
+
     def fit(self) -> dict:
         try:
             return self._fit()
@@ -362,6 +389,10 @@ class Trainer:
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
             sums: dict[str, float] = {}
+            # the step's stats stay on the device; on CUDA they are read (one sync) only every
+            # log_every iterations, so the host never waits for the GPU inside the loop
+            pending: list = []
+            flush_every = 1 if ctx.device.type != "cuda" else (cfg.log_every or iters_per_epoch)
             bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
                        dynamic_ncols=True, leave=False, file=sys.stderr)
             start = time.perf_counter()
@@ -371,20 +402,12 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 batches = [self.to_device(next(s)) for s in streams]
-                loss, stats = self.step(*batches, autocast=self.autocast)
-                guard.observe(iteration, loss, stats)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if self.writer is not None:
-                    for k, v in stats.items():
-                        self.writer.add_scalar(f"train/{k}", v, iteration)
-                    self.writer.add_scalar("train/lr", lr, iteration)
-                if self.progress:
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
+                pending.append((iteration, lr, self.train_iteration(batches, iteration, guard)))
+                if len(pending) >= flush_every or i + 1 == iters_per_epoch:
+                    stats = self.record_stats(pending, sums)
+                    pending = []
+                    if self.progress:
+                        bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
                 if cfg.log_every and (i + 1) % cfg.log_every == 0:
                     guard.check()
                     log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +

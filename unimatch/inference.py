@@ -14,12 +14,14 @@ from unimatch.engine import autocast_for
 from unimatch.errors import DataError
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer, to_unit_float
+from unimatch.precision import to_memory_format
 
 class Predictor:
     """A model as a function of raw images: uint8 (or [0, 1] float) batches -> float32 logits.
 
-    The one place where inference normalises, picks autocast (and so any later choice of
-    precision or memory format), and runs without autograd, so evaluation during training,
+    The one place where inference normalises, picks autocast and the batches' memory format (both
+    from :mod:`unimatch.precision`, as in training; the model's own format is set where it is
+    built, never here, since training shares it), and runs without autograd, so evaluation during training,
     ``evaluate`` and every ``predict`` see the same numbers. The DDP wrapper is bypassed: ranks
     evaluate different numbers of images, and DDP's per-forward buffer broadcast would then wait
     forever for the rank that finished first.
@@ -29,9 +31,11 @@ class Predictor:
         self.model, self.device = unwrap(model), device
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
         self.autocast = autocast_for(cfg, device)
+        self.channels_last = bool(getattr(cfg, "channels_last", False))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalizer(to_unit_float(images.to(self.device, non_blocking=True)))
+        x = self.normalizer(to_unit_float(images.to(self.device, non_blocking=True)))
+        return to_memory_format(x, self.channels_last)
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

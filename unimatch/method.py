@@ -97,7 +97,9 @@ class UniMatchStep:
         return views
 
     def __call__(self, labeled, unlabeled=None, partner=None, autocast=None):
-        """Returns (loss, stats) where stats holds floats: loss, loss_x, loss_s, loss_w_fp, mask_ratio."""
+        """Returns (loss, stats); stats holds detached 0-d tensors (loss, loss_x, loss_s, loss_w_fp,
+        mask_ratio) on the model's device, so the step never waits for the GPU; the caller turns
+        them into numbers only where it logs them."""
         s = self.settings
         autocast = autocast or torch.autocast("cpu", enabled=False)
         x, y = labeled
@@ -107,8 +109,9 @@ class UniMatchStep:
                 loss_x = self.sup_criterion(self.model(x), y)
             # the official supervised.py trains on the plain labelled loss: no division by 2
             loss = s.sup_weight * loss_x
-            return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": 0.0, "loss_w_fp": 0.0,
-                          "mask_ratio": 0.0}
+            zero = loss.detach().new_zeros(())
+            return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
+                          "mask_ratio": zero}
 
         x_w_raw, ignore_mask = unlabeled
         x_m_raw, ignore_mask_m = partner
@@ -153,5 +156,5 @@ class UniMatchStep:
         loss = (s.sup_weight * loss_x + strong_weight * loss_s + fp_weight * loss_fp) / s.loss_divisor
         valid = ignore_mask != IGNORE_INDEX
         mask_ratio = ((conf_w >= s.conf_thresh) & valid).sum() / valid.sum().clamp_min(1)
-        return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": loss_s.item(),
-                      "loss_w_fp": loss_fp.item(), "mask_ratio": mask_ratio.item()}
+        return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": loss_s.detach(),
+                      "loss_w_fp": loss_fp.detach(), "mask_ratio": mask_ratio}
