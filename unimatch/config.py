@@ -68,6 +68,9 @@ class Config:
     loss_divisor: float = 2.0
     criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
     unsup_loss: str = "ce"
+    # statistics: load the labels of the unlabelled images (when they exist on disk) to log how
+    # accurate the confident pseudo-labels are per class (unimatch/health.py); never used in a loss
+    pseudo_label_accuracy: bool = False
     # strong perturbation (per image / channel group)
     color_jitter_p: float = 0.8
     color_jitter: list = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.25])

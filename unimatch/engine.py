@@ -26,6 +26,7 @@ from tqdm import tqdm
 from unimatch.config import Config, save_config
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
 from unimatch.errors import CheckpointError
+from unimatch.health import PseudoLabelHealth, describe
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.backbones import strip_wrappers
@@ -217,8 +218,9 @@ class Trainer:
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
         criterion = sup_criterion if sup_criterion is not None else build_criterion(cfg.criterion, cfg.nclass)
+        self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
-                                 self.normalizer, cfg.nclass)
+                                 self.normalizer, cfg.nclass, health=self.health)
         self.autocast = autocast_for(cfg, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
@@ -362,6 +364,14 @@ class Trainer:
             record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
                       "sec_per_iter": seconds / iters_per_epoch}
             record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
+            if self.health is not None:
+                health = self.health.summary(cfg.class_names)
+                record.update(health)
+                log.info(f"epoch {epoch + 1} pseudo-labels: {describe(health)}")
+                if self.writer is not None:
+                    for k, v in health.items():
+                        if not math.isnan(v):
+                            self.writer.add_scalar(k, v, epoch + 1)
 
             last = epoch + 1 == cfg.epochs
             broadcast_buffers(self.model)

@@ -13,6 +13,10 @@ One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w
 6. loss = (sup_weight L_sup + strong_weight mean_i L_s_i + fp_weight L_fp) / loss_divisor,
    with the paper's weights (1, 0.5 -> 0.25 per view, 0.5) / 2.
 
+An unlabelled batch may carry a third tensor, the true labels of its pixels, loaded only when the
+run asks for pseudo-label statistics (``pseudo_label_accuracy``). It goes to
+:class:`unimatch.health.PseudoLabelHealth` and nowhere else: no loss ever sees it.
+
 Supervised-only training (no unlabelled stream) uses the plain ``sup_weight L_sup``, as the
 official ``supervised.py``: halving it would halve the effective learning rate of the baseline.
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from unimatch.health import PseudoLabelHealth
 from unimatch.losses import IGNORE_INDEX, DiceLoss, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
 
@@ -68,8 +73,10 @@ class UniMatchStep:
     """Computes the loss of one training iteration; knows nothing of datasets or tasks."""
 
     def __init__(self, model: nn.Module, settings: StepSettings, sup_criterion: nn.Module,
-                 perturbation: StrongPerturbation, normalizer: Normalizer, nclass: int):
+                 perturbation: StrongPerturbation, normalizer: Normalizer, nclass: int,
+                 health: PseudoLabelHealth | None = None):
         self.model = model
+        self.health = health
         self.settings = settings
         self.sup_criterion = sup_criterion
         self.perturbation = perturbation
@@ -108,8 +115,8 @@ class UniMatchStep:
             return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": 0.0, "loss_w_fp": 0.0,
                           "mask_ratio": 0.0}
 
-        x_w_raw, ignore_mask = unlabeled
-        x_m_raw, ignore_mask_m = partner
+        x_w_raw, ignore_mask, *label_for_stats = unlabeled
+        x_m_raw, ignore_mask_m = partner[:2]
         x_w_raw, x_m_raw = to_unit_float(x_w_raw), to_unit_float(x_m_raw)
         views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
 
@@ -135,6 +142,8 @@ class UniMatchStep:
 
             prob_w = pred_w.detach().float().softmax(1)
             conf_w, label_w = prob_w.max(1)
+            if self.health is not None:
+                self.health.update(label_w, conf_w, ignore_mask, s.conf_thresh, *label_for_stats)
 
             loss_x = self.sup_criterion(pred_x, y)
             strong_losses = []

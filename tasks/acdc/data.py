@@ -324,11 +324,17 @@ class LabeledSlices(_Augmenting):
 
 
 class UnlabeledSlices(_Augmenting):
-    """Unlabelled training slices (images only): the weak view and an all-zero ignore mask."""
+    """Unlabelled training slices (images only): the weak view and an all-zero ignore mask.
 
-    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 256, image_order: int = 0, seed: int = 0):
+    With ``labels_for_stats`` (one label per image) items are ``(image, ignore, label_for_stats)``,
+    the label augmented like the view, for the pseudo-label statistics only (unimatch/health.py).
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], crop_size: int = 256, image_order: int = 0, seed: int = 0,
+                 labels_for_stats: Sequence[np.ndarray] | None = None):
         super().__init__(seed)
         self.images = list(images)
+        self.labels_for_stats = list(labels_for_stats) if labels_for_stats is not None else None
         self.crop_size = crop_size
         self.image_order = image_order
 
@@ -336,9 +342,13 @@ class UnlabeledSlices(_Augmenting):
         return len(self.images)
 
     def __getitem__(self, item: int):
-        image, _ = weak_augment(self.images[item], None, self.crop_size, self.rng(), self.image_order)
+        label = self.labels_for_stats[item] if self.labels_for_stats is not None else None
+        image, label = weak_augment(self.images[item], label, self.crop_size, self.rng(), self.image_order)
         ignore = torch.zeros((self.crop_size, self.crop_size), dtype=torch.int64)
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0), ignore
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0)
+        if label is None:
+            return image, ignore
+        return image, ignore, torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -482,7 +492,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
                         normalization: str = "minmax", image_order: int = 0,
                         labeled_list: Path | str | None = None, unlabeled_list: Path | str | None = None,
                         val_list: Path | str | None = None, test_list: Path | str | None = None,
-                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> ACDCDatasets:
+                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                        unlabeled_labels_for_stats: bool = False) -> ACDCDatasets:
     """Labelled, unlabelled, validation and test sets of an ACDC folder (either layout).
 
     Either ``cases`` (labelled training patients; partition from ``tasks.acdc.splits`` with
@@ -490,6 +501,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
     (and optionally ``test_list``; entries relative to ``root``) choose who is in which set.
     The labelled set is not repeated here: the engine repeats it to the unlabelled length (the
     official ``nsample``); ``LabeledSlices(nsample=...)`` does the same for standalone use.
+    ``unlabeled_labels_for_stats`` also reads the unlabelled patients' labels, for the pseudo-label
+    statistics only (:class:`UnlabeledSlices`).
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -502,7 +515,7 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
         listed = split_from_lists(labeled_list, unlabeled_list, val_list, test_list)
         split = listed.patients
         labeled = reader.entry_slices(listed.labeled, True, Path(labeled_list))
-        unlabeled = [image for image, _ in reader.entry_slices(listed.unlabeled, False, Path(unlabeled_list))]
+        unlabeled = reader.entry_slices(listed.unlabeled, unlabeled_labels_for_stats, Path(unlabeled_list))
         val = [reader.entry_volume(e, Path(val_list)) for e in listed.val]
         test = [reader.entry_volume(e, Path(test_list)) for e in listed.test]
     else:
@@ -510,12 +523,14 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, crop_size
             raise DataError("ACDC: give the number of labelled patients (cases) or the split list files")
         split = make_patient_split(reader.patients, cases, seed)
         labeled = [s for p in split.labeled for s in reader.patient_slices(p, with_label=True)]
-        unlabeled = [image for p in split.unlabeled for image, _ in reader.patient_slices(p, with_label=False)]
+        unlabeled = [s for p in split.unlabeled for s in reader.patient_slices(p, unlabeled_labels_for_stats)]
         val = [v for p in split.val for v in reader.patient_volumes(p)]
         test = [v for p in split.test for v in reader.patient_volumes(p)]
     return ACDCDatasets(
         train_l=LabeledSlices(labeled, crop_size, image_order=image_order, seed=seed),
-        train_u=UnlabeledSlices(unlabeled, crop_size, image_order=image_order, seed=seed + 1),
+        train_u=UnlabeledSlices([image for image, _ in unlabeled], crop_size, image_order=image_order, seed=seed + 1,
+                                labels_for_stats=[label for _, label in unlabeled] if unlabeled_labels_for_stats
+                                else None),
         val=VolumeDataset(val), test=VolumeDataset(test), split=split, layout=reader.layout)
 
 

@@ -200,7 +200,7 @@ def build_training_sets(cfg: CDConfig):
     if cfg.unlabeled_split is None and cfg.method == "supervised":
         return labeled, None
     unlabeled = UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
-                               **pair_options(cfg))
+                               label_for_stats=cfg.pseudo_label_accuracy, **pair_options(cfg))
     return labeled, unlabeled
 
 
