@@ -221,6 +221,7 @@ class Trainer:
         self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
                                  self.normalizer, cfg.nclass, health=self.health)
+        self.align = self.step.align
         self.autocast = autocast_for(cfg, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
@@ -262,6 +263,7 @@ class Trainer:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
                 "best_metrics": self.best_metrics, "rng": self.gather_rng_states(),
+                "dist_align": self.align.state_dict() if self.align is not None else None,
                 "config": self.cfg.to_dict()}
 
     def gather_rng_states(self) -> list:
@@ -290,6 +292,8 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
+        if self.align is not None and checkpoint.get("dist_align") is not None:
+            self.align.load_state_dict(checkpoint["dist_align"])
         states = checkpoint["rng"]
         if len(states) == self.ctx.world_size:
             restore_rng_state(states[self.ctx.rank], self.perturbation)
@@ -324,11 +328,14 @@ class Trainer:
         log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
                  f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
                  f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
-                 f"process(es), device {ctx.device}")
+                 f"process(es), device {ctx.device}"
+                 + (f"; the first {cfg.sup_warmup_epochs} epoch(s) labelled term only (sup_warmup_epochs)"
+                    if cfg.sup_warmup_epochs and self.unlabeled_needed else ""))
         for epoch in range(self.start_epoch, cfg.epochs):
             self.model.train()
+            warmup = epoch < cfg.sup_warmup_epochs and self.unlabeled_needed
             streams = [iter(self.loader(labeled, epoch, 0))]
-            if self.unlabeled_needed:
+            if self.unlabeled_needed and not warmup:
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
             sums: dict[str, float] = {}
@@ -341,7 +348,10 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 batches = [self.to_device(next(s)) for s in streams]
-                loss, stats = self.step(*batches, autocast=self.autocast)
+                if warmup:
+                    loss, stats = self.step.labelled_term(*batches, autocast=self.autocast)
+                else:
+                    loss, stats = self.step(*batches, autocast=self.autocast)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -364,7 +374,7 @@ class Trainer:
             record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
                       "sec_per_iter": seconds / iters_per_epoch}
             record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
-            if self.health is not None:
+            if self.health is not None and not warmup:
                 health = self.health.summary(cfg.class_names)
                 record.update(health)
                 log.info(f"epoch {epoch + 1} pseudo-labels: {describe(health)}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from unimatch.align import DistributionAlignment
 from unimatch.health import PseudoLabelHealth
 from unimatch.losses import IGNORE_INDEX, DiceLoss, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
@@ -42,12 +43,14 @@ class StepSettings:
     fp_weight: float = 0.5
     loss_divisor: float = 2.0
     unsup_loss: str = "ce"
+    dist_align: bool = False
+    dist_align_momentum: float = 0.99
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
         strong, fp = cfg.streams
         return cls(strong, fp, cfg.conf_thresh, cfg.sup_weight, cfg.strong_weight, cfg.fp_weight,
-                   cfg.loss_divisor, cfg.unsup_loss)
+                   cfg.loss_divisor, cfg.unsup_loss, cfg.dist_align, cfg.dist_align_momentum)
 
     @property
     def supervised_only(self) -> bool:
@@ -82,6 +85,7 @@ class UniMatchStep:
         self.perturbation = perturbation
         self.normalizer = normalizer
         self.dice = DiceLoss(nclass) if settings.unsup_loss == "dice" else None
+        self.align = DistributionAlignment(nclass, settings.dist_align_momentum) if settings.dist_align else None
 
     def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask) -> torch.Tensor:
         confident = confidence >= self.settings.conf_thresh
@@ -100,6 +104,17 @@ class UniMatchStep:
             box = self.perturbation.cutmix_boxes(n, h, w, device=weak.device)
             views.append((torch.where(box.unsqueeze(1), pasted, own), box))
         return views
+
+    def labelled_term(self, labeled, autocast=None):
+        """The method's loss with the unlabelled terms weighted 0: ``sup_weight L_sup / loss_divisor``
+        (the supervised warm-up, ``sup_warmup_epochs``). Returns (loss, stats) like ``__call__``."""
+        s = self.settings
+        x, y = labeled
+        with autocast or torch.autocast("cpu", enabled=False):
+            loss_x = self.sup_criterion(self.model(self.normalizer(to_unit_float(x))), y)
+        loss = s.sup_weight * loss_x / s.loss_divisor
+        return loss, {"loss": loss.item(), "loss_x": loss_x.item(), "loss_s": 0.0, "loss_w_fp": 0.0,
+                      "mask_ratio": 0.0}
 
     def __call__(self, labeled, unlabeled=None, partner=None, autocast=None):
         """Returns (loss, stats) where stats holds floats: loss, loss_x, loss_s, loss_w_fp, mask_ratio."""
@@ -141,6 +156,11 @@ class UniMatchStep:
                        if views else [])
 
             prob_w = pred_w.detach().float().softmax(1)
+            if self.align is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+                self.align.observe_labels(y)
+                self.align.observe_predictions(prob_w, ignore_mask != IGNORE_INDEX)
+                prob_w, prob_m = self.align(prob_w), self.align(prob_m)
+                conf_m, label_m = prob_m.max(1)
             conf_w, label_w = prob_w.max(1)
             if self.health is not None:
                 self.health.update(label_w, conf_w, ignore_mask, s.conf_thresh, *label_for_stats)
