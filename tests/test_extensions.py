@@ -71,10 +71,41 @@ def test_extensions_are_off_in_every_official_config():
     for task, name in (("natural", "pascal.yaml"), ("natural", "cityscapes.yaml"), ("natural", "coco.yaml"),
                        ("change_detection", "whu.yaml"), ("change_detection", "levir.yaml"), ("acdc", "acdc.yaml")):
         text = config_path(task, name).read_text()
-        for key in ("sup_warmup_epochs", "dist_align", "sup_weight", "pseudo_label_accuracy"):
+        for key in ("sup_warmup_epochs", "dist_align", "class_thresh", "sup_weight", "pseudo_label_accuracy"):
             assert key not in text, (name, key)
 
 
 def test_warmup_longer_than_the_run_is_refused():
     with pytest.raises(ConfigError, match="sup_warmup_epochs"):
         load_config(None, ["epochs=2", "sup_warmup_epochs=3"])
+
+
+def test_class_adaptive_thresholds_by_hand():
+    from unimatch.align import ClassAdaptiveThreshold
+
+    adaptive = ClassAdaptiveThreshold(3, conf_thresh=0.9)
+    labelled = torch.tensor([[0, 0, 1, 2, 255]])                  # prior 0.5 / 0.25 / 0.25
+    pseudo = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2, 0]])
+    conf = torch.tensor([[.95, .95, .95, .5, .95, .5, .5, .5, .99]])
+    valid = torch.tensor([[True] * 8 + [False]])                 # the last pixel is padding
+    adaptive.observe(labelled, pseudo, conf, valid)
+    # confident share of the 8 valid pixels: 3/8, 1/8, 0 -> effect 0.75, 0.5, 0 -> beta 1, 2/3, 0
+    # threshold 0.9 * beta / (2 - beta): 0.9, 0.9 * (2/3) / (4/3) = 0.45, 0
+    assert adaptive.thresholds().tolist() == pytest.approx([0.9, 0.45, 0.0])
+    # a class confident more often than it occurs is capped at "learnt"
+    adaptive.confident_share = torch.tensor([0.9, 0.5, 0.1])
+    assert adaptive.thresholds().tolist() == pytest.approx([0.9, 0.9, 0.9 * 0.4 / 1.6])
+
+
+def test_unsup_loss_keeps_pixels_above_their_class_threshold():
+    step, _, _ = make_step()
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]]).T.reshape(1, 2, 2, 2)
+    logits = torch.cat((logits, torch.zeros(1, 1, 2, 2)), 1)    # 3 classes as the toy step
+    pseudo = torch.tensor([[[0, 1], [0, 1]]])
+    conf = torch.tensor([[[0.8, 0.6], [0.4, 0.7]]])
+    ignore = torch.zeros(1, 2, 2, dtype=torch.long)
+    thresholds = torch.tensor([0.5, 0.65, 0.9])
+    # kept: pixel 0 (class 0, 0.8 >= 0.5) and pixel 3 (class 1, 0.7 >= 0.65); mean over all 4 valid pixels
+    ce = torch.nn.functional.cross_entropy(logits, pseudo, reduction="none").flatten()
+    expected = (ce[0] + ce[3]) / 4
+    assert step.unsup_loss(logits, pseudo, conf, ignore, thresholds).item() == pytest.approx(expected.item())

@@ -53,3 +53,48 @@ class DistributionAlignment:
 
     def load_state_dict(self, state: dict) -> None:
         self.label_prior, self.model_prior = state["label_prior"], state["model_prior"]
+
+
+class ClassAdaptiveThreshold:
+    """Per-class confidence thresholds from each class's learning status (FlexMatch, Zhang et al.
+    2021, with the status normalised by the class's labelled frequency), per pixel.
+
+    Not in UniMatch; opt-in (``class_thresh``). Targets the measured failure of a from-scratch
+    teacher: at the fixed threshold nearly every confident pixel is background, so the rare classes
+    never get a pseudo-label. With ``share_c`` the running share of pixels predicted ``c`` with
+    confidence >= ``conf_thresh`` and ``prior_c`` the running class frequency of the labelled masks,
+    the learning effect is ``e_c = min(share_c / prior_c, 1)``, ``beta_c = e_c / max(e)`` and the threshold
+    ``conf_thresh * beta_c / (2 - beta_c)``: a class the teacher is as sure about as its frequency
+    warrants keeps ``conf_thresh``; one it is never sure about drops toward 0 (its argmax counts).
+    """
+
+    def __init__(self, nclass: int, conf_thresh: float, momentum: float = 0.99):
+        self.nclass, self.conf_thresh, self.momentum = nclass, conf_thresh, momentum
+        self.priors = DistributionAlignment(nclass, momentum)   # its label prior: labelled frequencies
+        self.confident_share: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def observe(self, labelled_mask: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor,
+                valid: torch.Tensor) -> None:
+        self.priors.observe_labels(labelled_mask)
+        confident = (confidence >= self.conf_thresh) & valid
+        counts = torch.zeros(self.nclass, device=pseudo_label.device).index_add_(
+            0, pseudo_label.flatten(), confident.flatten().float())
+        share = counts / valid.sum().clamp_min(1)
+        self.confident_share = self.priors._ema(self.confident_share, share)
+
+    @torch.no_grad()
+    def thresholds(self) -> torch.Tensor:
+        prior = self.priors.label_prior
+        # a class confident at least as often as it occurs counts as learnt (1), as does one not seen in
+        # the labelled batches yet (no evidence that it is rare)
+        effect = torch.where(prior > 0, self.confident_share / prior.clamp_min(1e-12), 1.0).clamp(max=1.0)
+        beta = effect / effect.max().clamp_min(1e-12)
+        return self.conf_thresh * beta / (2 - beta)
+
+    def state_dict(self) -> dict:
+        return {"priors": self.priors.state_dict(), "confident_share": self.confident_share}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.priors.load_state_dict(state["priors"])
+        self.confident_share = state["confident_share"]

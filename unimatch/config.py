@@ -74,7 +74,10 @@ class Config:
     # not in the paper (off in every official config): distribution alignment of the pseudo-labels
     # (unimatch/align.py), for a teacher that under-predicts the minority classes
     dist_align: bool = False
-    dist_align_momentum: float = 0.99
+    dist_align_momentum: float = 0.99   # also the momentum of class_thresh's running shares
+    # not in the paper (off in every official config): per-class confidence thresholds from each
+    # class's running confident share over its labelled frequency (unimatch/align.py)
+    class_thresh: bool = False
     criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
     unsup_loss: str = "ce"
     # statistics: load the labels of the unlabelled images (when they exist on disk) to log how

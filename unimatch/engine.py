@@ -221,7 +221,8 @@ class Trainer:
         self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
                                  self.normalizer, cfg.nclass, health=self.health)
-        self.align = self.step.align
+        # running state of the opt-in pseudo-label extensions, checkpointed for an exact resume
+        self.extensions = {"dist_align": self.step.align, "class_thresh": self.step.class_thresh}
         self.autocast = autocast_for(cfg, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
@@ -263,7 +264,7 @@ class Trainer:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
                 "best_metrics": self.best_metrics, "rng": self.gather_rng_states(),
-                "dist_align": self.align.state_dict() if self.align is not None else None,
+                "extensions": {k: e.state_dict() for k, e in self.extensions.items() if e is not None},
                 "config": self.cfg.to_dict()}
 
     def gather_rng_states(self) -> list:
@@ -292,8 +293,9 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
-        if self.align is not None and checkpoint.get("dist_align") is not None:
-            self.align.load_state_dict(checkpoint["dist_align"])
+        for name, state in checkpoint.get("extensions", {}).items():
+            if self.extensions.get(name) is not None:
+                self.extensions[name].load_state_dict(state)
         states = checkpoint["rng"]
         if len(states) == self.ctx.world_size:
             restore_rng_state(states[self.ctx.rank], self.perturbation)

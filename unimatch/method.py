@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from unimatch.align import DistributionAlignment
+from unimatch.align import ClassAdaptiveThreshold, DistributionAlignment
 from unimatch.health import PseudoLabelHealth
 from unimatch.losses import IGNORE_INDEX, DiceLoss, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
@@ -45,12 +45,13 @@ class StepSettings:
     unsup_loss: str = "ce"
     dist_align: bool = False
     dist_align_momentum: float = 0.99
+    class_thresh: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
         strong, fp = cfg.streams
         return cls(strong, fp, cfg.conf_thresh, cfg.sup_weight, cfg.strong_weight, cfg.fp_weight,
-                   cfg.loss_divisor, cfg.unsup_loss, cfg.dist_align, cfg.dist_align_momentum)
+                   cfg.loss_divisor, cfg.unsup_loss, cfg.dist_align, cfg.dist_align_momentum, cfg.class_thresh)
 
     @property
     def supervised_only(self) -> bool:
@@ -86,9 +87,12 @@ class UniMatchStep:
         self.normalizer = normalizer
         self.dice = DiceLoss(nclass) if settings.unsup_loss == "dice" else None
         self.align = DistributionAlignment(nclass, settings.dist_align_momentum) if settings.dist_align else None
+        self.class_thresh = (ClassAdaptiveThreshold(nclass, settings.conf_thresh, settings.dist_align_momentum)
+                             if settings.class_thresh else None)
 
-    def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask) -> torch.Tensor:
-        confident = confidence >= self.settings.conf_thresh
+    def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask, thresholds=None) -> torch.Tensor:
+        """``thresholds``: per-class confidence thresholds (``class_thresh``), else ``conf_thresh``."""
+        confident = confidence >= (self.settings.conf_thresh if thresholds is None else thresholds[pseudo_label])
         valid = ignore_mask != IGNORE_INDEX
         if self.dice is not None:
             return self.dice(logits.float().softmax(1), pseudo_label, ignore=~(confident & valid))
@@ -162,6 +166,10 @@ class UniMatchStep:
                 prob_w, prob_m = self.align(prob_w), self.align(prob_m)
                 conf_m, label_m = prob_m.max(1)
             conf_w, label_w = prob_w.max(1)
+            thresholds = None
+            if self.class_thresh is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+                self.class_thresh.observe(y, label_w, conf_w, ignore_mask != IGNORE_INDEX)
+                thresholds = self.class_thresh.thresholds()
             if self.health is not None:
                 self.health.update(label_w, conf_w, ignore_mask, s.conf_thresh, *label_for_stats)
 
@@ -171,9 +179,10 @@ class UniMatchStep:
                 label = torch.where(box, label_m, label_w)
                 conf = torch.where(box, conf_m, conf_w)
                 ignore = torch.where(box, ignore_mask_m, ignore_mask)
-                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore))
+                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore, thresholds))
             loss_s = torch.stack(strong_losses).mean() if strong_losses else loss_x.new_zeros(())
-            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask) for p in pred_w_fp]).mean()
+            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask, thresholds)
+                                    for p in pred_w_fp]).mean()
                        if s.fp_streams else loss_x.new_zeros(()))
 
         strong_weight, fp_weight = s.weights()
