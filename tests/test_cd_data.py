@@ -93,11 +93,11 @@ def test_synthetic_generation_interrupted_leaves_nothing(tmp_path, monkeypatch):
     calls = []
     real_render = synthetic.render_pair
 
-    def failing_render(rng, tile):
+    def failing_render(rng, tile, spec):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("disk full")
-        return real_render(rng, tile)
+        return real_render(rng, tile, spec)
 
     monkeypatch.setattr(synthetic, "render_pair", failing_render)
     with pytest.raises(RuntimeError):
@@ -331,3 +331,16 @@ def test_nadir_augmentation_draws_all_eight_dihedral_views_reproducibly():
     assert [augment(image, image, mask)[0].tobytes() for _ in range(64)] == views
     augment.reseed(8)
     assert [augment(image, image, mask)[0].tobytes() for _ in range(64)] != views
+
+
+def test_synthetic_amount_of_change_is_a_parameter_with_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path))
+    small = dict(n_train=12, n_val=1, n_test=1, tile=64)
+    default = ensure_synthetic_cd(**small)
+    more = ensure_synthetic_cd(**small, no_change_share=0.0, change_rate=(0.6, 0.9), building_side=(8, 24))
+    assert default != more and "-change0-0.6-0.9-side8-24" in more.name
+    assert "change_rate" not in json.loads((default / "meta.json").read_text())   # as before the parameters
+
+    def changed(root):
+        return np.mean([np.asarray(Image.open(p)) > 0 for p in sorted((root / "label").iterdir())])
+    assert changed(more) > 1.5 * changed(default)

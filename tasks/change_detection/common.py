@@ -66,6 +66,10 @@ class CDConfig(Config):
     nadir_augment: bool = False
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
+    # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
+    synthetic_no_change_share: float = 0.3
+    synthetic_change_rate: list = field(default_factory=lambda: [0.2, 0.8])
+    synthetic_building_side: list = field(default_factory=lambda: [6, 20])
 
     def validate(self) -> None:
         super().validate()
@@ -167,7 +171,11 @@ def resolve_data(cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
     if not cfg.data_root_given:
         if cfg.dataset != "synthetic":
             raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
-        changes["data_root"] = str(main_rank_first(ensure_synthetic_cd, ctx))
+        def write():
+            return ensure_synthetic_cd(no_change_share=cfg.synthetic_no_change_share,
+                                       change_rate=tuple(cfg.synthetic_change_rate),
+                                       building_side=tuple(cfg.synthetic_building_side))
+        changes["data_root"] = str(main_rank_first(write, ctx))
     cfg = dataclasses.replace(cfg, **changes)
     for kind in SPLIT_KINDS:
         key = f"{kind}_split"
