@@ -94,11 +94,11 @@ def test_synthetic_generation_interrupted_leaves_nothing(tmp_path, monkeypatch):
     calls = []
     real_render = synthetic.render_pair
 
-    def failing_render(rng, tile):
+    def failing_render(rng, tile, spec):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("disk full")
-        return real_render(rng, tile)
+        return real_render(rng, tile, spec)
 
     monkeypatch.setattr(synthetic, "render_pair", failing_render)
     with pytest.raises(RuntimeError):
@@ -343,3 +343,14 @@ def test_float_geotiff_with_nan_is_an_error_unless_nan_is_its_nodata(tmp_path):
     write_tif(tmp_path / "nodata.tif", data, nodata=float("nan"))
     image, _ = read_image(tmp_path / "nodata.tif", bands=(1, 2, 3), stretch="percentile")
     assert image.dtype == np.uint8 and image[0, 4, 5] == 0
+def test_synthetic_amount_of_change_is_a_parameter_with_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path))
+    small = dict(n_train=12, n_val=1, n_test=1, tile=64)
+    default = ensure_synthetic_cd(**small)
+    more = ensure_synthetic_cd(**small, no_change_share=0.0, change_rate=(0.6, 0.9), building_side=(8, 24))
+    assert default != more and "-change0-0.6-0.9-side8-24" in more.name
+    assert "change_rate" not in json.loads((default / "meta.json").read_text())   # as before the parameters
+
+    def changed(root):
+        return np.mean([np.asarray(Image.open(p)) > 0 for p in sorted((root / "label").iterdir())])
+    assert changed(more) > 1.5 * changed(default)

@@ -154,11 +154,13 @@ def without_timing(record):
     return {k: v for k, v in record.items() if k != "sec_per_iter"}
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_interrupted_run_resumes_bitwise(tmp_path, num_workers):
+@pytest.mark.parametrize("num_workers, extensions", [(0, {}), (1, {}),
+                                                     (0, {"dist_align": True, "class_thresh": True})])
+def test_interrupted_run_resumes_bitwise(tmp_path, num_workers, extensions):
     """A run that stopped during epoch 2 and is started again on the same directory ends with
-    exactly the weights, optimizer state and logged metrics of an uninterrupted run."""
-    cfg = tiny_config(epochs=2, num_workers=num_workers)
+    exactly the weights, optimizer state and logged metrics of an uninterrupted run (also with the
+    running state of the opt-in pseudo-label extensions)."""
+    cfg = tiny_config(epochs=2, num_workers=num_workers, **extensions)
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
 
     make_trainer(cfg, straight_dir, *datasets()).fit()

@@ -331,18 +331,19 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
     assert _files(root) != _files(synthetic.ensure_synthetic_voc(tmp_path / "c", **{**kwargs, "seed": 4}))
 
     ids = sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))
-    assert len(ids) == 10 and sorted(p.stem for p in (root / "SegmentationClass").glob("*.png")) == ids
+    assert len(ids) == 10 + 2 and sorted(p.stem for p in (root / "SegmentationClass").glob("*.png")) == ids
     with Image.open(root / "SegmentationClass" / f"{ids[0]}.png") as mask:
         assert mask.mode == "P"
         assert np.array_equal(np.asarray(mask.getpalette(), dtype=np.uint8).reshape(-1, 3)[:21], voc_palette()[:21])
 
     splits = {name: (root / "splits" / f"{name}.txt").read_text().splitlines()
-              for name in ("train", "labeled", "unlabeled", "val")}
+              for name in ("train", "labeled", "unlabeled", "val", "test")}
     assert splits["train"][0] == f"JPEGImages/{ids[0]}.jpg SegmentationClass/{ids[0]}.png"
     assert sorted(splits["labeled"] + splits["unlabeled"]) == sorted(splits["train"])
     assert not set(splits["labeled"]) & set(splits["unlabeled"])
     assert not set(splits["val"]) & set(splits["train"])
-    assert (len(splits["train"]), len(splits["labeled"]), len(splits["val"])) == (8, 2, 2)
+    assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
+    assert (len(splits["train"]), len(splits["labeled"]), len(splits["val"]), len(splits["test"])) == (8, 2, 2, 2)
 
     val = ValDataset("synthetic", root, root / "splits" / "val.txt")
     values = set()
@@ -359,7 +360,7 @@ def test_synthetic_dataset_is_cached_written_atomically_and_never_overwritten(tm
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
     kwargs = dict(n_images=6, size=24, seed=0)
     root = synthetic.ensure_synthetic_voc(**kwargs)
-    assert root.parent == tmp_path / "home" / "natural" and root.name.startswith("synthetic-v1")
+    assert root.parent == tmp_path / "home" / "natural" and root.name.startswith(f"synthetic-v{synthetic.SYNTHETIC_VERSION}")
     stamp = (root / "meta.json").stat().st_mtime_ns
     assert synthetic.ensure_synthetic_voc(**kwargs) == root
     assert (root / "meta.json").stat().st_mtime_ns == stamp

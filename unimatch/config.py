@@ -74,8 +74,23 @@ class Config:
     strong_weight: Optional[float] = None
     fp_weight: float = 0.5
     loss_divisor: float = 2.0
+    # not in the paper (off in every official config): the first ``sup_warmup_epochs`` epochs train
+    # the labelled term of the loss alone (unlabelled terms weighted 0, unlabelled data not loaded),
+    # so that a from-scratch teacher is confident on the minority classes before its pseudo-labels
+    # are used (docs/benchmarks.md)
+    sup_warmup_epochs: int = 0
+    # not in the paper (off in every official config): distribution alignment of the pseudo-labels
+    # (unimatch/align.py), for a teacher that under-predicts the minority classes
+    dist_align: bool = False
+    dist_align_momentum: float = 0.99   # also the momentum of class_thresh's running shares
+    # not in the paper (off in every official config): per-class confidence thresholds from each
+    # class's running confident share over its labelled frequency (unimatch/align.py)
+    class_thresh: bool = False
     criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
     unsup_loss: str = "ce"
+    # statistics: load the labels of the unlabelled images (when they exist on disk) to log how
+    # accurate the confident pseudo-labels are per class (unimatch/health.py); never used in a loss
+    pseudo_label_accuracy: bool = False
     # strong perturbation (per image / channel group)
     color_jitter_p: float = 0.8
     color_jitter: list = field(default_factory=lambda: [0.5, 0.5, 0.5, 0.25])
@@ -168,6 +183,8 @@ class Config:
         strong, fp = self.streams
         if strong < 0 or fp < 0:
             raise ConfigError("strong_views and fp_streams must be >= 0")
+        if not 0 <= self.sup_warmup_epochs <= self.epochs:
+            raise ConfigError(f"sup_warmup_epochs: must lie in [0, epochs={self.epochs}], got {self.sup_warmup_epochs}")
         for name in ("epochs", "batch_size", "crop_size", "nclass", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")

@@ -28,6 +28,7 @@ from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_w
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
 from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
+from unimatch.health import PseudoLabelHealth, describe
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.architecture import mismatch_causes
@@ -239,8 +240,11 @@ class Trainer:
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
         criterion = sup_criterion if sup_criterion is not None else build_criterion(cfg.criterion, cfg.nclass)
+        self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
-                                 self.normalizer, cfg.nclass)
+                                 self.normalizer, cfg.nclass, health=self.health)
+        # running state of the opt-in pseudo-label extensions, checkpointed for an exact resume
+        self.extensions = {"dist_align": self.step.align, "class_thresh": self.step.class_thresh}
         self.autocast = autocast_for(cfg, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
@@ -278,11 +282,14 @@ class Trainer:
         return [precision.to_memory_format(t.to(self.ctx.device, non_blocking=True), self.cfg.channels_last)
                 if torch.is_tensor(t) else t for t in batch]
 
-    def train_iteration(self, batches, iteration: int | None = None, guard: NonFiniteLossGuard | None = None) -> dict:
+    def train_iteration(self, batches, iteration: int | None = None, guard: NonFiniteLossGuard | None = None,
+                        warmup: bool = False) -> dict:
         """One optimisation step on device batches; returns the step's stats (device tensors).
 
-        ``guard`` sees the loss before ``backward`` (see :class:`unimatch.finite.NonFiniteLossGuard`)."""
-        loss, stats = self.step(*batches, autocast=self.autocast)
+        ``guard`` sees the loss before ``backward`` (see :class:`unimatch.finite.NonFiniteLossGuard`);
+        ``warmup`` trains the labelled term alone (``sup_warmup_epochs``)."""
+        step = self.step.labelled_term if warmup else self.step
+        loss, stats = step(*batches, autocast=self.autocast)
         if guard is not None:
             guard.observe(iteration, loss, stats)
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,6 +303,7 @@ class Trainer:
         return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
                 "best_metrics": self.best_metrics, "rng": self.gather_rng_states(),
+                "extensions": {k: e.state_dict() for k, e in self.extensions.items() if e is not None},
                 "config": self.cfg.to_dict()}
 
     def gather_rng_states(self) -> list:
@@ -330,6 +338,9 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
+        for name, state in checkpoint.get("extensions", {}).items():
+            if self.extensions.get(name) is not None:
+                self.extensions[name].load_state_dict(state)
         states = checkpoint["rng"]
         if len(states) == self.ctx.world_size:
             restore_rng_state(states[self.ctx.rank], self.perturbation)
@@ -381,11 +392,14 @@ class Trainer:
         log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
                  f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
                  f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
-                 f"process(es), device {ctx.device}")
+                 f"process(es), device {ctx.device}"
+                 + (f"; the first {cfg.sup_warmup_epochs} epoch(s) labelled term only (sup_warmup_epochs)"
+                    if cfg.sup_warmup_epochs and self.unlabeled_needed else ""))
         for epoch in range(self.start_epoch, cfg.epochs):
             self.model.train()
+            warmup = epoch < cfg.sup_warmup_epochs and self.unlabeled_needed
             streams = [iter(self.loader(labeled, epoch, 0))]
-            if self.unlabeled_needed:
+            if self.unlabeled_needed and not warmup:
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
             sums: dict[str, float] = {}
@@ -402,7 +416,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 batches = [self.to_device(next(s)) for s in streams]
-                pending.append((iteration, lr, self.train_iteration(batches, iteration, guard)))
+                pending.append((iteration, lr, self.train_iteration(batches, iteration, guard, warmup)))
                 if len(pending) >= flush_every or i + 1 == iters_per_epoch:
                     stats = self.record_stats(pending, sums)
                     pending = []
@@ -420,6 +434,14 @@ class Trainer:
             record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
                       "sec_per_iter": seconds / iters_per_epoch}
             record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
+            if self.health is not None and not warmup:
+                health = self.health.summary(cfg.class_names)
+                record.update(health)
+                log.info(f"epoch {epoch + 1} pseudo-labels: {describe(health)}")
+                if self.writer is not None:
+                    for k, v in health.items():
+                        if not math.isnan(v):
+                            self.writer.add_scalar(k, v, epoch + 1)
 
             last = epoch + 1 == cfg.epochs
             broadcast_buffers(self.model)

@@ -13,6 +13,10 @@ One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w
 6. loss = (sup_weight L_sup + strong_weight mean_i L_s_i + fp_weight L_fp) / loss_divisor,
    with the paper's weights (1, 0.5 -> 0.25 per view, 0.5) / 2.
 
+An unlabelled batch may carry a third tensor, the true labels of its pixels, loaded only when the
+run asks for pseudo-label statistics (``pseudo_label_accuracy``). It goes to
+:class:`unimatch.health.PseudoLabelHealth` and nowhere else: no loss ever sees it.
+
 Supervised-only training (no unlabelled stream) uses the plain ``sup_weight L_sup``, as the
 official ``supervised.py``: halving it would halve the effective learning rate of the baseline.
 """
@@ -23,7 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from unimatch.align import ClassAdaptiveThreshold, DistributionAlignment
 from unimatch.data import IGNORE_INDEX
+from unimatch.health import PseudoLabelHealth
 from unimatch.losses import DiceLoss, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
 
@@ -38,13 +44,17 @@ class StepSettings:
     fp_weight: float = 0.5
     loss_divisor: float = 2.0
     unsup_loss: str = "ce"
+    dist_align: bool = False
+    dist_align_momentum: float = 0.99
+    class_thresh: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
         strong, fp = cfg.streams
         return cls(strong_views=strong, fp_streams=fp, conf_thresh=cfg.conf_thresh, sup_weight=cfg.sup_weight,
                    strong_weight=cfg.strong_weight, fp_weight=cfg.fp_weight, loss_divisor=cfg.loss_divisor,
-                   unsup_loss=cfg.unsup_loss)
+                   unsup_loss=cfg.unsup_loss, dist_align=cfg.dist_align,
+                   dist_align_momentum=cfg.dist_align_momentum, class_thresh=cfg.class_thresh)
 
     @property
     def supervised_only(self) -> bool:
@@ -70,16 +80,22 @@ class UniMatchStep:
     """Computes the loss of one training iteration; knows nothing of datasets or tasks."""
 
     def __init__(self, model: nn.Module, settings: StepSettings, sup_criterion: nn.Module,
-                 perturbation: StrongPerturbation, normalizer: Normalizer, nclass: int):
+                 perturbation: StrongPerturbation, normalizer: Normalizer, nclass: int,
+                 health: PseudoLabelHealth | None = None):
         self.model = model
+        self.health = health
         self.settings = settings
         self.sup_criterion = sup_criterion
         self.perturbation = perturbation
         self.normalizer = normalizer
         self.dice = DiceLoss(nclass) if settings.unsup_loss == "dice" else None
+        self.align = DistributionAlignment(nclass, settings.dist_align_momentum) if settings.dist_align else None
+        self.class_thresh = (ClassAdaptiveThreshold(nclass, settings.conf_thresh, settings.dist_align_momentum)
+                             if settings.class_thresh else None)
 
-    def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask) -> torch.Tensor:
-        confident = confidence >= self.settings.conf_thresh
+    def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask, thresholds=None) -> torch.Tensor:
+        """``thresholds``: per-class confidence thresholds (``class_thresh``), else ``conf_thresh``."""
+        confident = confidence >= (self.settings.conf_thresh if thresholds is None else thresholds[pseudo_label])
         valid = ignore_mask != IGNORE_INDEX
         if self.dice is not None:
             return self.dice(logits.float().softmax(1), pseudo_label, ignore=~(confident & valid))
@@ -95,6 +111,18 @@ class UniMatchStep:
             box = self.perturbation.cutmix_boxes(n, h, w, device=weak.device)
             views.append((torch.where(box.unsqueeze(1), pasted, own), box))
         return views
+
+    def labelled_term(self, labeled, autocast=None):
+        """The method's loss with the unlabelled terms weighted 0: ``sup_weight L_sup / loss_divisor``
+        (the supervised warm-up, ``sup_warmup_epochs``). Returns (loss, stats) like ``__call__``."""
+        s = self.settings
+        x, y = labeled
+        with autocast or torch.autocast("cpu", enabled=False):
+            loss_x = self.sup_criterion(self.model(self.normalizer(to_unit_float(x))), y)
+        loss = s.sup_weight * loss_x / s.loss_divisor
+        zero = loss.detach().new_zeros(())
+        return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
+                      "mask_ratio": zero}
 
     def __call__(self, labeled, unlabeled=None, partner=None, autocast=None):
         """Returns (loss, stats); stats holds detached 0-d tensors (loss, loss_x, loss_s, loss_w_fp,
@@ -113,8 +141,8 @@ class UniMatchStep:
             return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
                           "mask_ratio": zero}
 
-        x_w_raw, ignore_mask = unlabeled
-        x_m_raw, ignore_mask_m = partner
+        x_w_raw, ignore_mask, *label_for_stats = unlabeled
+        x_m_raw, ignore_mask_m = partner[:2]
         x_w_raw, x_m_raw = to_unit_float(x_w_raw), to_unit_float(x_m_raw)
         views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
 
@@ -139,7 +167,18 @@ class UniMatchStep:
                        if views else [])
 
             prob_w = pred_w.detach().float().softmax(1)
+            if self.align is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+                self.align.observe_labels(y)
+                self.align.observe_predictions(prob_w, ignore_mask != IGNORE_INDEX)
+                prob_w, prob_m = self.align(prob_w), self.align(prob_m)
+                conf_m, label_m = prob_m.max(1)
             conf_w, label_w = prob_w.max(1)
+            thresholds = None
+            if self.class_thresh is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+                self.class_thresh.observe(y, label_w, conf_w, ignore_mask != IGNORE_INDEX)
+                thresholds = self.class_thresh.thresholds()
+            if self.health is not None:
+                self.health.update(label_w, conf_w, ignore_mask, s.conf_thresh, *label_for_stats)
 
             loss_x = self.sup_criterion(pred_x, y)
             strong_losses = []
@@ -147,9 +186,10 @@ class UniMatchStep:
                 label = torch.where(box, label_m, label_w)
                 conf = torch.where(box, conf_m, conf_w)
                 ignore = torch.where(box, ignore_mask_m, ignore_mask)
-                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore))
+                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore, thresholds))
             loss_s = torch.stack(strong_losses).mean() if strong_losses else loss_x.new_zeros(())
-            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask) for p in pred_w_fp]).mean()
+            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask, thresholds)
+                                    for p in pred_w_fp]).mean()
                        if s.fp_streams else loss_x.new_zeros(()))
 
         strong_weight, fp_weight = s.weights()

@@ -118,7 +118,8 @@ _loaded: dict = {}
 def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
     """The four sets of ``cfg`` (decoded once per process: train and the evaluator share them)."""
     key = (cfg.data_root, cfg.cases, cfg.slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
-           cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing))
+           cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing),
+           cfg.pseudo_label_accuracy)
     if key not in _loaded:
         if cfg.cases is None and not uses_split_files(cfg):
             raise ConfigError("ACDC: give the number of labelled patients with --cases N (or cases=N), or the "
@@ -128,7 +129,8 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
             cfg.data_root, None if uses_split_files(cfg) else cfg.cases, slice_size=cfg.slice_size, seed=cfg.seed,
             normalization=cfg.intensity_norm, image_order=cfg.image_order, labeled_list=cfg.labeled_split,
             unlabeled_list=cfg.unlabeled_split, val_list=cfg.val_split, test_list=cfg.test_split,
-            h5_spacing=tuple(float(s) for s in cfg.h5_spacing))
+            h5_spacing=tuple(float(s) for s in cfg.h5_spacing),
+            unlabeled_labels_for_stats=cfg.pseudo_label_accuracy)
     return _loaded[key]
 
 

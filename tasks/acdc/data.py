@@ -82,15 +82,25 @@ class LabeledSlices(WeakViewDataset):
 
 
 class UnlabeledSlices(WeakViewDataset):
-    """Unlabelled training slices (images only): the weak view and an all-zero ignore mask."""
+    """Unlabelled training slices (images only): the weak view and an all-zero ignore mask.
 
-    def __init__(self, images: Sequence[np.ndarray], slice_size: int = 256, image_order: int = 0, seed: int = 0):
-        super().__init__(images, seed)
+    With ``labels_for_stats`` (one label per image) items are ``(image, ignore, label_for_stats)``,
+    the label augmented like the view, for the pseudo-label statistics only (unimatch/health.py).
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], slice_size: int = 256, image_order: int = 0, seed: int = 0,
+                 labels_for_stats: Sequence[np.ndarray] | None = None):
+        self.with_labels = labels_for_stats is not None
+        super().__init__(list(zip(images, labels_for_stats)) if self.with_labels else list(images), seed)
         self.slice_size, self.image_order = slice_size, image_order
 
     def view(self, item, rng):
-        image, _ = weak_augment(item, None, self.slice_size, rng, self.image_order)
-        return _slice_tensor(image), torch.zeros((self.slice_size, self.slice_size), dtype=torch.int64)
+        image, label = item if self.with_labels else (item, None)
+        image, label = weak_augment(image, label, self.slice_size, rng, self.image_order)
+        ignore = torch.zeros((self.slice_size, self.slice_size), dtype=torch.int64)
+        if label is None:
+            return _slice_tensor(image), ignore
+        return _slice_tensor(image), ignore, torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -234,7 +244,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
                         normalization: str = "minmax", image_order: int = 0,
                         labeled_list: Path | str | None = None, unlabeled_list: Path | str | None = None,
                         val_list: Path | str | None = None, test_list: Path | str | None = None,
-                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> ACDCDatasets:
+                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                        unlabeled_labels_for_stats: bool = False) -> ACDCDatasets:
     """Labelled, unlabelled, validation and test sets of an ACDC folder (either layout).
 
     Either ``cases`` (labelled training patients; partition from ``tasks.acdc.splits`` with
@@ -242,6 +253,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
     (and optionally ``test_list``; entries relative to ``root``) choose who is in which set.
     The labelled set is not repeated here: the engine repeats it to the unlabelled length (the
     official ``nsample``, :class:`unimatch.data.RepeatDataset`).
+    ``unlabeled_labels_for_stats`` also reads the unlabelled patients' labels, for the pseudo-label
+    statistics only (:class:`UnlabeledSlices`).
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -254,7 +267,7 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
         listed = split_from_lists(labeled_list, unlabeled_list, val_list, test_list)
         split = listed.patients
         labeled = reader.entry_slices(listed.labeled, True, Path(labeled_list))
-        unlabeled = [image for image, _ in reader.entry_slices(listed.unlabeled, False, Path(unlabeled_list))]
+        unlabeled = reader.entry_slices(listed.unlabeled, unlabeled_labels_for_stats, Path(unlabeled_list))
         val = [reader.entry_volume(e, Path(val_list)) for e in listed.val]
         test = [reader.entry_volume(e, Path(test_list)) for e in listed.test]
     else:
@@ -262,12 +275,14 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
             raise DataError("ACDC: give the number of labelled patients (cases) or the split list files")
         split = make_patient_split(reader.patients, cases, seed)
         labeled = [s for p in split.labeled for s in reader.patient_slices(p, with_label=True)]
-        unlabeled = [image for p in split.unlabeled for image, _ in reader.patient_slices(p, with_label=False)]
+        unlabeled = [s for p in split.unlabeled for s in reader.patient_slices(p, unlabeled_labels_for_stats)]
         val = [v for p in split.val for v in reader.patient_volumes(p)]
         test = [v for p in split.test for v in reader.patient_volumes(p)]
     return ACDCDatasets(
         train_l=LabeledSlices(labeled, slice_size, image_order=image_order, seed=seed),
-        train_u=UnlabeledSlices(unlabeled, slice_size, image_order=image_order, seed=seed + 1),
+        train_u=UnlabeledSlices([image for image, _ in unlabeled], slice_size, image_order=image_order, seed=seed + 1,
+                                labels_for_stats=[label for _, label in unlabeled] if unlabeled_labels_for_stats
+                                else None),
         val=VolumeDataset(val), test=VolumeDataset(test), split=split, layout=reader.layout)
 
 

@@ -69,6 +69,10 @@ class CDConfig(Config):
     nadir_augment: bool = False
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
+    # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
+    synthetic_no_change_share: float = 0.3
+    synthetic_change_rate: list = field(default_factory=lambda: [0.2, 0.8])
+    synthetic_building_side: list = field(default_factory=lambda: [6, 20])
 
     def select_metric_keys(self) -> list[str]:
         return list(CHANGE_METRICS)
@@ -242,7 +246,11 @@ class ChangeDetectionTask(Task):
         if not cfg.data_root_given:
             if cfg.dataset != "synthetic":
                 raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
-            changes["data_root"] = str(main_rank_first(ensure_synthetic_cd, ctx))
+            def write():
+                return ensure_synthetic_cd(no_change_share=cfg.synthetic_no_change_share,
+                                           change_rate=tuple(cfg.synthetic_change_rate),
+                                           building_side=tuple(cfg.synthetic_building_side))
+            changes["data_root"] = str(main_rank_first(write, ctx))
         cfg = dataclasses.replace(cfg, **changes)
         for kind in SPLIT_KINDS:
             key = f"{kind}_split"
@@ -258,7 +266,8 @@ class ChangeDetectionTask(Task):
         labeled = LabeledPairs(cfg.data_root, required_split(cfg, "labeled"), seed=cfg.seed, **augment)
         if cfg.unlabeled_split is None and cfg.method == "supervised":
             return labeled, None
-        return labeled, UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment)
+        return labeled, UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
+                                       label_for_stats=cfg.pseudo_label_accuracy)
 
     def val_evaluator(self, cfg: CDConfig, ctx: DistContext):
         loader = eval_loader(cfg, ctx, "val")

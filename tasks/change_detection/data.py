@@ -139,15 +139,24 @@ class LabeledPairs(AugmentedPairs):
 class UnlabeledPairs(AugmentedPairs):
     """Training pairs without labels: ``(image, ignore_mask)``; 255 marks crop padding.
 
-    Never opens a label file (the folder need not exist).
+    Never opens a label file (the folder need not exist), unless ``label_for_stats``: then items
+    are ``(image, ignore_mask, label_for_stats)``, the label cropped like the view, for the
+    pseudo-label statistics only (unimatch/health.py; no loss uses it).
     """
 
-    def __init__(self, root, split_file, **kwargs):
-        super().__init__(root, split_file, need_labels=False, **kwargs)
+    def __init__(self, root, split_file, label_for_stats: bool = False, **kwargs):
+        super().__init__(root, split_file, need_labels=label_for_stats, **kwargs)
+        self.label_for_stats = label_for_stats
 
     def view(self, name: str, rng):
         image_a, image_b = self.read_images(name)
         inside = np.zeros(image_a.shape[1:], np.uint8)
+        if self.label_for_stats:
+            label = self.read_mask(name, image_a.shape[1:]).astype(np.uint8)
+            image_a, image_b, label = self.augment(image_a, image_b, label)
+            ignore = np.where(label == 255, 255, 0)
+            return (torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(ignore.astype(np.int64)),
+                    torch.from_numpy(label.astype(np.int64)))
         image_a, image_b, ignore = self.augment(image_a, image_b, inside)
         return torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(ignore.astype(np.int64))
 

@@ -67,6 +67,15 @@ class SyntheticSpec:
     tile: int = 128
     seed: int = 0
     version: str = VERSION
+    # how much change: a share of the tiles has none, the others change this share of their
+    # buildings; building sides in pixels at 128 px (the defaults give 2.8% changed pixels)
+    no_change_share: float = 0.3
+    change_rate: tuple = (0.2, 0.8)
+    building_side: tuple = (6, 20)
+
+
+    def change_parameters(self) -> tuple:
+        return self.no_change_share, self.change_rate, self.building_side
 
 
 @dataclass
@@ -81,7 +90,8 @@ class Building:
 
 
 def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed: int = 0, tile: int = 128,
-                        n_val: int = 64, n_test: int = 64) -> Path:
+                        n_val: int = 64, n_test: int = 64, no_change_share: float = 0.3,
+                        change_rate: tuple = (0.2, 0.8), building_side: tuple = (6, 20)) -> Path:
     """Path of the synthetic dataset, generating it once if it is not there yet.
 
     Default root: ``data_home()/change_detection/synthetic-v1`` for the default parameters, a
@@ -89,15 +99,30 @@ def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed
     Written into a temporary sibling folder and renamed into place, so an interrupted run never
     leaves a folder that looks complete. An existing root made with other parameters is an error.
     """
-    spec = SyntheticSpec(n_train=n_train, n_val=n_val, n_test=n_test, tile=tile, seed=seed)
+    spec = SyntheticSpec(n_train=n_train, n_val=n_val, n_test=n_test, tile=tile, seed=seed,
+                         no_change_share=float(no_change_share), change_rate=tuple(float(v) for v in change_rate),
+                         building_side=tuple(int(v) for v in building_side))
     if min(n_train, n_val, n_test) < 1 or tile < 32:
         raise DataError(f"synthetic change detection needs at least one tile per split and tile >= 32, got {spec}")
     if root is None:
         name = f"synthetic-{VERSION}"
         if spec != SyntheticSpec():
             name += f"-train{n_train}-val{n_val}-test{n_test}-tile{tile}-seed{seed}"
+        if spec.change_parameters() != SyntheticSpec().change_parameters():
+            name += "-change{:g}-{:g}-{:g}-side{}-{}".format(spec.no_change_share, *spec.change_rate,
+                                                             *spec.building_side)
         root = data_home() / "change_detection" / name
-    return write_once(Path(root), asdict(spec), lambda folder: write_dataset(folder, spec))
+    return write_once(Path(root), manifest_parameters(spec), lambda folder: write_dataset(folder, spec))
+
+
+def manifest_parameters(spec: SyntheticSpec) -> dict:
+    """``meta.json``'s parameters; the change parameters only when not the defaults, so a folder
+    written before they existed still matches."""
+    parameters = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+    if spec.change_parameters() == SyntheticSpec().change_parameters():
+        for key in ("no_change_share", "change_rate", "building_side"):
+            del parameters[key]
+    return parameters
 
 
 def tile_names(spec: SyntheticSpec) -> dict[str, list[str]]:
@@ -115,7 +140,7 @@ def write_dataset(out: Path, spec: SyntheticSpec) -> None:
     index = 0
     for split in ("train", "val", "test"):
         for name in splits[split]:
-            image_a, image_b, label = render_pair(np.random.default_rng([spec.seed, index]), spec.tile)
+            image_a, image_b, label = render_pair(np.random.default_rng([spec.seed, index]), spec.tile, spec)
             Image.fromarray(image_a).save(out / "A" / name)
             Image.fromarray(image_b).save(out / "B" / name)
             Image.fromarray(label).save(out / "label" / name)
@@ -127,7 +152,7 @@ def write_dataset(out: Path, spec: SyntheticSpec) -> None:
         fraction_dir.mkdir()
         write_name_list(fraction_dir / "labeled.txt", labeled)
         write_name_list(fraction_dir / "unlabeled.txt", unlabeled)
-    (out / "meta.json").write_text(json.dumps(asdict(spec), indent=1))
+    (out / "meta.json").write_text(json.dumps(manifest_parameters(spec), indent=1))
 
 
 def smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
@@ -191,17 +216,21 @@ def draw_roads(rng: np.random.Generator, size: int, scale: float) -> tuple[np.nd
     return mask.astype(bool), image
 
 
-def place_buildings(rng: np.random.Generator, size: int, scale: float, blocked: np.ndarray) -> list[Building]:
+def place_buildings(rng: np.random.Generator, size: int, scale: float, blocked: np.ndarray,
+                    spec: SyntheticSpec = SyntheticSpec()) -> list[Building]:
     """Non-overlapping rectangles off the roads, each kept, built or demolished."""
     occupied = blocked.copy()
-    change_rate = 0.0 if rng.random() < 0.3 else rng.uniform(0.2, 0.8)
+    # no draw when every tile has change, so the tiles of such a set do not depend on the default share
+    no_change = spec.no_change_share > 0 and rng.random() < spec.no_change_share
+    change_rate = 0.0 if no_change else rng.uniform(*spec.change_rate)
     count = int(rng.poisson(9 * scale * scale))
     buildings = []
     for _ in range(count * 4):
         if len(buildings) == count:
             break
-        h = int(rng.integers(round(6 * scale), round(20 * scale) + 1))
-        w = int(rng.integers(round(6 * scale), round(20 * scale) + 1))
+        low, high = spec.building_side
+        h = int(rng.integers(round(low * scale), round(high * scale) + 1))
+        w = int(rng.integers(round(low * scale), round(high * scale) + 1))
         y = int(rng.integers(1, size - h - 1))
         x = int(rng.integers(1, size - w - 1))
         if occupied[max(0, y - 3):y + h + 3, max(0, x - 3):x + w + 3].any():
@@ -262,7 +291,8 @@ def photometric(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def render_pair(rng: np.random.Generator, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_pair(rng: np.random.Generator, tile: int,
+                spec: SyntheticSpec = SyntheticSpec()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One tile: (A uint8 (tile,tile,3), B uint8 (tile,tile,3), label uint8 (tile,tile) in {0,255})."""
     scale = tile / 128
     size = tile + 2 * MAX_JITTER
@@ -278,7 +308,7 @@ def render_pair(rng: np.random.Generator, tile: int) -> tuple[np.ndarray, np.nda
     ground_a[canopy] = (np.array(CANOPY) + canopy_texture)[canopy]
     ground_b[canopy] = (np.array(CANOPY_AUTUMN if autumn else CANOPY) + canopy_texture)[canopy]
 
-    buildings = place_buildings(rng, size, scale, roads)
+    buildings = place_buildings(rng, size, scale, roads, spec)
     free = np.ones((size, size), bool)
     for building in buildings:
         free[max(0, building.y - 3):building.y + building.h + 3, max(0, building.x - 3):building.x + building.w + 3] = False

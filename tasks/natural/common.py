@@ -95,7 +95,8 @@ class NaturalTask(Task):
                                  seed=cfg.seed)
         unlabeled = None
         if cfg.unlabeled_split and Path(cfg.unlabeled_split).is_file():
-            unlabeled = UnlabeledDataset(layout, cfg.data_root, cfg.unlabeled_split, cfg.crop_size, seed=cfg.seed + 1)
+            unlabeled = UnlabeledDataset(layout, cfg.data_root, cfg.unlabeled_split, cfg.crop_size, seed=cfg.seed + 1,
+                                         label_for_stats=cfg.pseudo_label_accuracy, nclass=cfg.nclass)
         elif cfg.method != "supervised":
             raise ConfigError(f"method {cfg.method!r} needs an unlabelled split; {cfg.unlabeled_split} does not exist")
         return labeled, unlabeled

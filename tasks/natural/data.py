@@ -208,17 +208,31 @@ class UnlabeledDataset(_SplitViews):
 
     ``ignore_mask`` is 255 where the crop lies outside the rescaled image (padding) and 0
     elsewhere: what the official loader obtains by padding the mask with 254 and marking
-    those pixels 255. No label file is opened or even looked for.
+    those pixels 255. No label file is opened or even looked for, unless ``label_for_stats``
+    (with ``nclass``): then items are ``(image, ignore_mask, label_for_stats)``, the mask cropped
+    like the view, for the pseudo-label statistics only (unimatch/health.py; no loss uses it).
     """
 
     def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
-                 scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
-        super().__init__(dataset, root, split_file, crop_size, False, scale_range, seed)
+                 scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0, label_for_stats: bool = False,
+                 nclass: int | None = None):
+        super().__init__(dataset, root, split_file, crop_size, label_for_stats, scale_range, seed)
+        self.label_for_stats = label_for_stats
+        self.nclass = nclass if nclass is not None else self.layout.nclass
 
-    def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, entry: SplitEntry, rng):
         image = load_image(entry)
-        view = self.pipeline(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
-        return _image_tensor(view["image"]), _mask_tensor(view["mask"])
+        if not self.label_for_stats:
+            view = self.pipeline(image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
+            return _image_tensor(view["image"]), _mask_tensor(view["mask"])
+        # one mask carries both: the label's own ignore value moves to 254, so 255 marks padding only
+        # (the ignore mask must not depend on the label, which would leak it into the loss)
+        label = load_mask(entry, self.nclass, image.shape[:2])
+        moved = np.where(label == IGNORE_INDEX, IGNORE_INDEX - 1, label).astype(np.uint8)
+        view = self.pipeline(image=image, mask=moved)
+        padded = view["mask"] == IGNORE_INDEX
+        label = np.where(view["mask"] >= IGNORE_INDEX - 1, IGNORE_INDEX, view["mask"])
+        return _image_tensor(view["image"]), _mask_tensor(np.where(padded, IGNORE_INDEX, 0)), _mask_tensor(label)
 
 
 class ValDataset(Dataset):

@@ -17,7 +17,8 @@ On disk (read by :mod:`tasks.natural.data` exactly like Pascal VOC)::
     splits/train.txt             every training image  } official UniMatch line format:
     splits/labeled.txt           the labelled subset   } "JPEGImages/<id>.jpg SegmentationClass/<id>.png"
     splits/unlabeled.txt         the other train images}
-    splits/val.txt               held-out images
+    splits/val.txt               held-out images (checkpoint selection)
+    splits/test.txt              as many other held-out images, scored once (benchmarks/label_efficiency.py)
     meta.json                    parameters, class names, counts (written last)
 
 The whole directory is written into a temporary sibling and renamed into place, so a crash
@@ -38,7 +39,7 @@ from tasks.natural.palette import save_palette_png, voc_palette
 from unimatch.errors import DataError
 from unimatch.paths import data_home, write_once
 
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2  # 2: a held-out test split (as many images as val) for the benchmarks
 SYNTHETIC_CLASSES = (
     "background",
     "striped disc",
@@ -123,7 +124,8 @@ def _write_dataset(out: Path, parameters: dict) -> None:
     (out / "SegmentationClass").mkdir()
     (out / "splits").mkdir()
     palette = voc_palette()
-    ids = [f"synth_{index:05d}" for index in range(n_images)]
+    # the test images come after the first n_images, so train/val are those of version 1
+    ids = [f"synth_{index:05d}" for index in range(n_images + n_val)]
     pixel_counts = np.zeros(SYNTHETIC_NCLASS + 1, dtype=np.int64)
     for index, sample_id in enumerate(ids):
         image, label = render_sample(np.random.default_rng([seed, index]), size)
@@ -136,13 +138,13 @@ def _write_dataset(out: Path, parameters: dict) -> None:
     def line(sample_id: str) -> str:
         return f"JPEGImages/{sample_id}.jpg SegmentationClass/{sample_id}.png\n"
 
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    train_ids, val_ids, test_ids = ids[:n_train], ids[n_train:n_images], ids[n_images:]
     chosen = np.random.default_rng([seed, n_images]).permutation(n_train)[:n_labeled]
     labeled_ids = [train_ids[i] for i in chosen]
     labeled_set = set(labeled_ids)
     unlabeled_ids = [sample_id for sample_id in train_ids if sample_id not in labeled_set]
     for name, subset in (("train", train_ids), ("labeled", labeled_ids),
-                         ("unlabeled", unlabeled_ids), ("val", val_ids)):
+                         ("unlabeled", unlabeled_ids), ("val", val_ids), ("test", test_ids)):
         (out / "splits" / f"{name}.txt").write_text("".join(line(sample_id) for sample_id in subset))
 
     meta = dict(parameters)
@@ -151,7 +153,8 @@ def _write_dataset(out: Path, parameters: dict) -> None:
         "classes": list(SYNTHETIC_CLASSES),
         "nclass": SYNTHETIC_NCLASS,
         "ignore_index": IGNORE_INDEX,
-        "counts": {"train": n_train, "labeled": n_labeled, "unlabeled": n_train - n_labeled, "val": n_val},
+        "counts": {"train": n_train, "labeled": n_labeled, "unlabeled": n_train - n_labeled, "val": n_val,
+                   "test": n_val},
         "pixel_fraction": {
             name: round(float(count) / float(pixel_counts.sum()), 4)
             for name, count in zip(list(SYNTHETIC_CLASSES) + ["void"], pixel_counts)

@@ -1,0 +1,42 @@
+"""The label-efficiency benchmark end to end on a tiny configuration: 1 seed, 1 epoch, two methods,
+the real entry points in subprocesses; it must write its three outputs with consistent numbers."""
+import json
+
+import pytest
+
+from benchmarks import label_efficiency
+from tasks.natural.synthetic import ensure_synthetic_voc
+
+TINY = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
+        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]"]
+
+
+def test_benchmark_runs_end_to_end_and_writes_results_table_and_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = ensure_synthetic_voc(tmp_path / "voc", n_images=20, size=40, seed=3, labeled_fraction=0.25)
+    out = tmp_path / "bench"
+    extra = ["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+             "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split", str(root / "splits/val.txt"),
+             "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", *TINY]
+    payload = label_efficiency.main(["--task", "natural", "--seeds", "0", "--out", str(out),
+                                     "--methods", "supervised", "fixmatch dist_align=true", "--", *extra])
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"] == ["supervised", "fixmatch dist_align=true"]
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [("supervised", 0), ("fixmatch dist_align=true", 0)]
+    for run in results["runs"]:
+        assert run["iterations"] == 12 // 4     # 12 unlabelled images, batch 4, one epoch: equal for both
+        assert len(run["val_curve"]) == 1 and 0.0 <= run["test"]["mIoU"] <= 100.0
+        config = (tmp_path / run["run_dir"] / "config.yaml").read_text()
+        assert "seed: 0" in config
+    fixmatch = results["runs"][1]
+    assert "dist_align: true" in (tmp_path / fixmatch["run_dir"] / "config.yaml").read_text()
+    summary = results["summary"]["fixmatch dist_align=true"]
+    assert summary["gain_per_seed"] == [pytest.approx(fixmatch["test"]["mIoU"] - results["runs"][0]["test"]["mIoU"])]
+    table = (out / "results.md").read_text()
+    assert "| fixmatch dist_align=true | 3 |" in table and "mIoU" in table
+    assert table.split("\n", 2)[2].strip() in capsys.readouterr().out
+    assert (out / "validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a finished run is not trained again
+    assert label_efficiency.main(["--task", "natural", "--seeds", "0", "--out", str(out), "--methods", "supervised",
+                                  "--", *extra])["runs"][0]["test"] == results["runs"][0]["test"]
+    assert payload["summary"] == results["summary"]
