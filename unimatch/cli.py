@@ -110,7 +110,7 @@ def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
-    from unimatch.engine import Trainer, log, prepare_run_dir
+    from unimatch.engine import NewRunFiles, Trainer, log, prepare_run_dir
     from unimatch.models import build_model
 
     parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
@@ -118,6 +118,7 @@ def train_main(task, argv, doc: str) -> dict:
     args = parser.parse_args(argv)
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     ctx = setup_distributed(args.device)
+    run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main)
     try:
         prepare_run_dir(default_save_dir(cfg))
         cfg = task.resolve_data(cfg, ctx)
@@ -131,6 +132,9 @@ def train_main(task, argv, doc: str) -> dict:
             log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in "
                      f"{default_save_dir(cfg)}")
         return result
+    except BaseException:
+        run_files.remove_if_untrained()
+        raise
     finally:
         cleanup()
 
