@@ -112,7 +112,8 @@ class PairDataset(Dataset):
         mask = read_label(path, self.class_values)
         if mask.shape != tuple(shape):
             raise DataError(f"label {path} is {mask.shape[1]}x{mask.shape[0]} but its images are "
-                            f"{shape[1]}x{shape[0]}")
+                            f"{shape[1]}x{shape[0]}; a label must cover its pair pixel for pixel: re-export it "
+                            f"at the images' size, or remove its name from the split file")
         return mask
 
 

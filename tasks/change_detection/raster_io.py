@@ -42,6 +42,7 @@ PERCENTILE_MAX_SIDE = 1024
 PERCENTILE_RANGE = (2.0, 98.0)
 DEFAULT_BANDS = (1, 2, 3)
 DEFAULT_CLASS_VALUES = (0, 255)
+REPLACE_FILE = "Replace the file with a complete one, or remove its name from the split file"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def open_raster(path: str | Path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as error:
-        raise DataError(f"cannot read raster {path}: {error}. Check that it is a valid GeoTIFF") from error
+        raise DataError(f"cannot read raster {path}: {error}. {REPLACE_FILE}") from error
 
 
 def raster_info(src) -> RasterInfo:
@@ -143,12 +144,16 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")
             array = np.asarray(image)
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+        raise DataError(f"cannot read image {path}: {error}. {REPLACE_FILE}") from error
     if array.ndim == 2:
         array = array[None]
     else:
         array = np.moveaxis(array, -1, 0)
     count, height, width = array.shape
+    if count == 1 and len(bands) > 1:
+        raise DataError(f"{path} is a grayscale (1-band) image, but bands {tuple(bands)} asks for {len(bands)}; "
+                        f"save it in colour like the other date, or, if every image is grayscale, train with "
+                        f"bands=[1] in_channels=2 channel_group_size=1")
     bands = check_bands(bands, count, path)
     array = array[[b - 1 for b in bands]]
     limits = None
@@ -218,7 +223,7 @@ def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VAL
             with Image.open(path) as image:
                 values = np.asarray(image.convert("RGB") if image.mode == "P" else image)
         except (OSError, ValueError) as error:
-            raise DataError(f"cannot read label {path}: {error}") from error
+            raise DataError(f"cannot read label {path}: {error}. {REPLACE_FILE}") from error
         if values.ndim == 3:
             if not (values[..., :3] == values[..., :1]).all():
                 raise DataError(f"label {path} is a colour image with differing channels; save it as a "
