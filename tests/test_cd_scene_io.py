@@ -237,13 +237,15 @@ def test_truncated_geotiff_is_one_error_naming_the_file(tmp_path, stretch):
     assert not list(tmp_path.glob("*change*"))
 
 
+@pytest.mark.parametrize("overwrite", [True, False])
 @pytest.mark.parametrize("which", ["before", "after"])
-def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which):
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which, overwrite):
+    """Without --overwrite too the message says it is an input (not "pass --overwrite")."""
     before, after = scene_pair(tmp_path, 40, 40)
     target = before if which == "before" else after
     original = target.read_bytes()
-    with pytest.raises(DataError, match="is one of the input scenes"):
-        predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=True,
+    with pytest.raises(DataError, match=f"would overwrite the input .*{target.name}"):
+        predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=overwrite,
                       progress=False)
     assert target.read_bytes() == original
 
