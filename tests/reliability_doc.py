@@ -243,6 +243,16 @@ def cd_bad_file(change: Callable[[Path, str], None], workers: int = 0):
     return run
 
 
+def cd_evaluate_with_a_bad_last_tile(base: Path, work: Path):
+    from tasks.change_detection import evaluate
+
+    root = copy(base, "cd", work)
+    names = [line.strip() for line in (root / "splits/val.txt").read_text().splitlines() if line.strip()]
+    truncate(root / "B" / names[-1])
+    return evaluate.main, ["--checkpoint", str(base / "change_detection.pth"), "--data-root", str(root),
+                           "--save-predictions", str(work / "preds"), "--device", "cpu"]
+
+
 def write_tif(path: Path, data: np.ndarray) -> Path:
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                        dtype=data.dtype) as dst:
@@ -388,6 +398,8 @@ CASES = [
         lambda root, name: Image.fromarray(np.zeros((40, 48), np.uint8)).save(root / "label" / name))),
     Case("change_detection", "grayscale A", cd_bad_file(
         lambda root, name: Image.open(root / "A" / name).convert("L").save(root / "A" / name))),
+    Case("change_detection", "`evaluate --save-predictions` with the last tile truncated (nothing is written)",
+         cd_evaluate_with_a_bad_last_tile),
     Case("change_detection", "`predict` with a truncated GeoTIFF (nothing is written)", cd_truncated_geotiff),
     Case("change_detection", "`predict --out` = `--before`, with `--overwrite`", cd_output_is_input),
     Case("change_detection", "`predict` onto an existing file without `--overwrite`", cd_existing_output),

@@ -91,6 +91,12 @@ def test_natural_center_crop_evaluation_writes_nothing_when_one_image_is_too_sma
     assert not (tmp_path / "preds").exists()
 
 
+def test_cd_evaluation_writes_no_prediction_when_one_tile_is_bad(clean, tmp_path):
+    line, status = outcome(doc.Case("change_detection", "", doc.cd_evaluate_with_a_bad_last_tile), clean, tmp_path)
+    assert status == 2 and "cannot read image" in line
+    assert not (tmp_path / "preds").exists()
+
+
 @pytest.mark.parametrize("make", [doc.predict_into_inputs, doc.acdc_output_is_input, doc.cd_output_is_input])
 def test_an_input_is_never_overwritten(make, clean, tmp_path):
     main, argv = make(clean, tmp_path)

@@ -270,6 +270,8 @@ class ChangeDetectionTask(Task):
         split_name = args.split or "val"
         split_file = split_path(cfg, split_name)
         loader = eval_loader(cfg, ctx, split_file)
+        if args.save_predictions is not None:
+            loader.dataset.check_every_pair()
         writer = mask_writer(prediction_folder(args.save_predictions, args.overwrite, ctx), cfg.class_values)
         mode = args.mode or cfg.eval_mode
         column = f"{split_name} %" if split_name in ("val", "test") else "score %"
