@@ -260,6 +260,28 @@ def write_tif(path: Path, data: np.ndarray) -> Path:
     return path
 
 
+def cd_truncated_geotiff_tile(base: Path, work: Path):
+    """A GeoTIFF tile set (A/, B/, label/ of .tif) whose first labelled A tile lost its last fifth."""
+    root = work / "tifs"
+    rng = np.random.default_rng(0)
+    names = [f"t{i}.tif" for i in range(6)]
+    for folder in ("A", "B", "label"):
+        (root / folder).mkdir(parents=True)
+    for name in names:
+        write_tif(root / "A" / name, rng.integers(0, 256, (3, 96, 48), dtype=np.uint8))
+        write_tif(root / "B" / name, rng.integers(0, 256, (3, 96, 48), dtype=np.uint8))
+        write_tif(root / "label" / name, (rng.random((1, 96, 48)) < 0.1).astype(np.uint8) * 255)
+    (root / "splits").mkdir()
+    for kind, chosen in (("labeled", names[:2]), ("unlabeled", names[2:]), ("val", names[:2])):
+        (root / "splits" / f"{kind}.txt").write_text("".join(f"{name}\n" for name in chosen))
+    data = (root / "A" / names[0]).read_bytes()
+    (root / "A" / names[0]).write_bytes(data[: int(len(data) * 0.8)])
+    main, argv = cd_train(root, work)
+    argv[argv.index("--labeled-split") + 1] = "splits/labeled.txt"
+    argv[argv.index("--unlabeled-split") + 1] = "splits/unlabeled.txt"
+    return main, argv
+
+
 def cd_predict(base: Path, before: Path, after: Path, out: Path, *extra: str):
     from tasks.change_detection import predict
 
@@ -398,6 +420,7 @@ CASES = [
         lambda root, name: Image.fromarray(np.zeros((40, 48), np.uint8)).save(root / "label" / name))),
     Case("change_detection", "grayscale A", cd_bad_file(
         lambda root, name: Image.open(root / "A" / name).convert("L").save(root / "A" / name))),
+    Case("change_detection", "truncated GeoTIFF tile (training)", cd_truncated_geotiff_tile),
     Case("change_detection", "`evaluate --save-predictions` with the last tile truncated (nothing is written)",
          cd_evaluate_with_a_bad_last_tile),
     Case("change_detection", "`predict` with a truncated GeoTIFF (nothing is written)", cd_truncated_geotiff),

@@ -72,6 +72,13 @@ def open_raster(path: str | Path):
         raise DataError(f"cannot read raster {path}: {error}. {REPLACE_FILE}") from error
 
 
+def unreadable_raster(path, error: Exception) -> DataError:
+    """A GeoTIFF whose pixels cannot be read (truncated, corrupt): the file and the fix."""
+    detail = str(error.__cause__ or error.__context__ or error).rstrip(".")
+    return DataError(f"cannot read the pixels of raster {path}: {detail}. The file may be truncated or corrupt. "
+                     f"{REPLACE_FILE}")
+
+
 def raster_info(src) -> RasterInfo:
     return RasterInfo(str(src.name), src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform)
 
@@ -128,7 +135,10 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
         with open_raster(path) as src:
             info = raster_info(src)
             bands = check_bands(bands, src.count, path)
-            array = require_finite(src.read(bands), path, src.nodata)
+            try:
+                array = require_finite(src.read(bands), path, src.nodata)
+            except RasterioIOError as error:
+                raise unreadable_raster(path, error) from error
             limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
             if src.nodata is not None and array.dtype != np.uint8:
                 nodata = np.any(array == src.nodata, axis=0)
@@ -217,7 +227,10 @@ def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VAL
     path = Path(path)
     if is_geotiff(path):
         with open_raster(path) as src:
-            values = src.read(1)
+            try:
+                values = src.read(1)
+            except RasterioIOError as error:
+                raise unreadable_raster(path, error) from error
     else:
         try:
             with Image.open(path) as image:
