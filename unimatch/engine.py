@@ -151,7 +151,8 @@ class NewRunFiles:
         if any((self.save_dir / name).exists() for name in ("latest.pth", "best.pth")):
             return
         for handler in list(log.handlers):
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == self.save_dir:
+            if isinstance(handler, logging.FileHandler) and \
+                    Path(handler.baseFilename).parent == self.save_dir.resolve():
                 handler.close()
                 log.removeHandler(handler)
         for name in RUN_FILES:
