@@ -371,6 +371,20 @@ def acdc_existing_output(base: Path, work: Path):
     return acdc_predict(base, scan, work / "seg")
 
 
+def acdc_train_with(pattern: str, change: Callable[[Path], None]):
+    """Training on a copy of the phantom in which ``change`` spoilt every file matching ``pattern``."""
+    def run(base: Path, work: Path):
+        from tasks.acdc import train
+
+        root = copy(base, "acdc", work)
+        for path in root.rglob(pattern):
+            change(path)
+        return train.main, ["--data-root", str(root), "--cases", "1", "--save-dir", str(work / "run"), "--epochs", "1",
+                            "--batch-size", "4", "--num-workers", "0", "--seed", "0", "--no-progress", "--device",
+                            "cpu", *TINY_ACDC]
+    return run
+
+
 def unknown_nested_key(base: Path, work: Path):
     from tasks.acdc import train
 
@@ -433,6 +447,9 @@ CASES = [
     Case("acdc", "`predict --output` = the input folder holding `a.nii.gz` and `a_seg.nii.gz`, with `--overwrite`",
          acdc_output_is_input),
     Case("acdc", "`predict` onto an existing label map without `--overwrite`", acdc_existing_output),
+    Case("acdc", "truncated `.nii.gz` images in the training data", acdc_train_with("*_frame??.nii.gz", truncate)),
+    Case("acdc", "zero-byte ground truth `*_gt.nii.gz` in the training data", acdc_train_with(
+        "*_gt.nii.gz", lambda label: label.write_bytes(b""))),
     Case("acdc", "unknown nested config key `criterion.nme=OHEM`", unknown_nested_key),
     Case("acdc", "loss becoming NaN/Inf (`lr=1e30`)", non_finite_loss),
 ]
