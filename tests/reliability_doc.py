@@ -499,8 +499,9 @@ python -m tests.reliability_doc
 
 A user error is one `error:` line and exit status 2; training that fails before its first
 checkpoint leaves no run files behind (`config.yaml`, `train.log`, `metrics.jsonl`,
-`tensorboard/`, `split.json`; the folder too when the run created it), and `predict`/`evaluate`
-check every input before they write their first output.
+`tensorboard/`, `split.json`; the folder too when the run created it); `predict` and
+`evaluate --save-predictions` check every input before they write their first output; an output
+that is one of the inputs is refused even with `--overwrite`.
 """
 
 
