@@ -237,13 +237,15 @@ def test_truncated_geotiff_is_one_error_naming_the_file(tmp_path, stretch):
     assert not list(tmp_path.glob("*change*"))
 
 
+@pytest.mark.parametrize("overwrite", [True, False])
 @pytest.mark.parametrize("which", ["before", "after"])
-def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which):
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, which, overwrite):
+    """Without --overwrite too the message says it is an input (not "pass --overwrite")."""
     before, after = scene_pair(tmp_path, 40, 40)
     target = before if which == "before" else after
     original = target.read_bytes()
-    with pytest.raises(DataError, match="is one of the input scenes"):
-        predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=True,
+    with pytest.raises(DataError, match=f"would overwrite the input .*{target.name}"):
+        predict_scene(before, after, target, TinyChangeNet(), window=32, overlap=8, overwrite=overwrite,
                       progress=False)
     assert target.read_bytes() == original
 
@@ -258,3 +260,14 @@ def test_float_scene_with_nan_is_named_and_leaves_no_output(tmp_path):
         predict_scene(before, after, tmp_path / "out.tif", TinyChangeNet(), window=16, overlap=4, stretch=1.0,
                       progress=False)
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_scene_truncated_after_its_first_strips_leaves_no_output_and_no_temporary_file(tmp_path):
+    """The windows of the first strips are predicted (and a temporary output opened) before the
+    broken strip is read; the error still leaves the folder as it was."""
+    before, after = scene_pair(tmp_path, 200, 64)
+    data = after.read_bytes()
+    after.write_bytes(data[: int(len(data) * 0.8)])
+    with pytest.raises(DataError, match="after.tif: cannot read rows"):
+        predict_scene(before, after, tmp_path / "change.tif", TinyChangeNet(), window=32, overlap=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.tif", "before.tif"]

@@ -1,4 +1,5 @@
-"""write_once: the one place where generated datasets are cached atomically."""
+"""write_once: the one place where generated datasets are cached atomically; find_split_file and
+refuse_overwriting_inputs, the rules every task shares for split paths and outputs."""
 import json
 
 import pytest
@@ -45,3 +46,59 @@ def test_other_parameters_or_a_foreign_folder_are_refused(tmp_path):
     with pytest.raises(DataError, match="no readable meta.json"):
         write_once(foreign, {"seed": 1}, lambda folder: None)
     assert (foreign / "mine.txt").read_text() == "keep"
+
+
+# ----------------------------------------------------------------------------- split files, inputs as outputs
+
+def test_relative_split_found_under_the_data_root_from_any_folder(tmp_path, monkeypatch):
+    from unimatch.paths import find_split_file
+
+    root = tmp_path / "data"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "labeled.txt").write_text("a\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert find_split_file("splits/labeled.txt", root) == str(root / "splits" / "labeled.txt")
+    (elsewhere / "splits").mkdir()
+    (elsewhere / "splits" / "labeled.txt").write_text("b\n")
+    assert find_split_file("splits/labeled.txt", root) == "splits/labeled.txt"   # as given wins when it exists
+    assert find_split_file("splits/none.txt", root) == "splits/none.txt"         # the reader reports it missing
+    assert find_split_file(None, root) is None
+
+
+@pytest.mark.parametrize("task", ["natural", "change_detection", "acdc"])
+def test_every_task_resolves_relative_splits_under_the_data_root(task, tmp_path, monkeypatch):
+    import importlib
+
+    from unimatch.config import load_config
+    from unimatch.paths import config_path
+
+    common = importlib.import_module(f"tasks.{task}.common")
+    root = tmp_path / "data"
+    (root / "lists").mkdir(parents=True)
+    for kind in ("labeled", "unlabeled", "val"):
+        (root / "lists" / f"{kind}.txt").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(config_path(task, "synthetic.yaml"), schema=common.TASK.config_class, data_root=str(root),
+                      labeled_split="lists/labeled.txt", unlabeled_split="lists/unlabeled.txt",
+                      val_split="lists/val.txt")
+    resolved = common.TASK.resolve_data(cfg)
+    for kind in ("labeled", "unlabeled", "val"):
+        assert getattr(resolved, f"{kind}_split") == str(root / "lists" / f"{kind}.txt")
+
+
+def test_an_output_that_is_an_input_is_refused_by_path_or_by_link(tmp_path):
+    import os
+
+    from unimatch.paths import refuse_overwriting_inputs
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(b"x")
+    with pytest.raises(DataError, match="would overwrite the input"):
+        refuse_overwriting_inputs([tmp_path / "in" / ".." / "in" / "a.png"], [image])
+    os.link(image, tmp_path / "hard.png")
+    with pytest.raises(DataError, match="would overwrite the input"):
+        refuse_overwriting_inputs([tmp_path / "hard.png"], [image])
+    refuse_overwriting_inputs([tmp_path / "in" / "b.png", None], [image])

@@ -115,7 +115,7 @@ def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
-    from unimatch.engine import Trainer, check_resumable, describe_changes, log, prepare_run_dir
+    from unimatch.engine import NewRunFiles, Trainer, check_resumable, describe_changes, log, prepare_run_dir
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, prepare_model
 
@@ -125,6 +125,7 @@ def train_main(task, argv, doc: str) -> dict:
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
     ctx = setup_distributed(args.device)
+    run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main)
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
         cfg = task.resolve_data(cfg, ctx)
@@ -141,6 +142,9 @@ def train_main(task, argv, doc: str) -> dict:
         if ctx.is_main:
             log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in {save_dir}")
         return result
+    except BaseException:
+        run_files.remove_if_untrained()
+        raise
     finally:
         cleanup()
 

@@ -191,6 +191,45 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
     return changes
 
 
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard", "split.json")
+
+
+class NewRunFiles:
+    """The files a training run adds to its folder, removed again when it fails before it saved a
+    checkpoint: a run that never trained leaves nothing that looks like a run. Files of an earlier
+    run (anything there when the run began) and any folder that holds a checkpoint are never touched."""
+
+    def __init__(self, save_dir: Path, is_main: bool):
+        self.save_dir = Path(save_dir)
+        self.created_folder = not self.save_dir.exists()
+        self.present = set() if self.created_folder or not self.save_dir.is_dir() else \
+            {p.name for p in self.save_dir.iterdir()}
+        self.active = is_main and "latest.pth" not in self.present
+
+    def remove_if_untrained(self) -> None:
+        import shutil
+
+        if not self.active or not self.save_dir.is_dir():
+            return
+        if any((self.save_dir / name).exists() for name in ("latest.pth", "best.pth")):
+            return
+        for handler in list(log.handlers):
+            if isinstance(handler, logging.FileHandler) and \
+                    Path(handler.baseFilename).parent == self.save_dir.resolve():
+                handler.close()
+                log.removeHandler(handler)
+        for name in RUN_FILES:
+            path = self.save_dir / name
+            if name in self.present or not path.exists():
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if self.created_folder and not any(self.save_dir.iterdir()):
+            self.save_dir.rmdir()
+
+
 def autocast_for(cfg: Config, device: torch.device):
     """The autocast context of ``cfg.amp`` on ``device`` (see :mod:`unimatch.precision`)."""
     return precision.autocast_for(cfg.amp, device)

@@ -74,6 +74,20 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
     return check()
 
 
+def find_split_file(given: str | os.PathLike | None, data_root: str | os.PathLike | None) -> str | None:
+    """The split file a user means by ``given``: the path as given when it exists (or is absolute),
+    else the same relative path under ``data_root`` when it exists there (so ``--labeled-split
+    splits/5%/labeled.txt`` works from any folder), else ``given`` unchanged for the reader to
+    report as missing. Every task resolves its split options through this one rule."""
+    if given is None:
+        return None
+    path = Path(given)
+    if path.is_file() or path.is_absolute() or data_root is None:
+        return str(given)
+    under_root = Path(data_root) / path
+    return str(under_root) if under_root.is_file() else str(given)
+
+
 def refuse_existing(paths, overwrite: bool) -> None:
     """The one overwrite guard: output files that exist already stop the work before it starts,
     unless ``overwrite`` (``--overwrite``)."""
@@ -81,6 +95,24 @@ def refuse_existing(paths, overwrite: bool) -> None:
     if existing and not overwrite:
         raise DataError(f"{existing[0]} already exists ({len(existing)} output file(s) exist already), refusing to "
                         "overwrite: choose another path or pass --overwrite (overwrite=True in Python)")
+
+
+def refuse_overwriting_inputs(outputs, inputs) -> None:
+    """An output path that is one of the inputs stops the work, even with ``--overwrite``: writing
+    it would destroy an input (a photo, a scan, a scene) that cannot be made again. Call it before
+    :func:`refuse_existing`, whose advice (``--overwrite``) would be wrong here."""
+    by_path = {}
+    for path in inputs:
+        by_path.setdefault(Path(path).resolve(), Path(path))
+    for output in outputs:
+        if output is None:
+            continue
+        source = by_path.get(Path(output).resolve())
+        if source is None and Path(output).exists():
+            source = next((p for p in by_path.values() if p.exists() and os.path.samefile(p, output)), None)
+        if source is not None:
+            raise DataError(f"output {output} would overwrite the input {source}; choose an output folder or name "
+                            "that is not an input (--overwrite never replaces an input)")
 
 
 def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:

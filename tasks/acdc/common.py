@@ -24,7 +24,7 @@ from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor
-from unimatch.paths import config_path, refuse_existing
+from unimatch.paths import config_path, find_split_file, refuse_existing
 from unimatch.report import write_json
 from unimatch.task import EvaluationReport, Task
 
@@ -156,6 +156,7 @@ def eval_volumes(cfg: AcdcConfig, which: str) -> VolumeDataset:
                                   "pass the list with --split FILE (or test_split=FILE)")
             return build_eval_volumes(cfg.data_root, which, list_file=list_file, **common)
         return build_eval_volumes(cfg.data_root, which, **common)
+    which = find_split_file(which, cfg.data_root)
     if not Path(which).is_file():
         raise DataError(f"--split {which}: not 'val', 'test' or an existing list file")
     return build_eval_volumes(cfg.data_root, which, list_file=which, **common)
@@ -182,9 +183,12 @@ class AcdcTask(Task):
     default_config = config_path("acdc", "synthetic.yaml")
 
     def resolve_data(self, cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
-        """Fill in ``data_root``: the synthetic phantom (written once, by rank 0) when none is given."""
+        """Fill in ``data_root`` (the synthetic phantom, written once by rank 0, when none is given)
+        and find relative list files under it (:func:`unimatch.paths.find_split_file`)."""
         if cfg.data_root_given:
-            return cfg
+            return dataclasses.replace(cfg, **{key: find_split_file(getattr(cfg, key), cfg.data_root)
+                                               for key in ("labeled_split", "unlabeled_split", "val_split",
+                                                           "test_split")})
         if cfg.dataset != "synthetic":
             raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root: the ACDC folder holding data/*.h5 "
                               "(preprocessed) or training/patientXXX/ (raw download)")

@@ -156,7 +156,8 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
     """
     path = Path(path)
     label = np.asarray(label)
-    ref_shape = tuple(reference_img.shape[:3])
+    grid = tuple(reference_img.shape[:3])
+    ref_shape = grid + (1,) * (3 - len(grid))   # a 2-D source is one slice
     expected = (ref_shape[2], ref_shape[1], ref_shape[0])
     if label.shape != expected:
         raise DataError(f"{path}: label shape {label.shape} does not match the reference volume (Z,Y,X) {expected}")
@@ -166,11 +167,11 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
 
     header = reference_img.header.copy()
     header.set_data_dtype(np.uint8)
-    header.set_data_shape(ref_shape)
+    header.set_data_shape(grid)
     header["scl_slope"] = 1.0
     header["scl_inter"] = 0.0
     affine = reference_img.affine
-    out = nib.Nifti1Image(to_nibabel(label.astype(np.uint8)), affine, header)
+    out = nib.Nifti1Image(to_nibabel(label.astype(np.uint8)).reshape(grid), affine, header)
     _, sform_code = reference_img.header.get_sform(coded=True)
     _, qform_code = reference_img.header.get_qform(coded=True)
     out.set_sform(affine, code=int(sform_code) or 1)

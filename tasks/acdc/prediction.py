@@ -16,7 +16,7 @@ from tasks.acdc.nifti_io import NiftiVolume, list_nifti_files, nifti_stem, read_
 from tasks.acdc.readers import normalize_intensity
 from unimatch.errors import DataError
 from unimatch.inference import Predictor
-from unimatch.paths import refuse_existing
+from unimatch.paths import refuse_existing, refuse_overwriting_inputs
 
 # RV red, Myo green, LV blue (class ids 1, 2, 3)
 OVERLAY_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], dtype=np.float32)
@@ -74,7 +74,9 @@ def plan_predictions(args) -> list[tuple[NiftiVolume, Path, list[Path]]]:
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise DataError(f"{args.input}: several inputs would write {duplicates[0]}; predict them separately")
-    refuse_existing([p for _, label, pngs in plan for p in [label, *pngs]], args.overwrite)
+    outputs = [p for _, label, pngs in plan for p in [label, *pngs]]
+    refuse_overwriting_inputs(outputs, [volume.path for volume, _, _ in plan])
+    refuse_existing(outputs, args.overwrite)
     return plan
 
 

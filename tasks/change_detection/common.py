@@ -25,7 +25,7 @@ from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
-from unimatch.paths import config_path
+from unimatch.paths import config_path, find_split_file
 from unimatch.report import format_table
 from unimatch.task import EvaluationReport, Task
 
@@ -157,10 +157,7 @@ def find_split(cfg: CDConfig, kind: str, given: Optional[str]) -> Optional[Path]
     ``<root>/splits/<kind>.txt`` or ``<root>/<kind>.txt``; None when there is none."""
     root = Path(cfg.data_root)
     if given:
-        path = Path(given)
-        if path.is_file() or path.is_absolute():
-            return path
-        return root / path if (root / path).is_file() else path
+        return Path(find_split_file(given, root))
     for candidate in (root / "splits" / f"{kind}.txt", root / f"{kind}.txt"):
         if candidate.is_file():
             return candidate
@@ -186,6 +183,7 @@ def split_path(cfg: CDConfig, split: Optional[str]) -> str:
     """``val``/``test`` (the config's lists) or a split file's path; default ``val``."""
     if split in (None, "val", "test"):
         return required_split(cfg, split or "val")
+    split = find_split_file(split, cfg.data_root)
     if not Path(split).is_file():
         raise DataError(f"split file {split} does not exist (give val, test or the path of a split file)")
     return split
@@ -281,6 +279,8 @@ class ChangeDetectionTask(Task):
         split_name = args.split or "val"
         split_file = split_path(cfg, split_name)
         loader = eval_loader(cfg, ctx, split_file)
+        if args.save_predictions is not None:
+            loader.dataset.check_every_pair()
         writer = mask_writer(prediction_folder(args.save_predictions, args.overwrite, ctx), cfg.class_values)
         mode = args.mode or cfg.eval_mode
         column = f"{split_name} %" if split_name in ("val", "test") else "score %"

@@ -107,12 +107,21 @@ class PairDataset(Dataset):
         return read_pair(self.root / self.folders[0] / name, self.root / self.folders[1] / name,
                          self.bands, self.stretch)
 
+    def check_every_pair(self) -> None:
+        """Read every pair (and label) once, so a bad file stops a command before it writes its first
+        output rather than after it wrote some."""
+        for name in self.names:
+            image_a, _ = self.read_images(name)
+            if len(self.folders) == 3:
+                self.read_mask(name, image_a.shape[1:])
+
     def read_mask(self, name: str, shape) -> np.ndarray:
         path = self.root / self.folders[2] / name
         mask = read_label(path, self.class_values)
         if mask.shape != tuple(shape):
             raise DataError(f"label {path} is {mask.shape[1]}x{mask.shape[0]} but its images are "
-                            f"{shape[1]}x{shape[0]}")
+                            f"{shape[1]}x{shape[0]}; a label must cover its pair pixel for pixel: re-export it "
+                            f"at the images' size, or remove its name from the split file")
         return mask
 
 

@@ -42,6 +42,7 @@ PERCENTILE_MAX_SIDE = 1024
 PERCENTILE_RANGE = (2.0, 98.0)
 DEFAULT_BANDS = (1, 2, 3)
 DEFAULT_CLASS_VALUES = (0, 255)
+REPLACE_FILE = "Replace the file with a complete one, or remove its name from the split file"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,14 @@ def open_raster(path: str | Path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as error:
-        raise DataError(f"cannot read raster {path}: {error}. Check that it is a valid GeoTIFF") from error
+        raise DataError(f"cannot read raster {path}: {error}. {REPLACE_FILE}") from error
+
+
+def unreadable_raster(path, error: Exception) -> DataError:
+    """A GeoTIFF whose pixels cannot be read (truncated, corrupt): the file and the fix."""
+    detail = str(error.__cause__ or error.__context__ or error).rstrip(".")
+    return DataError(f"cannot read the pixels of raster {path}: {detail}. The file may be truncated or corrupt. "
+                     f"{REPLACE_FILE}")
 
 
 def raster_info(src) -> RasterInfo:
@@ -127,7 +135,10 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
         with open_raster(path) as src:
             info = raster_info(src)
             bands = check_bands(bands, src.count, path)
-            array = require_finite(src.read(bands), path, src.nodata)
+            try:
+                array = require_finite(src.read(bands), path, src.nodata)
+            except RasterioIOError as error:
+                raise unreadable_raster(path, error) from error
             limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
             if src.nodata is not None and array.dtype != np.uint8:
                 nodata = np.any(array == src.nodata, axis=0)
@@ -143,12 +154,16 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")
             array = np.asarray(image)
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
+        raise DataError(f"cannot read image {path}: {error}. {REPLACE_FILE}") from error
     if array.ndim == 2:
         array = array[None]
     else:
         array = np.moveaxis(array, -1, 0)
     count, height, width = array.shape
+    if count == 1 and len(bands) > 1:
+        raise DataError(f"{path} is a grayscale (1-band) image, but bands {tuple(bands)} asks for {len(bands)}; "
+                        f"save it in colour like the other date, or, if every image is grayscale, train with "
+                        f"bands=[1] in_channels=2 channel_group_size=1")
     bands = check_bands(bands, count, path)
     array = array[[b - 1 for b in bands]]
     limits = None
@@ -212,13 +227,16 @@ def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VAL
     path = Path(path)
     if is_geotiff(path):
         with open_raster(path) as src:
-            values = src.read(1)
+            try:
+                values = src.read(1)
+            except RasterioIOError as error:
+                raise unreadable_raster(path, error) from error
     else:
         try:
             with Image.open(path) as image:
                 values = np.asarray(image.convert("RGB") if image.mode == "P" else image)
         except (OSError, ValueError) as error:
-            raise DataError(f"cannot read label {path}: {error}") from error
+            raise DataError(f"cannot read label {path}: {error}. {REPLACE_FILE}") from error
         if values.ndim == 3:
             if not (values[..., :3] == values[..., :1]).all():
                 raise DataError(f"label {path} is a colour image with differing channels; save it as a "

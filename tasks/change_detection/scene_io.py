@@ -47,7 +47,7 @@ from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_
                                               open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
-from unimatch.paths import refuse_existing
+from unimatch.paths import refuse_existing, refuse_overwriting_inputs
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
@@ -243,13 +243,10 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
     if fmt is None:
         raise DataError(f"output {out_path} must end in .tif, .tiff or .png")
     outputs = [out_path] + ([probability_png_path(out_path)] if fmt == "PNG" and write_probability else [])
+    refuse_overwriting_inputs(outputs, [before_path, after_path])
     refuse_existing(outputs, overwrite)
     if not out_path.parent.is_dir():
         raise DataError(f"output folder {out_path.parent} does not exist")
-    inputs = {before_path.resolve(), after_path.resolve()}
-    clashing = [str(p) for p in outputs if p.resolve() in inputs]
-    if clashing:
-        raise DataError(f"output {', '.join(clashing)} is one of the input scenes; choose another output path")
     if is_geotiff(before_path) != is_geotiff(after_path):
         raise DataError(f"one date is a GeoTIFF and the other is not: {before_path} and {after_path}")
 

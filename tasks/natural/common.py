@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset
+from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
 from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
@@ -22,7 +22,7 @@ from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation, predict
-from unimatch.paths import config_path, refuse_existing
+from unimatch.paths import config_path, find_split_file, refuse_existing, refuse_overwriting_inputs
 from unimatch.report import segmentation_report
 from unimatch.task import EvaluationReport, Task
 
@@ -83,8 +83,8 @@ class NaturalTask(Task):
         else:
             folder = Path(root)
         for kind in ("labeled", "unlabeled", "val"):
-            if getattr(cfg, f"{kind}_split") is None:
-                changes[f"{kind}_split"] = str(folder / f"{kind}.txt")
+            given = getattr(cfg, f"{kind}_split")
+            changes[f"{kind}_split"] = str(folder / f"{kind}.txt") if given is None else find_split_file(given, root)
         return dataclasses.replace(cfg, **changes)
 
     def training_sets(self, cfg: Config):
@@ -110,8 +110,12 @@ class NaturalTask(Task):
         add_mode_argument(parser)
 
     def evaluate(self, predictor: Predictor, cfg: Config, ctx: DistContext, args) -> EvaluationReport:
-        split = args.split or cfg.val_split
+        split = find_split_file(args.split, cfg.data_root) or cfg.val_split
         loader = val_loader(cfg, ctx, split)
+        mode = args.mode or cfg.eval_mode
+        if args.save_predictions is not None or mode == "center_crop":
+            check_entries(loader.dataset.entries, nclass=cfg.nclass,
+                          centre_crop=cfg.crop_size if mode == "center_crop" else None)
         writer = None
         directory = prediction_folder(args.save_predictions, args.overwrite, ctx)
         if directory is not None:
@@ -119,7 +123,6 @@ class NaturalTask(Task):
 
             def writer(sample_id, pred, mask):
                 save_palette_png(pred.cpu().numpy(), directory / f"{sample_id}.png", palette, overwrite=args.overwrite)
-        mode = args.mode or cfg.eval_mode
         result = evaluate_model(predictor, cfg, loader, mode, writer)
         summary = {"split": str(split), "mode": mode}
         return EvaluationReport(f"{args.checkpoint} on {split} ({len(loader.dataset)} images, mode {mode})",
@@ -142,7 +145,11 @@ class NaturalTask(Task):
             dataset = ImageFolderDataset(args.input)
         if not len(dataset):
             raise DataError(f"{args.input}: no image to predict")
-        refuse_existing([args.output / f"{entry.sample_id}.png" for entry in dataset.entries], args.overwrite)
+        outputs = [args.output / f"{entry.sample_id}{suffix}" for entry in dataset.entries
+                   for suffix in ([".png", "_overlay.jpg"] if args.overlay else [".png"])]
+        refuse_overwriting_inputs(outputs, [entry.image for entry in dataset.entries])
+        refuse_existing(outputs, args.overwrite)
+        check_entries(dataset.entries, orient=True, centre_crop=cfg.crop_size if args.mode == "center_crop" else None)
         return dataset
 
     def predict(self, predictor: Predictor, cfg: Config, args, dataset: ImageFolderDataset) -> list[Path]:

@@ -25,9 +25,11 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from tasks.natural.layouts import IMAGE_SUFFIXES, SplitEntry, get_layout, read_split
+from tasks.natural.layouts import (CITYSCAPES_TRAIN_IDS_HOWTO, IMAGE_SUFFIXES, SplitEntry, get_layout,
+                                   looks_like_cityscapes_label_ids, read_split)
 from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
+from unimatch.inference import center_crop_box
 
 # ----------------------------------------------------------------------------- decoding
 
@@ -45,8 +47,8 @@ def load_image(entry: SplitEntry, orient: bool = False) -> np.ndarray:
                 image = ImageOps.exif_transpose(image)
             return to_rgb8(image, entry.image)
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{entry.where()}: cannot decode image {entry.image} ({error}); "
-                        "replace the file or remove the line") from None
+        where = f"{entry.where()}: " if entry.line_number else ""
+        raise DataError(f"{where}cannot decode image {entry.image} ({error}); {entry.remedy()}") from None
 
 
 def to_rgb8(image: Image.Image, path) -> np.ndarray:
@@ -69,8 +71,7 @@ def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int]) -> n
         with Image.open(entry.mask) as mask_image:
             mask = np.asarray(mask_image)
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{entry.where()}: cannot decode mask {entry.mask} ({error}); "
-                        "replace the file or remove the line") from None
+        raise DataError(f"{entry.where()}: cannot decode mask {entry.mask} ({error}); {entry.remedy()}") from None
     if mask.ndim != 2:
         raise DataError(
             f"{entry.where()}: mask {entry.mask} has shape {mask.shape}; expected a single-channel PNG of class "
@@ -86,11 +87,27 @@ def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int]) -> n
         invalid |= mask < 0
     if invalid.any():
         values = np.unique(mask[invalid])[:10].tolist()
+        if looks_like_cityscapes_label_ids(entry.mask, np.unique(mask), nclass):
+            raise DataError(f"{entry.where()}: mask {entry.mask} holds Cityscapes label ids (values {values} are "
+                            f"not train ids < {nclass}); {CITYSCAPES_TRAIN_IDS_HOWTO}")
         raise DataError(
             f"{entry.where()}: mask {entry.mask} holds values {values} that are neither class ids < {nclass} nor "
             f"{IGNORE_INDEX} (ignore); fix the mask, or the number of classes (nclass) if it is wrong"
         )
     return mask.astype(np.uint8)
+
+
+def check_entries(entries: list[SplitEntry], *, nclass: int | None = None, centre_crop: int | None = None,
+                  orient: bool = False) -> None:
+    """Decode every image (and, with ``nclass``, check its mask) once, and with ``centre_crop``
+    check that it holds the crop, so a bad file stops a command before it writes its first output
+    rather than after it wrote some."""
+    for entry in entries:
+        image = load_image(entry, orient=orient)
+        if nclass is not None:
+            load_mask(entry, nclass, image.shape[:2])
+        if centre_crop is not None:
+            center_crop_box(image.shape[0], image.shape[1], centre_crop, str(entry.image))
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:

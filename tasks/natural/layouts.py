@@ -81,6 +81,21 @@ def _pascal_mask(image: str) -> str:
 
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 _CITYSCAPES_MASK_SUFFIX = "_gtFine_labelTrainIds.png"
+CITYSCAPES_TRAIN_IDS_HOWTO = (
+    "generate the *_gtFine_labelTrainIds.png files (train ids 0..18, 255 = ignore) with cityscapesScripts' "
+    "createTrainIdLabelImgs.py (pip install cityscapesscripts; CITYSCAPES_DATASET=<data root> "
+    "csCreateTrainIdLabelImgs) and list those"
+)
+
+
+def looks_like_cityscapes_label_ids(mask_path: Path, values, nclass: int) -> bool:
+    """A Cityscapes ``*_labelIds.png`` (ids 0..33) where train ids are expected: by its name, or by
+    values that only label ids have (24..33: person, rider, car, ...) in a 19-class mask."""
+    if Path(mask_path).name.endswith("_labelIds.png"):
+        return True
+    values = [int(v) for v in values]
+    return nclass == 19 and bool(values) and all(v <= 33 or v == 255 for v in values) and \
+        any(24 <= v <= 33 for v in values)
 
 
 def _cityscapes_paths(sample_id: str, root: Path) -> tuple[str, str]:
@@ -158,6 +173,11 @@ class SplitEntry:
         """``<split file>:<line>`` (or the image path when listed from a folder): where to look when it is bad."""
         return f"{self.split_file}:{self.line_number}" if self.line_number else str(self.image)
 
+    def remedy(self) -> str:
+        """What to do about a bad file of this entry: it came from a split line or from a folder."""
+        return "replace the file or remove the line" if self.line_number else \
+            "replace the file or move it out of the input folder"
+
 
 def parse_split_line(line: str, layout: Layout, root: Path) -> tuple[str, str]:
     """Root-relative (image, mask) paths of one non-blank split line in any supported format."""
@@ -212,6 +232,9 @@ def read_split(
             mask = None
             if need_masks:
                 mask = root / mask_rel
+                if layout.name == "cityscapes" and mask.name.endswith("_labelIds.png"):
+                    raise DataError(f"{split_file}:{line_number}: mask {mask} holds Cityscapes label ids, not the "
+                                    f"train ids UniMatch trains on; {CITYSCAPES_TRAIN_IDS_HOWTO}")
                 if not mask.is_file():
                     raise DataError(
                         f"{split_file}:{line_number}: mask file {mask} does not exist; check the data root "

@@ -184,7 +184,9 @@ def load_backbone_weights(backbone: ResNet, source: str | Path) -> None:
         path = Path(source).expanduser()
         if not path.is_file():
             raise CheckpointError(f"pretrained weights file not found: {path}. Give a path to resnet50.pth / "
-                                  f"resnet101.pth (official) or a torchvision checkpoint, or 'torchvision' to download.")
+                                  f"resnet101.pth (official, linked from the UniMatch repository's README) or a "
+                                  f"torchvision checkpoint, pretrained=torchvision deep_stem=false to download "
+                                  f"torchvision's, or pretrained=null to train from scratch")
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         origin = str(path)
     state_dict = {k: v for k, v in strip_wrappers(state_dict).items() if not k.startswith(CLASSIFIER_PREFIXES)}

@@ -1,0 +1,535 @@
+"""Bad inputs and what a user sees: the cases behind docs/reliability.md.
+
+Each case writes a real bad file (truncated, zero-byte, wrong values, wrong size, ...) into a
+copy of a tiny synthetic dataset, runs a real entry point through
+:func:`unimatch.cli.exit_on_user_error` and records the ``error:`` line and the exit status,
+with temporary paths replaced by ``<tmp>``. ``tests/test_reliability.py`` checks that the
+document holds every row; ``python -m tests.reliability_doc`` rewrites the document.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "reliability.md"
+TASKS = {"natural": "Natural images", "change_detection": "Change detection", "acdc": "Cardiac MRI (ACDC)"}
+TINY_2D = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
+           "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0"]
+TINY_ACDC = ["crop_size=32", "feature_channels=[4,8,16,32,64]"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``run(base, work)`` builds it in ``work`` from the clean data under ``base``
+    and returns ``(entry point main, argv)``."""
+
+    task: str
+    title: str
+    run: Callable[[Path, Path], tuple[Callable, list[str]]]
+
+
+# ----------------------------------------------------------------------------- clean data
+
+def build_clean_data(base: Path) -> None:
+    """Tiny clean datasets and one untrained checkpoint (with its config) per task under ``base``."""
+    import dataclasses
+
+    from tasks.acdc.common import AcdcConfig
+    from tasks.acdc.synthetic import ensure_synthetic_acdc
+    from tasks.change_detection.common import CDConfig
+    from tasks.change_detection.synthetic import ensure_synthetic_cd
+    from tasks.natural.common import NaturalConfig
+    from tasks.natural.synthetic import ensure_synthetic_voc
+    from unimatch.config import load_config
+    from unimatch.models import build_model
+    from unimatch.paths import config_path
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        ensure_synthetic_voc(base / "voc", n_images=12, size=40, seed=3, labeled_fraction=0.34)
+        ensure_synthetic_cd(base / "cd", n_train=8, n_val=2, n_test=2, tile=48, seed=3)
+        ensure_synthetic_acdc(base / "acdc", n_patients=6, image_size=48, n_slices=(3, 4), seed=5)
+    for task, schema, extra in (("natural", NaturalConfig, TINY_2D), ("change_detection", CDConfig, TINY_2D),
+                                ("acdc", AcdcConfig, TINY_ACDC)):
+        cfg = load_config(config_path(task, "synthetic.yaml"), extra, schema=schema)
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(cfg, pretrained=None))
+        torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, base / f"{task}.pth")
+
+
+def copy(base: Path, name: str, work: Path) -> Path:
+    shutil.copytree(base / name, work / name)
+    return work / name
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def first_line(path: Path) -> str:
+    return next(line.split()[0] for line in path.read_text().splitlines() if line.strip())
+
+
+# ----------------------------------------------------------------------------- natural images
+
+def natural_train(root: Path, work: Path, *extra: str, workers: int = 0) -> tuple[Callable, list[str]]:
+    from tasks.natural import train
+
+    return train.main, ["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+                        "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
+                        str(root / "splits/val.txt"), "--save-dir", str(work / "run"), "--epochs", "1",
+                        "--batch-size", "2", "--num-workers", str(workers), "--no-progress", "--device", "cpu",
+                        *TINY_2D, *extra]
+
+
+def natural_labelled_id(root: Path) -> str:
+    return Path(first_line(root / "splits/labeled.txt")).stem
+
+
+def natural_bad_file(change: Callable[[Path, str], None], workers: int = 0):
+    def run(base: Path, work: Path):
+        root = copy(base, "voc", work)
+        change(root, natural_labelled_id(root))
+        return natural_train(root, work, workers=workers)
+    return run
+
+
+def mask_of_value(value: int):
+    def change(root: Path, sample: str) -> None:
+        height, width = np.asarray(Image.open(root / f"JPEGImages/{sample}.jpg")).shape[:2]
+        Image.fromarray(np.full((height, width), value, np.uint8)).save(root / f"SegmentationClass/{sample}.png")
+    return change
+
+
+def cityscapes_root(work: Path, mask_suffix: str) -> Path:
+    """A one-city Cityscapes layout whose masks hold label ids (26 = car) instead of train ids."""
+    root = work / "cityscapes"
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(4):
+        name = f"aachen_{index:06d}_000019"
+        image = root / "leftImg8bit/train/aachen" / f"{name}_leftImg8bit.png"
+        mask = root / "gtFine/train/aachen" / f"{name}{mask_suffix}"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
+        label_ids = np.full((40, 40), 7, np.uint8)
+        label_ids[10:30, 10:30] = 26
+        Image.fromarray(label_ids).save(mask)
+        lines.append(f"{image.relative_to(root)} {mask.relative_to(root)}\n")
+    (root / "labeled.txt").write_text("".join(lines))
+    return root
+
+
+def cityscapes_train(mask_suffix: str):
+    def run(base: Path, work: Path):
+        from tasks.natural import train
+
+        root = cityscapes_root(work, mask_suffix)
+        return train.main, ["--data-root", str(root), "--labeled-split", str(root / "labeled.txt"),
+                            "--unlabeled-split", str(root / "missing.txt"), "--val-split", str(root / "labeled.txt"),
+                            "--save-dir", str(work / "run"), "--method", "supervised", "--epochs", "1",
+                            "--batch-size", "2", "--num-workers", "0", "--no-progress", "--device", "cpu",
+                            "dataset=cityscapes", "nclass=19", *TINY_2D]
+    return run
+
+
+def natural_predict(base: Path, input_: Path, output: Path, *extra: str) -> tuple[Callable, list[str]]:
+    from tasks.natural import predict
+
+    return predict.main, ["--checkpoint", str(base / "natural.pth"), "--input", str(input_), "--output", str(output),
+                          "--device", "cpu", *extra]
+
+
+def photos(base: Path, work: Path, count: int = 3) -> Path:
+    folder = work / "photos"
+    folder.mkdir()
+    for path in sorted((base / "voc/JPEGImages").glob("*.jpg"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def predict_truncated_jpeg(base: Path, work: Path):
+    folder = photos(base, work)
+    truncate(sorted(folder.glob("*.jpg"))[-1])
+    return natural_predict(base, folder, work / "masks")
+
+
+def predict_into_inputs(base: Path, work: Path):
+    folder = work / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "a.png")
+    return natural_predict(base, folder, folder, "--overwrite")
+
+
+def predict_existing_output(base: Path, work: Path):
+    folder = photos(base, work, 1)
+    (work / "masks").mkdir()
+    (work / "masks" / f"{sorted(folder.glob('*.jpg'))[0].stem}.png").write_bytes(b"an earlier mask")
+    return natural_predict(base, folder, work / "masks")
+
+
+def predict_16_bit_png(base: Path, work: Path):
+    folder = work / "photos"
+    folder.mkdir()
+    Image.fromarray(np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)).save(folder / "gray16.png")
+    return natural_predict(base, folder, work / "masks")
+
+
+def evaluate_small_image_center_crop(base: Path, work: Path):
+    from tasks.natural import evaluate
+
+    root = copy(base, "voc", work)
+    last = [line for line in (root / "splits/val.txt").read_text().splitlines() if line.strip()][-1]
+    sample = Path(last.split()[0]).stem
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / f"JPEGImages/{sample}.jpg")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / f"SegmentationClass/{sample}.png")
+    return evaluate.main, ["--checkpoint", str(base / "natural.pth"), "--data-root", str(root), "--split",
+                           str(root / "splits/val.txt"), "--mode", "center_crop", "--save-predictions",
+                           str(work / "preds"), "--device", "cpu"]
+
+
+def save_dir_under_a_file(base: Path, work: Path):
+    (work / "file").write_text("not a folder")
+    main, argv = natural_train(base / "voc", work)
+    return main, [*argv[:argv.index("--save-dir") + 1], str(work / "file" / "run"), *argv[argv.index("--save-dir") + 2:]]
+
+
+def pascal_config_without_pretrained_file(base: Path, work: Path):
+    from tasks.natural import train
+
+    return train.main, ["--config", str(REPO / "configs/natural/pascal.yaml"), "--data-root", str(base / "voc"),
+                        "--save-dir", str(work / "run"), "--no-progress", "--device", "cpu",
+                        f"pretrained={work / 'pretrained/resnet101.pth'}"]
+
+
+def labelled_set_smaller_than_batch(base: Path, work: Path):
+    root = copy(base, "voc", work)
+    main, argv = natural_train(root, work, "--method", "supervised")
+    argv[argv.index("--unlabeled-split") + 1] = str(root / "splits/none.txt")
+    argv[argv.index("--batch-size") + 1] = "16"
+    return main, argv
+
+
+# ----------------------------------------------------------------------------- change detection
+
+def cd_train(root: Path, work: Path, workers: int = 0) -> tuple[Callable, list[str]]:
+    from tasks.change_detection import train
+
+    return train.main, ["--data-root", str(root), "--labeled-split", "splits/20%/labeled.txt",
+                        "--unlabeled-split", "splits/20%/unlabeled.txt", "--save-dir", str(work / "run"),
+                        "--epochs", "1", "--batch-size", "2", "--num-workers", str(workers), "--no-progress",
+                        "--device", "cpu", *TINY_2D]
+
+
+def cd_bad_file(change: Callable[[Path, str], None], workers: int = 0):
+    def run(base: Path, work: Path):
+        root = copy(base, "cd", work)
+        change(root, first_line(root / "splits/20%/labeled.txt"))
+        return cd_train(root, work, workers)
+    return run
+
+
+def cd_evaluate_with_a_bad_last_tile(base: Path, work: Path):
+    from tasks.change_detection import evaluate
+
+    root = copy(base, "cd", work)
+    names = [line.strip() for line in (root / "splits/val.txt").read_text().splitlines() if line.strip()]
+    truncate(root / "B" / names[-1])
+    return evaluate.main, ["--checkpoint", str(base / "change_detection.pth"), "--data-root", str(root),
+                           "--save-predictions", str(work / "preds"), "--device", "cpu"]
+
+
+def write_tif(path: Path, data: np.ndarray) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype) as dst:
+        dst.write(data)
+    return path
+
+
+def cd_truncated_geotiff_tile(base: Path, work: Path):
+    """A GeoTIFF tile set (A/, B/, label/ of .tif) whose first labelled A tile lost its last fifth."""
+    root = work / "tifs"
+    rng = np.random.default_rng(0)
+    names = [f"t{i}.tif" for i in range(6)]
+    for folder in ("A", "B", "label"):
+        (root / folder).mkdir(parents=True)
+    for name in names:
+        write_tif(root / "A" / name, rng.integers(0, 256, (3, 96, 48), dtype=np.uint8))
+        write_tif(root / "B" / name, rng.integers(0, 256, (3, 96, 48), dtype=np.uint8))
+        write_tif(root / "label" / name, (rng.random((1, 96, 48)) < 0.1).astype(np.uint8) * 255)
+    (root / "splits").mkdir()
+    for kind, chosen in (("labeled", names[:2]), ("unlabeled", names[2:]), ("val", names[:2])):
+        (root / "splits" / f"{kind}.txt").write_text("".join(f"{name}\n" for name in chosen))
+    data = (root / "A" / names[0]).read_bytes()
+    (root / "A" / names[0]).write_bytes(data[: int(len(data) * 0.8)])
+    main, argv = cd_train(root, work)
+    argv[argv.index("--labeled-split") + 1] = "splits/labeled.txt"
+    argv[argv.index("--unlabeled-split") + 1] = "splits/unlabeled.txt"
+    return main, argv
+
+
+def cd_predict(base: Path, before: Path, after: Path, out: Path, *extra: str):
+    from tasks.change_detection import predict
+
+    return predict.main, ["--checkpoint", str(base / "change_detection.pth"), "--before", str(before), "--after",
+                          str(after), "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def cd_scenes(work: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    return (write_tif(work / "2012.tif", rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)),
+            write_tif(work / "2016.tif", rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)))
+
+
+def cd_truncated_geotiff(base: Path, work: Path):
+    before, after = cd_scenes(work)
+    truncate(after)
+    return cd_predict(base, before, after, work / "change.tif")
+
+
+def cd_output_is_input(base: Path, work: Path):
+    before, after = cd_scenes(work)
+    return cd_predict(base, before, after, before, "--overwrite")
+
+
+def cd_existing_output(base: Path, work: Path):
+    before, after = cd_scenes(work)
+    (work / "change.tif").write_bytes(b"an earlier result")
+    return cd_predict(base, before, after, work / "change.tif")
+
+
+# ----------------------------------------------------------------------------- ACDC
+
+def acdc_predict(base: Path, input_: Path, output: Path, *extra: str):
+    from tasks.acdc import predict
+
+    return predict.main, ["--checkpoint", str(base / "acdc.pth"), "--input", str(input_), "--output", str(output),
+                          "--device", "cpu", *extra]
+
+
+def acdc_image(base: Path) -> Path:
+    return sorted(p for p in (base / "acdc").rglob("*_frame??.nii.gz"))[0]
+
+
+def acdc_scan(work: Path, data: np.ndarray, name: str = "scan.nii.gz") -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 10.0, 1.0])), work / name)
+    return work / name
+
+
+def acdc_nan(base: Path, work: Path):
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)
+    data[3, 4, 0] = np.nan
+    return acdc_predict(base, acdc_scan(work / "scans", data), work / "seg")
+
+
+def acdc_2d(base: Path, work: Path):
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)[:, :, 0]
+    return acdc_predict(base, acdc_scan(work / "scans", data), work / "seg")
+
+
+def acdc_truncated(base: Path, work: Path):
+    (work / "scans").mkdir()
+    scan = shutil.copy(acdc_image(base), work / "scans" / "scan.nii.gz")
+    truncate(Path(scan))
+    return acdc_predict(base, work / "scans", work / "seg")
+
+
+def acdc_zero_byte(base: Path, work: Path):
+    (work / "scans").mkdir()
+    (work / "scans" / "scan.nii.gz").write_bytes(b"")
+    return acdc_predict(base, work / "scans", work / "seg")
+
+
+def acdc_output_is_input(base: Path, work: Path):
+    """A folder holding ``a.nii.gz`` and ``a_seg.nii.gz``: predicting into it would replace the second."""
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)
+    acdc_scan(work / "scans", data, "a.nii.gz")
+    acdc_scan(work / "scans", data, "a_seg.nii.gz")
+    return acdc_predict(base, work / "scans", work / "scans", "--overwrite")
+
+
+def acdc_existing_output(base: Path, work: Path):
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)
+    scan = acdc_scan(work / "scans", data)
+    (work / "seg").mkdir()
+    (work / "seg" / "scan_seg.nii.gz").write_bytes(b"an earlier result")
+    return acdc_predict(base, scan, work / "seg")
+
+
+def acdc_train_with(pattern: str, change: Callable[[Path], None]):
+    """Training on a copy of the phantom in which ``change`` spoilt every file matching ``pattern``."""
+    def run(base: Path, work: Path):
+        from tasks.acdc import train
+
+        root = copy(base, "acdc", work)
+        for path in root.rglob(pattern):
+            change(path)
+        return train.main, ["--data-root", str(root), "--cases", "1", "--save-dir", str(work / "run"), "--epochs", "1",
+                            "--batch-size", "4", "--num-workers", "0", "--seed", "0", "--no-progress", "--device",
+                            "cpu", *TINY_ACDC]
+    return run
+
+
+def unknown_nested_key(base: Path, work: Path):
+    from tasks.acdc import train
+
+    return train.main, ["--data-root", str(base / "acdc"), "--cases", "1", "--save-dir", str(work / "run"),
+                        "--no-progress", "--device", "cpu", "criterion.nme=OHEM", *TINY_ACDC]
+
+
+def non_finite_loss(base: Path, work: Path):
+    from tasks.acdc import train
+
+    return train.main, ["--data-root", str(base / "acdc"), "--cases", "1", "--save-dir", str(work / "run"),
+                        "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--seed", "0", "--no-progress",
+                        "--device", "cpu", "lr=1e30", *TINY_ACDC]
+
+
+CASES = [
+    Case("natural", "truncated JPEG image (training, in a DataLoader worker)",
+         natural_bad_file(lambda root, sample: truncate(root / f"JPEGImages/{sample}.jpg"), workers=1)),
+    Case("natural", "truncated PNG mask", natural_bad_file(lambda root, sample: truncate(
+        root / f"SegmentationClass/{sample}.png"))),
+    Case("natural", "zero-byte mask", natural_bad_file(lambda root, sample: (
+        root / f"SegmentationClass/{sample}.png").write_bytes(b""))),
+    Case("natural", "Pascal mask holding the value 200", natural_bad_file(mask_of_value(200))),
+    Case("natural", "mask of another size than its image", natural_bad_file(
+        lambda root, sample: Image.fromarray(np.zeros((7, 9), np.uint8)).save(root / f"SegmentationClass/{sample}.png"))),
+    Case("natural", "Cityscapes `*_gtFine_labelIds.png` named in the split file", cityscapes_train("_gtFine_labelIds.png")),
+    Case("natural", "Cityscapes label ids saved as `*_gtFine_labelTrainIds.png`",
+         cityscapes_train("_gtFine_labelTrainIds.png")),
+    Case("natural", "labelled set smaller than one batch (`--method supervised`)", labelled_set_smaller_than_batch),
+    Case("natural", "`--save-dir` under a regular file", save_dir_under_a_file),
+    Case("natural", "`configs/natural/pascal.yaml` without its `pretrained/resnet101.pth` file",
+         pascal_config_without_pretrained_file),
+    Case("natural", "`predict` over a folder whose last JPEG is truncated (nothing is written)", predict_truncated_jpeg),
+    Case("natural", "`predict --output` = the input folder holding `a.png`, with `--overwrite`", predict_into_inputs),
+    Case("natural", "`predict` onto an existing mask without `--overwrite`", predict_existing_output),
+    Case("natural", "16-bit grayscale PNG (accepted: scaled by 1/257)", predict_16_bit_png),
+    Case("natural", "`evaluate --mode center_crop` with one image smaller than the crop (nothing is written)",
+         evaluate_small_image_center_crop),
+    Case("change_detection", "truncated PNG tile in `A/` (training, in a DataLoader worker)",
+         cd_bad_file(lambda root, name: truncate(root / "A" / name), workers=1)),
+    Case("change_detection", "zero-byte tile in `B/`", cd_bad_file(lambda root, name: (root / "B" / name).write_bytes(b""))),
+    Case("change_detection", "label holding the value 7", cd_bad_file(
+        lambda root, name: Image.fromarray(np.full((48, 48), 7, np.uint8)).save(root / "label" / name))),
+    Case("change_detection", "A and B of different sizes", cd_bad_file(
+        lambda root, name: Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(root / "B" / name))),
+    Case("change_detection", "label of another size than its pair", cd_bad_file(
+        lambda root, name: Image.fromarray(np.zeros((40, 48), np.uint8)).save(root / "label" / name))),
+    Case("change_detection", "grayscale A", cd_bad_file(
+        lambda root, name: Image.open(root / "A" / name).convert("L").save(root / "A" / name))),
+    Case("change_detection", "truncated GeoTIFF tile (training)", cd_truncated_geotiff_tile),
+    Case("change_detection", "`evaluate --save-predictions` with the last tile truncated (nothing is written)",
+         cd_evaluate_with_a_bad_last_tile),
+    Case("change_detection", "`predict` with a truncated GeoTIFF (nothing is written)", cd_truncated_geotiff),
+    Case("change_detection", "`predict --out` = `--before`, with `--overwrite`", cd_output_is_input),
+    Case("change_detection", "`predict` onto an existing file without `--overwrite`", cd_existing_output),
+    Case("acdc", "NIfTI holding NaN", acdc_nan),
+    Case("acdc", "2-D NIfTI (one slice; accepted, 1 mm slice thickness)", acdc_2d),
+    Case("acdc", "truncated `.nii.gz`", acdc_truncated),
+    Case("acdc", "zero-byte `.nii.gz`", acdc_zero_byte),
+    Case("acdc", "`predict --output` = the input folder holding `a.nii.gz` and `a_seg.nii.gz`, with `--overwrite`",
+         acdc_output_is_input),
+    Case("acdc", "`predict` onto an existing label map without `--overwrite`", acdc_existing_output),
+    Case("acdc", "truncated `.nii.gz` images in the training data", acdc_train_with("*_frame??.nii.gz", truncate)),
+    Case("acdc", "zero-byte ground truth `*_gt.nii.gz` in the training data", acdc_train_with(
+        "*_gt.nii.gz", lambda label: label.write_bytes(b""))),
+    Case("acdc", "unknown nested config key `criterion.nme=OHEM`", unknown_nested_key),
+    Case("acdc", "loss becoming NaN/Inf (`lr=1e30`)", non_finite_loss),
+]
+
+
+# ----------------------------------------------------------------------------- running and rendering
+
+def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
+    """(what the user reads, exit status) of ``case``: the ``error:`` line, or the last line printed
+    when the command succeeds; temporary paths read ``<tmp>``."""
+    from unimatch.cli import exit_on_user_error
+
+    main, argv = case.run(base, work)
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["unimatch", *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            exit_on_user_error(main)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    finally:
+        sys.argv = saved
+    errors = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
+    printed = [line for line in out.getvalue().splitlines() if line.strip()]
+    line = errors[-1] if errors else (printed[-1] if printed else "")
+    for folder in sorted({str(base), str(base.resolve()), str(work), str(work.resolve())}, key=len, reverse=True):
+        line = line.replace(folder, "<tmp>")
+    return line, status
+
+
+def row(case: Case, line: str, status: int) -> str:
+    return f"| {case.title} | `{line.replace('|', '&#124;')}` | {status} |"
+
+
+HEADER = """# What a user sees when an input is bad
+
+Every row was produced by running the real entry point (`python -m tasks.<task>.train`, `evaluate`
+or `predict`) on a real bad file written by `tests/reliability_doc.py`; temporary folders read
+`<tmp>`. `tests/test_reliability.py` fails when a message changes and this file does not.
+Regenerate it with
+
+```bash
+python -m tests.reliability_doc
+```
+
+A user error is one `error:` line and exit status 2; training that fails before its first
+checkpoint leaves no run files behind (`config.yaml`, `train.log`, `metrics.jsonl`,
+`tensorboard/`, `split.json`; the folder too when the run created it); `predict` and
+`evaluate --save-predictions` check every input before they write their first output; an output
+that is one of the inputs is refused even with `--overwrite`.
+"""
+
+
+def render(results: list[tuple[Case, str, int]]) -> str:
+    parts = [HEADER]
+    for task, title in TASKS.items():
+        parts.append(f"\n## {title}\n\n| bad input | what the user sees | exit status |\n|---|---|---|\n")
+        parts.extend(row(case, line, status) + "\n" for case, line, status in results if case.task == task)
+    return "".join(parts)
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["UNIMATCH_DATA_HOME"] = str(Path(tmp) / "cache")
+        base = Path(tmp) / "clean"
+        build_clean_data(base)
+        results = []
+        for index, case in enumerate(CASES):
+            work = Path(tmp) / f"case{index}"
+            work.mkdir()
+            results.append((case, *outcome(case, base, work)))
+    DOC.write_text(render(results))
+    print(f"wrote {DOC} ({len(results)} cases)")
+
+
+if __name__ == "__main__":
+    main()
