@@ -21,14 +21,12 @@ apical slices without a cavity or without an RV; and per patient a different hea
 position, RV orientation, disease group (DCM: big thin LV, HCM: thick wall, RV: big RV,
 MINF: thinned wall segment), contrast, smooth bias field, blur and Rician noise. The ES frame
 has a smaller cavity and a thicker wall than ED. With one labelled patient a UNet sees only one
-contrast, size and pose, so it has room to gain from the unlabelled patients.
-
-The whole phantom is a pure function of the parameters and ``seed``; it is written once into
-a cache folder through a temporary folder and a rename, so a crash never leaves a
-half-written dataset that later looks complete.
+contrast, size and pose, so it has room to gain from the unlabelled patients. The phantom is a
+pure function of the parameters and ``seed``, written once (``unimatch.paths.write_once``).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -58,8 +56,7 @@ class PhantomParams:
     seed: int = 0
 
     def as_dict(self) -> dict:
-        return {"version": SYNTHETIC_VERSION, "n_patients": self.n_patients, "image_size": self.image_size,
-                "min_slices": self.min_slices, "max_slices": self.max_slices, "seed": self.seed}
+        return {"version": SYNTHETIC_VERSION, **dataclasses.asdict(self)}
 
 
 def default_synthetic_root(params: PhantomParams) -> Path:
@@ -207,20 +204,12 @@ def _draw_patient(rng: np.random.Generator, params: PhantomParams) -> _Patient:
         vessels.append((centre + distance * np.array([np.sin(angle), np.cos(angle)]),
                         rng.uniform(0.02, 0.045) * size, rng.uniform(-0.04, 0.04, size=2) * size))
     blood = rng.uniform(0.7, 0.95)
-    intensities = {
-        "air": rng.uniform(0.0, 0.04),
-        "tissue": rng.uniform(0.22, 0.38),
-        "fat": rng.uniform(0.55, 0.8),
-        "lung": rng.uniform(0.04, 0.12),
-        "lv_blood": blood,
-        "rv_blood": blood * rng.uniform(0.82, 1.0),
-        "vessel": blood * rng.uniform(0.85, 1.05),
-        "myo": rng.uniform(0.15, 0.33),
-        "papillary": rng.uniform(0.2, 0.4),
-        "scale": rng.uniform(150.0, 900.0),
-        "noise": rng.uniform(0.02, 0.07),
-        "blur": rng.uniform(0.4, 1.0),
-        "bias": rng.uniform(0.1, 0.4),
+    intensities = {  # drawn in this order
+        "air": rng.uniform(0.0, 0.04), "tissue": rng.uniform(0.22, 0.38), "fat": rng.uniform(0.55, 0.8),
+        "lung": rng.uniform(0.04, 0.12), "lv_blood": blood, "rv_blood": blood * rng.uniform(0.82, 1.0),
+        "vessel": blood * rng.uniform(0.85, 1.05), "myo": rng.uniform(0.15, 0.33),
+        "papillary": rng.uniform(0.2, 0.4), "scale": rng.uniform(150.0, 900.0),
+        "noise": rng.uniform(0.02, 0.07), "blur": rng.uniform(0.4, 1.0), "bias": rng.uniform(0.1, 0.4),
     }
     return _Patient(
         group=group, shape_hw=(height_px, width), n_slices=n_slices, spacing_zyx=spacing,
