@@ -167,6 +167,7 @@ def markdown_table(task: str, methods: list[str], summary: dict) -> str:
 
 def plot_validation(task: str, methods: list[str], runs: list[Run], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -178,6 +179,7 @@ def plot_validation(task: str, methods: list[str], runs: list[Run], path: Path) 
         line, = axis.plot(epochs, [statistics.fmean(v) for v in values], marker="o", markersize=3, label=method)
         axis.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
                           alpha=0.2)
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"val {TASKS[task].val_metric}")
     axis.set_title(f"{task}: validation per epoch (mean, min-max over {len({r.seed for r in runs})} seed(s))")

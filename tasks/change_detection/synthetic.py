@@ -67,8 +67,7 @@ class SyntheticSpec:
     tile: int = 128
     seed: int = 0
     version: str = VERSION
-    # how much change: a share of the tiles has none, the others change this share of their
-    # buildings; building sides in pixels at 128 px (the defaults give 2.8% changed pixels)
+    # share of tiles without change, share of changed buildings, building sides at 128 px (2.8% changed)
     no_change_share: float = 0.3
     change_rate: tuple = (0.2, 0.8)
     building_side: tuple = (6, 20)
@@ -109,8 +108,7 @@ def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed
         if spec != SyntheticSpec():
             name += f"-train{n_train}-val{n_val}-test{n_test}-tile{tile}-seed{seed}"
         if spec.change_parameters() != SyntheticSpec().change_parameters():
-            name += "-change{:g}-{:g}-{:g}-side{}-{}".format(spec.no_change_share, *spec.change_rate,
-                                                             *spec.building_side)
+            name += "-change{:g}-{:g}-{:g}-side{}-{}".format(spec.no_change_share, *spec.change_rate, *spec.building_side)
         root = data_home() / "change_detection" / name
     return write_once(Path(root), manifest_parameters(spec), lambda folder: write_dataset(folder, spec))
 
@@ -118,11 +116,9 @@ def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed
 def manifest_parameters(spec: SyntheticSpec) -> dict:
     """``meta.json``'s parameters; the change parameters only when not the defaults, so a folder
     written before they existed still matches."""
-    parameters = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
-    if spec.change_parameters() == SyntheticSpec().change_parameters():
-        for key in ("no_change_share", "change_rate", "building_side"):
-            del parameters[key]
-    return parameters
+    default = spec.change_parameters() == SyntheticSpec().change_parameters()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()
+            if not (default and k in ("no_change_share", "change_rate", "building_side"))}
 
 
 def tile_names(spec: SyntheticSpec) -> dict[str, list[str]]:
@@ -228,9 +224,8 @@ def place_buildings(rng: np.random.Generator, size: int, scale: float, blocked: 
     for _ in range(count * 4):
         if len(buildings) == count:
             break
-        low, high = spec.building_side
-        h = int(rng.integers(round(low * scale), round(high * scale) + 1))
-        w = int(rng.integers(round(low * scale), round(high * scale) + 1))
+        h, w = (int(rng.integers(round(spec.building_side[0] * scale), round(spec.building_side[1] * scale) + 1))
+                for _ in range(2))
         y = int(rng.integers(1, size - h - 1))
         x = int(rng.integers(1, size - w - 1))
         if occupied[max(0, y - 3):y + h + 3, max(0, x - 3):x + w + 3].any():
