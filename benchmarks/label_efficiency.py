@@ -118,12 +118,21 @@ def run_one(task: str, entry: str, seed: int, out: Path, extra: list[str]) -> Ru
     return run
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and std over the seeds where the metric is defined (an evaluation JSON writes an
+    undefined metric, e.g. the HD95 of a class never predicted, as null); ``n`` counts them."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    if not defined:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(defined), "std": statistics.stdev(defined) if len(defined) > 1 else 0.0,
+            "n": len(defined)}
 
 
-def pm(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+def pm(stats: dict) -> str:
+    if stats["mean"] is None:
+        return "undefined"
+    where = "" if stats["n"] == stats.get("of", stats["n"]) else f" ({stats['n']} of {stats['of']} seeds)"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}{where}"
 
 
 def summarize(task: str, methods: list[str], runs: list[Run]) -> dict:
@@ -136,7 +145,7 @@ def summarize(task: str, methods: list[str], runs: list[Run]) -> dict:
     for method, method_runs in by_method.items():
         row = {"seeds": [r.seed for r in method_runs], "iterations": sorted({r.iterations for r in method_runs})}
         for metric in (spec.headline, *spec.secondary):
-            row[metric] = mean_std([r.test[metric] for r in method_runs])
+            row[metric] = {**mean_std([r.test[metric] for r in method_runs]), "of": len(method_runs)}
         row["per_seed"] = [r.test[spec.headline] for r in method_runs]
         row["gain_per_seed"] = [r.test[spec.headline] - baseline[r.seed] for r in method_runs if r.seed in baseline]
         row["best_val"] = mean_std([max(v for _, v in r.val_curve) for r in method_runs])

@@ -40,3 +40,11 @@ def test_benchmark_runs_end_to_end_and_writes_results_table_and_plot(tmp_path, m
     assert label_efficiency.main(["--task", "natural", "--seeds", "0", "--out", str(out), "--methods", "supervised",
                                   "--", *extra])["runs"][0]["test"] == results["runs"][0]["test"]
     assert payload["summary"] == results["summary"]
+
+
+def test_undefined_metrics_of_some_seeds_are_left_out_of_the_mean_and_counted():
+    """Evaluation JSON writes an undefined metric (HD95 of a class never predicted) as null."""
+    stats = {**label_efficiency.mean_std([10.0, None, 14.0]), "of": 3}
+    assert stats == {"mean": 12.0, "std": pytest.approx(2 ** 0.5 * 2), "n": 2, "of": 3}
+    assert label_efficiency.pm(stats) == "12.00 ± 2.83 (2 of 3 seeds)"
+    assert label_efficiency.pm({**label_efficiency.mean_std([None]), "of": 1}) == "undefined"

@@ -109,8 +109,9 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     amp: str = "none"
-    # speed only (unimatch/precision.py): how the maths runs, not what it computes
-    channels_last: bool = True
+    # speed (unimatch/precision.py): how the maths runs. channels_last is opt-in: on the ACDC demo
+    # it turned UniMatch's gain into a loss (docs/benchmarks.md, "channels_last and the ACDC demo")
+    channels_last: bool = False
     compile: bool = False
     cpu_allocator: str = "default"
     # run
