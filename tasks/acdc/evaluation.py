@@ -9,7 +9,6 @@ checkpoint). Dice is reported in percent, as the paper does.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -45,14 +44,9 @@ def predict_volume(predictor: Predictor, volume: torch.Tensor, slice_size: int, 
     return torch.cat(labels).cpu()
 
 
-def _finite_or_none(value):
-    """NaN -> None so JSON files stay standard (undefined HD95/ASD of an empty class)."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def _in_units(row: Mapping) -> dict:
-    """Dice in percent, distances as they are, NaN as None."""
-    return {k: _finite_or_none(v * 100 if k == "dice" else v) for k, v in row.items()}
+    """Dice in percent, distances as they are."""
+    return {k: v * 100 if k == "dice" else v for k, v in row.items()}
 
 
 @dataclass
@@ -91,11 +85,11 @@ class VolumeEvaluation:
         return rows
 
     def record(self) -> dict:
-        """The JSON report: units, the summary (NaN as null) and the per-case rows."""
+        """The JSON report: units, the summary and the per-case rows (undefined distances are NaN,
+        written as null by :func:`unimatch.report.write_json`, the one JSON writer)."""
         summary = {"classes": {name: _in_units(row) for name, row in self.summary["classes"].items()},
                    "mean": _in_units(self.summary["mean"]), "n_cases": self.summary["n_cases"]}
-        return {"units": METRIC_UNITS, "summary": summary,
-                "per_case": [{k: _finite_or_none(v) for k, v in row.items()} for row in self.per_case_rows()]}
+        return {"units": METRIC_UNITS, "summary": summary, "per_case": self.per_case_rows()}
 
 
 def evaluate_volumes(predictor: Predictor, dataset: VolumeDataset, cfg, ctx: DistContext,
