@@ -90,3 +90,15 @@ class TinySegmentationSet(Dataset):
         if self.kind == "unlabeled":
             return image, ignore
         return image, mask, f"sample_{index}"
+
+
+def add_nan_patch(path) -> None:
+    """Rewrite the NIfTI ``path`` as float32 with a 2x2 NaN patch (4 values) in its first slice."""
+    import nibabel as nib
+
+    source = nib.load(str(path))
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    data[3:5, 3:5, 0] = np.nan
+    header = source.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, source.affine, header), str(path))

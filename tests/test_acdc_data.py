@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import add_nan_patch
 from tasks.acdc import data as acdc
 from tasks.acdc import readers
 from tasks.acdc.nifti_io import list_nifti_files, read_nifti_volume, to_nibabel, write_label_nifti
@@ -493,13 +494,7 @@ def test_unknown_folder_is_a_data_error(tmp_path):
 # ----------------------------------------------------------------------------- non-finite intensities
 
 def _with_nan_patch(path):
-    """Rewrite the NIfTI ``path`` as float32 with a 2x2 NaN patch in its first slice."""
-    source = nib.load(str(path))
-    data = np.asarray(source.dataobj, dtype=np.float32)
-    data[3:5, 3:5, 0] = np.nan
-    header = source.header.copy()
-    header.set_data_dtype(np.float32)
-    nib.save(nib.Nifti1Image(data, source.affine, header), str(path))
+    add_nan_patch(path)
     assert np.isnan(np.asarray(nib.load(str(path)).dataobj)).sum() == 4
 
 

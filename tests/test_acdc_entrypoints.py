@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import add_nan_patch, strict_json_loads
 from tasks.acdc import evaluate, predict, train
 from tasks.acdc.common import load_acdc_config
 from tasks.acdc.evaluation import evaluate_volumes
@@ -124,7 +125,7 @@ def test_evaluate_reports_the_test_patients_only(run, phantom, tmp_path):
     split = json.loads((run / "split.json").read_text())
     out = evaluate.main(["--checkpoint", str(run / "best.pth"), "--split", "test", "--device", "cpu",
                          "--json", str(tmp_path / "test.json"), "--csv", str(tmp_path / "test.csv")])
-    report = json.loads((tmp_path / "test.json").read_text())
+    report = strict_json_loads((tmp_path / "test.json").read_text())  # undefined distances are null, not NaN
     cases = {row["case"] for row in report["per_case"]}
     patients = {case.split("_")[0] for case in cases}
     assert patients == set(split["test"])
@@ -392,12 +393,7 @@ def test_training_nifti_with_a_nan_patch_exits_2_naming_the_file(phantom, tmp_pa
     for image_path in sorted(root.glob("training/patient*/patient*_frame*.nii.gz")):
         if image_path.name.endswith("_gt.nii.gz"):
             continue
-        source = nib.load(str(image_path))
-        data = np.asarray(source.dataobj, dtype=np.float32)
-        data[10:12, 10:12, 0] = np.nan
-        header = source.header.copy()
-        header.set_data_dtype(np.float32)
-        nib.save(nib.Nifti1Image(data, source.affine, header), str(image_path))
+        add_nan_patch(image_path)
     status, err = _exit_status_and_error(train.main, _train_args(root, tmp_path / "run", "--cases", "1"),
                                          monkeypatch, capsys)
     assert status == 2
