@@ -35,6 +35,24 @@ def test_a_crash_while_writing_leaves_nothing_that_looks_complete(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_writer_that_loses_the_race_uses_the_winners_dataset(tmp_path):
+    """Two runs started together (e.g. a benchmark's two processes) both write the set; the one
+    that finishes second finds the folder filled and uses it instead of failing."""
+    root = tmp_path / "set"
+    root.mkdir()   # an empty folder when both started
+
+    def winner(folder):
+        (folder / "data.txt").write_text("first")
+
+    def loser(folder):
+        write_once(root, {"seed": 1}, winner)   # the other process finishes meanwhile
+        (folder / "data.txt").write_text("second")
+
+    assert write_once(root, {"seed": 1}, loser) == root
+    assert (root / "data.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
 def test_other_parameters_or_a_foreign_folder_are_refused(tmp_path):
     root = tmp_path / "set"
     write_once(root, {"seed": 1}, lambda folder: None)

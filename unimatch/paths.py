@@ -61,12 +61,12 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
         write(staging)
         if not (staging / manifest).exists():
             (staging / manifest).write_text(json.dumps(parameters, indent=2) + "\n")
-        if root.exists():
-            root.rmdir()
         try:
+            if root.exists():
+                root.rmdir()   # an empty folder; one another writer has filled since is not empty
             os.rename(staging, root)
         except OSError:
-            if not (root / manifest).is_file():
+            if not (root / manifest).is_file():   # not a finished dataset from a concurrent writer
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
