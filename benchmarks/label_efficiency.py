@@ -39,6 +39,9 @@ class TaskSpec:
     headline: str
     secondary: tuple[str, ...]
     train_args: tuple[str, ...] = ()
+    # the default comparison: the baseline at the learning rate its grid search chose on val
+    # (docs/benchmarks.md), then UniMatch with the demo config as it is
+    methods: tuple[str, ...] = ("supervised", "unimatch")
 
     def eval_command(self, task: str, run_dir: Path, out: Path) -> list[str]:
         command = [sys.executable, "-m", f"tasks.{task}.evaluate", "--checkpoint", str(run_dir / "best.pth"),
@@ -57,7 +60,8 @@ class TaskSpec:
 
 TASKS = {
     "change_detection": TaskSpec("changed_IoU", "changed_IoU", ("F1", "precision", "recall", "OA")),
-    "acdc": TaskSpec("mean_dice", "mean_dice", ("mean_hd95_mm", "mean_asd_mm")),
+    "acdc": TaskSpec("mean_dice", "mean_dice", ("mean_hd95_mm", "mean_asd_mm"),
+                     methods=("supervised lr=0.1", "unimatch")),
     "natural": TaskSpec("mIoU", "mIoU", ("OA",)),
 }
 
@@ -203,11 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.label_efficiency", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["supervised", "unimatch"],
-                        help='first = baseline of the Δ column; "NAME KEY=VALUE ..." adds config overrides')
+    parser.add_argument("--methods", nargs="+",
+                        help='first = baseline of the Δ column; "NAME KEY=VALUE ..." adds config overrides '
+                             '(default: the task\'s baseline at its tuned lr, then unimatch)')
     parser.add_argument("--out", type=Path, help="default: runs/label_efficiency/<task>")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: passed to every training run")
     args = parser.parse_args(argv)
+    args.methods = args.methods or list(TASKS[args.task].methods)
     out = args.out or Path("runs") / "label_efficiency" / args.task
     extra = [a for a in args.train_args if a != "--"]
     runs = [run_one(args.task, method, seed, out, extra) for seed in args.seeds for method in args.methods]

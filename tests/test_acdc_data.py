@@ -107,7 +107,7 @@ def test_synthetic_is_cached_deterministic_and_never_overwritten(phantom, tmp_pa
 def test_synthetic_default_root_is_under_data_home(monkeypatch, tmp_path):
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
     root = ensure_synthetic_acdc(n_patients=3, image_size=16, n_slices=(2, 2))
-    assert root.parent == tmp_path / "home" / "acdc" and root.name.startswith("synthetic-v1")
+    assert root.parent == tmp_path / "home" / "acdc" and root.name.startswith("synthetic-v2")
     assert (root / "training" / "patient003" / "Info.cfg").is_file()
 
 

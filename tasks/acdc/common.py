@@ -65,7 +65,7 @@ class AcdcConfig(Config):
     intensity_norm: str = "minmax"
     image_order: int = 0
     h5_spacing: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    synthetic_patients: int = 20
+    synthetic_patients: int = 40
     synthetic_size: int = 128
     synthetic_slices: list = field(default_factory=lambda: [6, 10])
     synthetic_seed: int = 0

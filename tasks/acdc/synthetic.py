@@ -40,7 +40,7 @@ from tasks.acdc.nifti_io import to_nibabel
 from unimatch.errors import DataError
 from unimatch.paths import data_home, write_once
 
-SYNTHETIC_VERSION = "synthetic-v1"
+SYNTHETIC_VERSION = "synthetic-v2"  # v2: 40 patients by default (v1: 20), so validation has 4
 GROUPS = ("NOR", "MINF", "DCM", "HCM", "RV")
 _MANIFEST = "synthetic.json"
 
@@ -49,7 +49,7 @@ _MANIFEST = "synthetic.json"
 class PhantomParams:
     """Parameters that define a phantom; written to the manifest and checked on reuse."""
 
-    n_patients: int = 20
+    n_patients: int = 40
     image_size: int = 128
     min_slices: int = 6
     max_slices: int = 10
@@ -60,7 +60,7 @@ class PhantomParams:
 
 
 def default_synthetic_root(params: PhantomParams) -> Path:
-    """``data_home()/acdc/synthetic-v1`` for the defaults; a parameter-hashed sibling otherwise."""
+    """``data_home()/acdc/synthetic-v2`` for the defaults; a parameter-hashed sibling otherwise."""
     base = data_home() / "acdc"
     if params == PhantomParams():
         return base / SYNTHETIC_VERSION
@@ -68,7 +68,7 @@ def default_synthetic_root(params: PhantomParams) -> Path:
     return base / f"{SYNTHETIC_VERSION}-{digest}"
 
 
-def ensure_synthetic_acdc(root: Path | str | None = None, n_patients: int = 20, image_size: int = 128,
+def ensure_synthetic_acdc(root: Path | str | None = None, n_patients: int = 40, image_size: int = 128,
                           n_slices: tuple[int, int] = (6, 10), seed: int = 0) -> Path:
     """Write the phantom once (if ``root`` does not hold it yet) and return ``root``.
 
