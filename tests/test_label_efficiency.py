@@ -48,3 +48,21 @@ def test_undefined_metrics_of_some_seeds_are_left_out_of_the_mean_and_counted():
     assert stats == {"mean": 12.0, "std": pytest.approx(2 ** 0.5 * 2), "n": 2, "of": 3}
     assert label_efficiency.pm(stats) == "12.00 ± 2.83 (2 of 3 seeds)"
     assert label_efficiency.pm({**label_efficiency.mean_std([None]), "of": 1}) == "undefined"
+
+
+def test_default_comparison_trains_the_acdc_baseline_at_its_tuned_lr(tmp_path, monkeypatch):
+    """Without --methods the ACDC baseline runs at the lr its grid chose on val (0.1,
+    docs/benchmarks.md), not at UniMatch's demo lr; the other tasks compare the config as it is."""
+    commands = []
+
+    def record(command, **kwargs):
+        commands.append(command)
+        raise KeyboardInterrupt   # stop after the first training command
+
+    monkeypatch.setattr(label_efficiency.subprocess, "run", record)
+    for task in ("acdc", "natural"):
+        with pytest.raises(KeyboardInterrupt):
+            label_efficiency.main(["--task", task, "--seeds", "0", "--out", str(tmp_path / task)])
+    acdc, natural = commands
+    assert acdc[acdc.index("--method") + 1] == "supervised" and acdc[-1] == "lr=0.1"
+    assert natural[natural.index("--method") + 1] == "supervised" and not any(a.startswith("lr=") for a in natural)
