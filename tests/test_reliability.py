@@ -73,28 +73,17 @@ def test_only_the_main_process_cleans(tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_acdc_run_that_fails_removes_its_split_record(clean, tmp_path):
-    line, status = outcome(doc.Case("acdc", "", doc.non_finite_loss), clean, tmp_path)
-    assert status == 2 and "non-finite loss" in line
-    assert not (tmp_path / "run").exists()
-
-
-def test_natural_predict_writes_nothing_when_one_input_is_bad(clean, tmp_path):
-    line, status = outcome(doc.Case("natural", "", doc.predict_truncated_jpeg), clean, tmp_path)
-    assert status == 2 and "move it out of the input folder" in line
-    assert not (tmp_path / "masks").exists()
-
-
-def test_natural_center_crop_evaluation_writes_nothing_when_one_image_is_too_small(clean, tmp_path):
-    line, status = outcome(doc.Case("natural", "", doc.evaluate_small_image_center_crop), clean, tmp_path)
-    assert status == 2 and "smaller than the 32x32 centre crop" in line
-    assert not (tmp_path / "preds").exists()
-
-
-def test_cd_evaluation_writes_no_prediction_when_one_tile_is_bad(clean, tmp_path):
-    line, status = outcome(doc.Case("change_detection", "", doc.cd_evaluate_with_a_bad_last_tile), clean, tmp_path)
-    assert status == 2 and "cannot read image" in line
-    assert not (tmp_path / "preds").exists()
+@pytest.mark.parametrize("task, make, message, output", [
+    ("acdc", doc.non_finite_loss, "non-finite loss", "run"),   # the split record goes with the run
+    ("natural", doc.predict_truncated_jpeg, "move it out of the input folder", "masks"),
+    ("natural", doc.evaluate_small_image_center_crop, "smaller than the 32x32 centre crop", "preds"),
+    ("change_detection", doc.cd_evaluate_with_a_bad_last_tile, "cannot read image", "preds"),
+], ids=["acdc-run-removes-its-split-record", "natural-predict-truncated-jpeg",
+        "natural-center-crop-too-small", "cd-evaluate-bad-last-tile"])
+def test_a_bad_input_stops_before_anything_is_written(task, make, message, output, clean, tmp_path):
+    line, status = outcome(doc.Case(task, "", make), clean, tmp_path)
+    assert status == 2 and message in line
+    assert not (tmp_path / output).exists()
 
 
 @pytest.mark.parametrize("make", [doc.predict_into_inputs, doc.acdc_output_is_input, doc.cd_output_is_input])
