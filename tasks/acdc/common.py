@@ -17,7 +17,7 @@ from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.nifti_io import reference_image, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
 from tasks.acdc.splits import case_parts
-from tasks.acdc.synthetic import ensure_synthetic_acdc
+from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
 from unimatch.config import Config, load_config
 from unimatch.distributed import DistContext, barrier, main_rank_first
@@ -65,10 +65,10 @@ class AcdcConfig(Config):
     intensity_norm: str = "minmax"
     image_order: int = 0
     h5_spacing: list = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    synthetic_patients: int = 40
-    synthetic_size: int = 128
-    synthetic_slices: list = field(default_factory=lambda: [6, 10])
-    synthetic_seed: int = 0
+    synthetic_patients: int = PhantomParams.n_patients   # the phantom's defaults, defined once
+    synthetic_size: int = PhantomParams.image_size
+    synthetic_slices: list = field(default_factory=lambda: [PhantomParams.min_slices, PhantomParams.max_slices])
+    synthetic_seed: int = PhantomParams.seed
 
     @property
     def slice_size(self) -> int:

@@ -68,8 +68,10 @@ def default_synthetic_root(params: PhantomParams) -> Path:
     return base / f"{SYNTHETIC_VERSION}-{digest}"
 
 
-def ensure_synthetic_acdc(root: Path | str | None = None, n_patients: int = 40, image_size: int = 128,
-                          n_slices: tuple[int, int] = (6, 10), seed: int = 0) -> Path:
+def ensure_synthetic_acdc(root: Path | str | None = None, n_patients: int = PhantomParams.n_patients,
+                          image_size: int = PhantomParams.image_size,
+                          n_slices: tuple[int, int] = (PhantomParams.min_slices, PhantomParams.max_slices),
+                          seed: int = PhantomParams.seed) -> Path:
     """Write the phantom once (if ``root`` does not hold it yet) and return ``root``.
 
     ``root`` defaults to a folder under ``unimatch.paths.data_home()/acdc``. ``image_size`` is
