@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
 from tasks.change_detection.scene_io import predict_scene
-from tasks.change_detection.synthetic import ensure_synthetic_cd
+from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config, class_names_or_ids
 from unimatch.data import sharded_eval_loader
@@ -70,9 +70,9 @@ class CDConfig(Config):
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
     # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
-    synthetic_no_change_share: float = 0.3
-    synthetic_change_rate: list = field(default_factory=lambda: [0.2, 0.8])
-    synthetic_building_side: list = field(default_factory=lambda: [6, 20])
+    synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
+    synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
+    synthetic_building_side: list = field(default_factory=lambda: list(SyntheticSpec.building_side))
 
     def select_metric_keys(self) -> list[str]:
         return list(CHANGE_METRICS)

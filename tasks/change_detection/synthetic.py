@@ -88,9 +88,11 @@ class Building:
     gable: bool
 
 
-def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = 320, seed: int = 0, tile: int = 128,
-                        n_val: int = 64, n_test: int = 64, no_change_share: float = 0.3,
-                        change_rate: tuple = (0.2, 0.8), building_side: tuple = (6, 20)) -> Path:
+def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = SyntheticSpec.n_train,
+                        seed: int = SyntheticSpec.seed, tile: int = SyntheticSpec.tile, n_val: int = SyntheticSpec.n_val,
+                        n_test: int = SyntheticSpec.n_test, no_change_share: float = SyntheticSpec.no_change_share,
+                        change_rate: tuple = SyntheticSpec.change_rate,
+                        building_side: tuple = SyntheticSpec.building_side) -> Path:
     """Path of the synthetic dataset, generating it once if it is not there yet.
 
     Default root: ``data_home()/change_detection/synthetic-v1`` for the default parameters, a
