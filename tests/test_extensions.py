@@ -71,13 +71,21 @@ def test_extensions_are_off_in_every_official_config():
     for task, name in (("natural", "pascal.yaml"), ("natural", "cityscapes.yaml"), ("natural", "coco.yaml"),
                        ("change_detection", "whu.yaml"), ("change_detection", "levir.yaml"), ("acdc", "acdc.yaml")):
         text = config_path(task, name).read_text()
-        for key in ("sup_warmup_epochs", "dist_align", "class_thresh", "sup_weight", "pseudo_label_accuracy"):
+        for key in ("sup_warmup_epochs", "dist_align", "class_thresh", "sup_weight", "pseudo_label_accuracy",
+                    "partner_from_batch"):
             assert key not in text, (name, key)
 
 
 def test_warmup_longer_than_the_run_is_refused():
     with pytest.raises(ConfigError, match="sup_warmup_epochs"):
         load_config(None, ["epochs=2", "sup_warmup_epochs=3"])
+
+
+def test_partner_from_batch_needs_two_images_per_batch():
+    """With one image per batch the partner would be the image itself."""
+    with pytest.raises(ConfigError, match="partner_from_batch"):
+        load_config(None, ["batch_size=1", "partner_from_batch=true"])
+    assert load_config(None, ["batch_size=2", "partner_from_batch=true"]).partner_from_batch
 
 
 def test_class_adaptive_thresholds_by_hand():

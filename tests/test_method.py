@@ -139,9 +139,10 @@ def expected_loss(model_before, perturbation, batches, strong_views, fp_streams,
     model.calls = []
     weak_u, partner_u = weak.float() / 255, partner.float() / 255
 
-    with torch.no_grad():
-        model.train(variant == "partner_in_train_mode")
-        conf_m, label_m = model(normalize(partner_u)).softmax(1).max(1)
+    if variant != "partner_from_batch":
+        with torch.no_grad():
+            model.train(variant == "partner_in_train_mode")
+            conf_m, label_m = model(normalize(partner_u)).softmax(1).max(1)
     model.train()
     inputs = torch.cat((normalize(x), normalize(weak_u)))
     if fp_streams:
@@ -153,6 +154,8 @@ def expected_loss(model_before, perturbation, batches, strong_views, fp_streams,
     if variant == "weak_alone":
         pred_w = model(normalize(weak_u))
     conf_w, label_w = pred_w.detach().softmax(1).max(1)
+    if variant == "partner_from_batch":  # image i's partner is image i-1; its label from the weak forward
+        conf_m, label_m = conf_w.roll(1, 0), label_w.roll(1, 0)
 
     views = []
     for (_, strong), box in zip(perturbation.views, perturbation.boxes):
@@ -218,6 +221,30 @@ def test_unimatch_loss_equals_the_formula():
                     "own_ignore_in_box"):
         wrong, _ = expected_loss(before, perturbation, batches, 2, 1, 0.25, 0.5, variant=variant)
         assert abs(wrong - expected) > 1e-4 * abs(expected), variant
+
+
+def test_partner_from_batch_takes_the_previous_image_and_its_weak_prediction():
+    """Opt-in (not the paper): the CutMix partner of image i is image i-1 of the same unlabelled
+    batch, with its ignore mask, and its pseudo-label comes from the train-mode weak forward:
+    two forwards instead of three, and the partner batch is not used."""
+    step, model, perturbation = make_step(partner_from_batch=True)
+    (x, y), (weak, ignore_w), _ = batch(seed=7)
+    rolled = ((x, y), (weak, ignore_w), (weak.roll(1, 0), ignore_w.roll(1, 0)))
+    before = copy.deepcopy(model)
+    model.calls = []
+    loss, stats = step((x, y), (weak, ignore_w))
+    assert model.calls == [
+        {"n": N_L + N_U, "need_fp": 1, "training": True, "grad": True},   # cat(x, weak)
+        {"n": 2 * N_U, "need_fp": False, "training": True, "grad": True},  # cat(strong views)
+    ]
+    for images, _ in perturbation.views:  # each view perturbs the batch and the batch rolled by one
+        assert torch.equal(images, torch.cat((weak, weak.roll(1, 0))).float() / 255)
+    expected, parts = expected_loss(before, perturbation, rolled, 2, 1, 0.25, 0.5, variant="partner_from_batch")
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["loss_s"] == pytest.approx(parts["loss_s"], rel=1e-5)
+    # the eval-mode partner labels of the paper's step give another loss on the same views
+    paper, _ = expected_loss(before, perturbation, rolled, 2, 1, 0.25, 0.5)
+    assert abs(paper - expected) > 1e-4 * abs(expected)
 
 
 def test_gradient_reaches_the_model_and_not_through_pseudo_labels():
@@ -321,9 +348,12 @@ def test_supervised_runs_only_the_labelled_forward_with_the_plain_loss():
     assert stats["loss_s"] == 0.0 and stats["loss_w_fp"] == 0.0
 
 
-@pytest.mark.parametrize("method, reads_unlabeled", [("supervised", False), ("fixmatch", True)])
-def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp_path, method, reads_unlabeled):
-    cfg = tiny_config(method=method, epochs=1, crop_size=16)
+@pytest.mark.parametrize("method, reads_unlabeled, streams", [("supervised", False, 0), ("fixmatch", True, 2),
+                                                              ("fixmatch partner_from_batch", True, 1)])
+def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp_path, method, reads_unlabeled,
+                                                                             streams):
+    method, *flags = method.split()
+    cfg = tiny_config(method=method, epochs=1, crop_size=16, **{flag: True for flag in flags})
     labeled = TinySegmentationSet(4, "labeled", size=16, seed=1)
     unlabeled = TinySegmentationSet(8, "unlabeled", size=16, seed=2)
     model = ToyNet()
@@ -332,15 +362,15 @@ def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp
     trainer.fit()
     iterations = len(unlabeled) // cfg.batch_size
     assert labeled.reads == iterations * cfg.batch_size
-    # two unlabelled streams: the images and their CutMix partners
-    assert unlabeled.reads == (2 * iterations * cfg.batch_size if reads_unlabeled else 0)
-    per_step = 3 if reads_unlabeled else 1
+    # two unlabelled streams, the images and their CutMix partners; one when the partners come from the batch
+    assert unlabeled.reads == streams * iterations * cfg.batch_size
+    per_step = (1 + streams) if reads_unlabeled else 1
     assert len(model.calls) == iterations * per_step
 
 
 def test_step_settings_take_every_config_value_by_name():
     cfg = Config(method="uniperb", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
-                 loss_divisor=3.0, unsup_loss="dice")
+                 loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True)
     assert StepSettings.from_config(cfg) == StepSettings(
         strong_views=1, fp_streams=1, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
-        loss_divisor=3.0, unsup_loss="dice")
+        loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True)

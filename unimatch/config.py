@@ -86,6 +86,11 @@ class Config:
     # not in the paper (off in every official config): per-class confidence thresholds from each
     # class's running confident share over its labelled frequency (unimatch/align.py)
     class_thresh: bool = False
+    # not in the paper (off in every official config): take each image's CutMix partner and its
+    # pseudo-label from the next image of the same unlabelled batch, instead of a second batch
+    # predicted in eval mode. Saves the partner's loading and forward pass; the partner's
+    # pseudo-label is then a train-mode prediction (docs/benchmarks.md measures the effect)
+    partner_from_batch: bool = False
     criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
     unsup_loss: str = "ce"
     # statistics: load the labels of the unlabelled images (when they exist on disk) to log how
@@ -184,6 +189,9 @@ class Config:
         strong, fp = self.streams
         if strong < 0 or fp < 0:
             raise ConfigError("strong_views and fp_streams must be >= 0")
+        if self.partner_from_batch and self.batch_size < 2:
+            raise ConfigError("partner_from_batch: the partner is another image of the unlabelled batch, so "
+                              f"batch_size must be at least 2, got {self.batch_size}")
         if not 0 <= self.sup_warmup_epochs <= self.epochs:
             raise ConfigError(f"sup_warmup_epochs: must lie in [0, epochs={self.epochs}], got {self.sup_warmup_epochs}")
         for name in ("epochs", "batch_size", "crop_size", "nclass", "eval_every"):

@@ -440,7 +440,8 @@ class Trainer:
             streams = [iter(self.loader(labeled, epoch, 0))]
             if self.unlabeled_needed and not warmup:
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
-                streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
+                if not cfg.partner_from_batch:  # the CutMix partners: a second pass over the unlabelled set
+                    streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
             sums: dict[str, float] = {}
             # the step's stats stay on the device; on CUDA they are read (one sync) only every
             # log_every iterations, so the host never waits for the GPU inside the loop

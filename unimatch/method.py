@@ -5,7 +5,9 @@ One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w
 
 1. strong views: each of ``strong_views`` streams perturbs ``x_w`` (and the partners) with
    independent random parameters and pastes the partner's strong view into a CutMix box;
-2. partner pseudo-labels: a no-grad forward of the partners in *eval* mode;
+2. partner pseudo-labels: a no-grad forward of the partners in *eval* mode (with the opt-in
+   ``partner_from_batch`` the partner of image i is image i-1 of the same batch and its
+   pseudo-label comes from step 3's train-mode weak prediction: one forward less);
 3. one train-mode forward of ``cat(x, x_w)`` (with the FP stream when ``fp_streams > 0``);
 4. one forward of ``cat(strong views)``;
 5. pseudo-labels = argmax of the weak prediction, confidence = its max softmax; inside each
@@ -47,6 +49,7 @@ class StepSettings:
     dist_align: bool = False
     dist_align_momentum: float = 0.99
     class_thresh: bool = False
+    partner_from_batch: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "StepSettings":
@@ -54,7 +57,8 @@ class StepSettings:
         return cls(strong_views=strong, fp_streams=fp, conf_thresh=cfg.conf_thresh, sup_weight=cfg.sup_weight,
                    strong_weight=cfg.strong_weight, fp_weight=cfg.fp_weight, loss_divisor=cfg.loss_divisor,
                    unsup_loss=cfg.unsup_loss, dist_align=cfg.dist_align,
-                   dist_align_momentum=cfg.dist_align_momentum, class_thresh=cfg.class_thresh)
+                   dist_align_momentum=cfg.dist_align_momentum, class_thresh=cfg.class_thresh,
+                   partner_from_batch=cfg.partner_from_batch)
 
     @property
     def supervised_only(self) -> bool:
@@ -142,17 +146,21 @@ class UniMatchStep:
                           "mask_ratio": zero}
 
         x_w_raw, ignore_mask, *label_for_stats = unlabeled
-        x_m_raw, ignore_mask_m = partner[:2]
-        x_w_raw, x_m_raw = to_unit_float(x_w_raw), to_unit_float(x_m_raw)
+        x_w_raw = to_unit_float(x_w_raw)
+        if s.partner_from_batch:  # opt-in: image i's partner is image i-1 of this batch (no partner forward)
+            x_m_raw, ignore_mask_m = x_w_raw.roll(1, 0), ignore_mask.roll(1, 0)
+        else:
+            x_m_raw, ignore_mask_m = to_unit_float(partner[0]), partner[1]
         views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
 
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            with autocast:
-                prob_m = self.model(self.normalizer(x_m_raw)).float().softmax(1)
-            conf_m, label_m = prob_m.max(1)
-            self.model.train(was_training)
+        if not s.partner_from_batch:
+            with torch.no_grad():
+                was_training = self.model.training
+                self.model.eval()
+                with autocast:
+                    prob_m = self.model(self.normalizer(x_m_raw)).float().softmax(1)
+                conf_m, label_m = prob_m.max(1)
+                self.model.train(was_training)
 
         n_l = x.shape[0]
         with autocast:
@@ -170,9 +178,12 @@ class UniMatchStep:
             if self.align is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
                 self.align.observe_labels(y)
                 self.align.observe_predictions(prob_w, ignore_mask != IGNORE_INDEX)
-                prob_w, prob_m = self.align(prob_w), self.align(prob_m)
-                conf_m, label_m = prob_m.max(1)
+                prob_w = self.align(prob_w)
+                if not s.partner_from_batch:
+                    conf_m, label_m = self.align(prob_m).max(1)
             conf_w, label_w = prob_w.max(1)
+            if s.partner_from_batch:  # the partner's pseudo-label: its own weak (train-mode) prediction
+                conf_m, label_m = conf_w.roll(1, 0), label_w.roll(1, 0)
             thresholds = None
             if self.class_thresh is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
                 self.class_thresh.observe(y, label_w, conf_w, ignore_mask != IGNORE_INDEX)
