@@ -52,6 +52,9 @@ VARIANTS = {
     "compile": {"amp": "none", "channels_last": True, "cpu_allocator": "reuse", "compile": True},
     "recommended_compile": {"amp": "bf16", "channels_last": True, "cpu_allocator": "reuse", "compile": True},
 }
+# opt-in, not exact: the CutMix partner and its pseudo-label from the same batch (one forward less)
+for _name in ("fp32_fast", "recommended"):
+    VARIANTS[f"{_name}_batch_partner"] = dict(VARIANTS[_name], partner_from_batch=True)
 # environment of a variant's process (OpenMP reads it when torch loads); the rest inherit ours
 VARIANT_ENV = {"recommended_passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 VARIANTS["recommended_passive"] = VARIANTS["recommended"]
@@ -162,7 +165,27 @@ def run_variant(args) -> dict:
             with counter:
                 iteration()
             result["flops"] = counter.get_total_flops()
+        if args.profile:
+            result["profile"] = profile_ops(iteration, sync)
     return result
+
+
+def profile_ops(iteration, sync, top: int = 12) -> list[dict]:
+    """One more iteration under ``torch.profiler``: the operators with the most self time (CPU,
+    or CUDA on a GPU) and their share of the iteration, to see which work an option could cut."""
+    import torch
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        iteration()
+        sync()
+    events = prof.key_averages()
+    attribute = "self_device_time_total" if len(activities) > 1 else "self_cpu_time_total"
+    total = sum(getattr(e, attribute) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, attribute), reverse=True)[:top]
+    return [{"op": e.key, "self_s": getattr(e, attribute) / 1e6, "share": getattr(e, attribute) / total,
+             "calls": e.count} for e in ranked]
 
 
 # ---- the parent: alternate the variants, summarise -------------------------------------------
@@ -179,6 +202,8 @@ def measure(args, variants: list[str]) -> dict:
                        "--warmup", str(args.warmup), "--settings", json.dumps(VARIANTS[variant])]
             if args.flops and not runs[variant]:
                 command.append("--flops")
+            if args.profile and not runs[variant]:
+                command.append("--profile")
             load = os.getloadavg()[0]
             done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
             if done.returncode != 0:
@@ -209,6 +234,9 @@ def summarise(args, runs: dict) -> dict:
                "load_average_before": [r["load_before"] for r in results], "times": times}
         if "peak_gpu_gib" in results[0]:
             row["peak_gpu_gib"] = max(r["peak_gpu_gib"] for r in results)
+        profile = next((r["profile"] for r in results if "profile" in r), None)
+        if profile:
+            row["profile"] = profile
         flops = next((r["flops"] for r in results if "flops" in r), None)
         if flops:
             row["tflop_per_iter"] = flops / 1e12
@@ -236,6 +264,13 @@ def print_table(summary: dict) -> None:
               f"{row['peak_rss_gb']:.2f} | "
               f"{row['speedup_vs_first']:.2f}x | {row['peak_rss_vs_first']:.2f} | "
               f"{min(loads):.1f}-{max(loads):.1f} |")
+    for name, row in summary["variants"].items():
+        if "profile" in row:
+            print(f"\n{name}: operators with the most self time in one iteration")
+            print("| operator | self s | share | calls |")
+            print("|---|---|---|---|")
+            for op in row["profile"]:
+                print(f"| {op['op']} | {op['self_s']:.2f} | {100 * op['share']:.1f} % | {op['calls']} |")
 
 
 # ---- strong views ------------------------------------------------------------------------------
@@ -317,6 +352,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per process first")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per variant, alternated")
     parser.add_argument("--flops", action="store_true", help="count FLOPs once per variant (TFLOP/s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more iteration per variant: the operators with the most self time")
     parser.add_argument("--crop", type=int, default=321, help="views: crop size")
     parser.add_argument("--batch", type=int, default=8, help="views: images per batch")
     parser.add_argument("--json", type=Path)
