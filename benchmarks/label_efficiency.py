@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [run_one(args.task, method, seed, out, extra) for seed in args.seeds for method in args.methods]
     summary = summarize(args.task, args.methods, runs)
     table = markdown_table(args.task, args.methods, summary)
-    command = " ".join(["python -m benchmarks.label_efficiency", *(argv if argv is not None else sys.argv[1:])])
+    # quoted as a shell needs it, so a method with overrides stays one word when the line is pasted
+    command = "python -m benchmarks.label_efficiency " + shlex.join(argv if argv is not None else sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
     payload = {"task": args.task, "seeds": args.seeds, "methods": args.methods, "train_args": extra,
                "command": command, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

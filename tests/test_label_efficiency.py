@@ -22,6 +22,7 @@ def test_benchmark_runs_end_to_end_and_writes_results_table_and_plot(tmp_path, m
                                      "--methods", "supervised", "fixmatch dist_align=true", "--", *extra])
     results = json.loads((out / "results.json").read_text())
     assert results["methods"] == ["supervised", "fixmatch dist_align=true"]
+    assert "--methods supervised 'fixmatch dist_align=true' --" in results["command"]  # pastes into a shell
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [("supervised", 0), ("fixmatch dist_align=true", 0)]
     for run in results["runs"]:
         assert run["iterations"] == 12 // 4     # 12 unlabelled images, batch 4, one epoch: equal for both
