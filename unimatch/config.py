@@ -87,7 +87,7 @@ class Config:
     # class's running confident share over its labelled frequency (unimatch/align.py)
     class_thresh: bool = False
     # not in the paper (off in every official config): take each image's CutMix partner and its
-    # pseudo-label from the next image of the same unlabelled batch, instead of a second batch
+    # pseudo-label from the previous image of the same unlabelled batch, instead of a second batch
     # predicted in eval mode. Saves the partner's loading and forward pass; the partner's
     # pseudo-label is then a train-mode prediction (docs/benchmarks.md measures the effect)
     partner_from_batch: bool = False
