@@ -60,7 +60,8 @@ class TaskSpec:
 
 
 TASKS = {
-    "change_detection": TaskSpec("changed_IoU", "changed_IoU", ("F1", "precision", "recall", "OA")),
+    "change_detection": TaskSpec("changed_IoU", "changed_IoU", ("F1", "precision", "recall", "OA"),
+                                 methods=("supervised lr=0.16", "unimatch")),
     "acdc": TaskSpec("mean_dice", "mean_dice", ("mean_hd95_mm", "mean_asd_mm"),
                      methods=("supervised lr=0.1", "unimatch")),
     "natural": TaskSpec("mIoU", "mIoU", ("OA",)),

@@ -51,9 +51,10 @@ def test_undefined_metrics_of_some_seeds_are_left_out_of_the_mean_and_counted():
     assert label_efficiency.pm({**label_efficiency.mean_std([None]), "of": 1}) == "undefined"
 
 
-def test_default_comparison_trains_the_acdc_baseline_at_its_tuned_lr(tmp_path, monkeypatch):
-    """Without --methods the ACDC baseline runs at the lr its grid chose on val (0.1,
-    docs/benchmarks.md), not at UniMatch's demo lr; the other tasks compare the config as it is."""
+def test_default_comparison_trains_each_baseline_at_its_tuned_lr(tmp_path, monkeypatch):
+    """Without --methods the ACDC and change-detection baselines run at the lr their 3-seed grids
+    chose on val (0.1 and 0.16, docs/benchmarks.md), not at UniMatch's demo lr; natural images
+    compare the config as it is."""
     commands = []
 
     def record(command, **kwargs):
@@ -61,9 +62,11 @@ def test_default_comparison_trains_the_acdc_baseline_at_its_tuned_lr(tmp_path, m
         raise KeyboardInterrupt   # stop after the first training command
 
     monkeypatch.setattr(label_efficiency.subprocess, "run", record)
-    for task in ("acdc", "natural"):
+    for task in ("acdc", "change_detection", "natural"):
         with pytest.raises(KeyboardInterrupt):
             label_efficiency.main(["--task", task, "--seeds", "0", "--out", str(tmp_path / task)])
-    acdc, natural = commands
+    acdc, change_detection, natural = commands
     assert acdc[acdc.index("--method") + 1] == "supervised" and acdc[-1] == "lr=0.1"
+    assert change_detection[change_detection.index("--method") + 1] == "supervised"
+    assert change_detection[-1] == "lr=0.16"
     assert natural[natural.index("--method") + 1] == "supervised" and not any(a.startswith("lr=") for a in natural)
