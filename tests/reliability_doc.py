@@ -26,8 +26,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
 TASKS = {"natural": "Natural images", "change_detection": "Change detection", "acdc": "Cardiac MRI (ACDC)"}
+# random weights and no supervised-only warm-up (the change-detection demo config has both), so one
+# epoch reads every set the way the UniMatch step does
 TINY_2D = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
-           "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0"]
+           "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0",
+           "pretrained=null", "sup_warmup_epochs=0"]
 TINY_ACDC = ["crop_size=32", "feature_channels=[4,8,16,32,64]"]
 
 

@@ -109,7 +109,7 @@ def test_synthetic_generation_interrupted_leaves_nothing(tmp_path, monkeypatch):
 def test_synthetic_default_root_is_in_the_data_home(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path))
     root = ensure_synthetic_cd(n_train=2, n_val=1, n_test=1, tile=32)
-    assert root.parent == tmp_path / "change_detection" and root.name.startswith("synthetic-v1-")
+    assert root.parent == tmp_path / "change_detection" and root.name.startswith("synthetic-v2-")
 
 
 # ---- make_splits ------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ def config_path(*parts: str) -> Path:
     return Path(configs.__file__).resolve().parent.joinpath(*parts)
 
 
-def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json") -> Path:
+def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json",
+               what: str = "the built-in synthetic dataset") -> Path:
     """Make ``root`` hold a generated dataset exactly once, atomically, and return it.
 
     ``write(folder)`` fills a temporary sibling folder, which is then renamed into place, so an
-    interrupted run never leaves a folder that looks complete. ``root/manifest`` (JSON) records
+    interrupted run never leaves a folder that looks complete (``what`` names it in the two log
+    lines). ``root/manifest`` (JSON) records
     ``parameters`` (``write`` may store more in it); a later call with other parameters, or a
     non-empty folder without a manifest, is a :class:`DataError`, never an overwrite. Two
     processes racing to write the same dataset both end up using the first one renamed.
@@ -55,7 +57,7 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     started = time.monotonic()
-    print(f"writing the built-in synthetic dataset to {root} (first run only; later runs reuse it) ...",
+    print(f"writing {what} to {root} (first run only; later runs reuse it) ...",
           file=sys.stderr, flush=True)
     try:
         write(staging)

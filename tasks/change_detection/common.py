@@ -17,6 +17,7 @@ from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
+from tasks.natural.pretrain import resolve_pretrained
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config, class_names_or_ids
 from unimatch.data import sharded_eval_loader
@@ -239,7 +240,8 @@ class ChangeDetectionTask(Task):
 
     def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
         """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
-        given) and the split files (see :func:`find_split`)."""
+        given), the split files (see :func:`find_split`) and, for ``pretrained: synthetic``, the
+        built-in backbone file (:mod:`tasks.natural.pretrain`)."""
         changes = {}
         if not cfg.data_root_given:
             if cfg.dataset != "synthetic":
@@ -254,6 +256,7 @@ class ChangeDetectionTask(Task):
             key = f"{kind}_split"
             path = find_split(cfg, kind, getattr(cfg, key))
             changes[key] = None if path is None else str(path)
+        changes.update(resolve_pretrained(cfg, ctx))
         return dataclasses.replace(cfg, **changes)
 
     def training_sets(self, cfg: CDConfig):

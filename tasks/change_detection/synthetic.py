@@ -20,7 +20,7 @@ On disk (the layout the official UniMatch remote-sensing code reads)::
 
     root/A/<name>.png  root/B/<name>.png  root/label/<name>.png   (labels 0/255)
     root/splits/train.txt  val.txt  test.txt
-    root/splits/5%/labeled.txt  unlabeled.txt   (and 10%, 20%, 40%)
+    root/splits/5%/labeled.txt  unlabeled.txt   (and 1.25%, 10%, 20%, 40%)
     root/meta.json  (the generation parameters)
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ from tasks.change_detection.make_splits import choose_labeled, percent_name, wri
 from unimatch.errors import DataError
 from unimatch.paths import data_home, write_once
 
-VERSION = "v1"
-FRACTIONS = (0.05, 0.1, 0.2, 0.4)
+VERSION = "v2"   # v2: the 1.25% split (4 of 320 tiles) of the demo config
+FRACTIONS = (0.0125, 0.05, 0.1, 0.2, 0.4)
 MAX_JITTER = 2
 
 FIELD_COLOURS = {  # RGB in [0, 1]; "green" fields may be harvested between the dates
@@ -95,7 +95,7 @@ def ensure_synthetic_cd(root: str | Path | None = None, n_train: int = Synthetic
                         building_side: tuple = SyntheticSpec.building_side) -> Path:
     """Path of the synthetic dataset, generating it once if it is not there yet.
 
-    Default root: ``data_home()/change_detection/synthetic-v1`` for the default parameters, a
+    Default root: ``data_home()/change_detection/synthetic-v2`` for the default parameters, a
     name with the parameters appended otherwise, so two configurations never share a folder.
     Written into a temporary sibling folder and renamed into place, so an interrupted run never
     leaves a folder that looks complete. An existing root made with other parameters is an error.

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
 from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.palette import overlay, palette_for, save_palette_png
+from tasks.natural.pretrain import resolve_pretrained
 from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config
@@ -71,7 +72,8 @@ class NaturalTask(Task):
 
     def resolve_data(self, cfg: Config, ctx: DistContext | None = None) -> Config:
         """The synthetic set (written once, by rank 0) when no root is given, otherwise
-        ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named."""
+        ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named; ``pretrained: synthetic``
+        becomes the built-in backbone file (:mod:`tasks.natural.pretrain`)."""
         changes = {}
         root = cfg.data_root
         if not cfg.data_root_given:
@@ -85,6 +87,7 @@ class NaturalTask(Task):
         for kind in ("labeled", "unlabeled", "val"):
             given = getattr(cfg, f"{kind}_split")
             changes[f"{kind}_split"] = str(folder / f"{kind}.txt") if given is None else find_split_file(given, root)
+        changes.update(resolve_pretrained(cfg, ctx))
         return dataclasses.replace(cfg, **changes)
 
     def training_sets(self, cfg: Config):

@@ -49,6 +49,20 @@ SYNTHETIC_CLASSES = (
     "speckled cross",
 )
 SYNTHETIC_NCLASS = len(SYNTHETIC_CLASSES)
+# Which texture (id as in _texture) each class wears. The source set pairs the same shapes with
+# other textures, so its classes are not the demo's: it plays ImageNet to the demo's Pascal
+# (tasks/natural/pretrain.py).
+DEMO_TEXTURES = (0, 1, 2, 3, 4, 5)
+SOURCE_TEXTURES = (0, 2, 3, 4, 5, 1)
+SOURCE_CLASSES = (
+    "background",
+    "checkered disc",
+    "dotted square",
+    "hatched triangle",
+    "speckled ring",
+    "striped cross",
+)
+SOURCE_SEED = 7
 IGNORE_INDEX = 255
 
 DEFAULT_N_IMAGES = 400
@@ -68,7 +82,7 @@ def default_synthetic_root(
     seed: int = 0,
     labeled_fraction: float = DEFAULT_LABELED_FRACTION,
 ) -> Path:
-    """Cache directory of one parameter set: ``synthetic-v1`` for the defaults, a suffixed name otherwise."""
+    """Cache directory of one parameter set: ``synthetic-vN`` for the defaults, a suffixed name otherwise."""
     name = f"synthetic-v{SYNTHETIC_VERSION}"
     defaults = (DEFAULT_N_IMAGES, DEFAULT_SIZE, 0, DEFAULT_LABELED_FRACTION)
     if (n_images, size, seed, labeled_fraction) != defaults:
@@ -90,11 +104,14 @@ def ensure_synthetic_voc(
     size: int = DEFAULT_SIZE,
     seed: int = 0,
     labeled_fraction: float = DEFAULT_LABELED_FRACTION,
+    textures: tuple = DEMO_TEXTURES,
 ) -> Path:
     """Return the root of the synthetic VOC-layout dataset, writing it once if it is not there yet.
 
     ``root`` None means the shared cache (:func:`default_synthetic_root`). An existing root
     written with other parameters is never overwritten: a :class:`DataError` says so.
+    ``textures`` gives each class its texture (:data:`DEMO_TEXTURES`, or :data:`SOURCE_TEXTURES`
+    for the pretraining source set, :func:`ensure_synthetic_source`).
     """
     if n_images < 3:
         raise DataError(f"the synthetic dataset needs at least 3 images (train, labelled, val); got {n_images}")
@@ -102,19 +119,38 @@ def ensure_synthetic_voc(
         raise DataError(f"the synthetic image size must be at least 16 pixels; got {size}")
     if not 0.0 < labeled_fraction < 1.0:
         raise DataError(f"labeled_fraction must lie strictly between 0 and 1; got {labeled_fraction}")
+    if sorted(textures) != list(range(SYNTHETIC_NCLASS)) or textures[0] != 0:
+        raise DataError(f"textures must give classes 1..{SYNTHETIC_NCLASS - 1} the texture ids 1..{SYNTHETIC_NCLASS - 1} "
+                        f"in some order (background 0); got {textures}")
     root = Path(root) if root is not None else default_synthetic_root(n_images, size, seed, labeled_fraction)
-    parameters = _parameters(n_images, size, seed, labeled_fraction)
+    parameters = _parameters(n_images, size, seed, labeled_fraction, tuple(textures))
     return write_once(root, parameters, lambda folder: _write_dataset(folder, parameters))
 
 
-def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float) -> dict:
-    return {
+def ensure_synthetic_source(root: str | os.PathLike | None = None) -> Path:
+    """The pretraining source set: the demo's generator, other shape/texture pairs, another seed.
+
+    Default root: ``data_home()/natural/synthetic-source-vN``. Every training image is in
+    ``splits/train.txt``; pretraining uses all of them as labelled.
+    """
+    root = root if root is not None else data_home() / "natural" / f"synthetic-source-v{SYNTHETIC_VERSION}"
+    return ensure_synthetic_voc(root, seed=SOURCE_SEED, textures=SOURCE_TEXTURES)
+
+
+def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float,
+                textures: tuple = DEMO_TEXTURES) -> dict:
+    """``meta.json``'s parameters; ``textures`` only when not the demo's, so the folders written
+    before it existed still match."""
+    parameters = {
         "version": SYNTHETIC_VERSION,
         "n_images": n_images,
         "size": size,
         "seed": seed,
         "labeled_fraction": labeled_fraction,
     }
+    if tuple(textures) != DEMO_TEXTURES:
+        parameters["textures"] = list(textures)
+    return parameters
 
 
 def _write_dataset(out: Path, parameters: dict) -> None:
@@ -127,8 +163,9 @@ def _write_dataset(out: Path, parameters: dict) -> None:
     # the test images come after the first n_images, so train/val are those of version 1
     ids = [f"synth_{index:05d}" for index in range(n_images + n_val)]
     pixel_counts = np.zeros(SYNTHETIC_NCLASS + 1, dtype=np.int64)
+    textures = tuple(parameters.get("textures", DEMO_TEXTURES))
     for index, sample_id in enumerate(ids):
-        image, label = render_sample(np.random.default_rng([seed, index]), size)
+        image, label = render_sample(np.random.default_rng([seed, index]), size, textures)
         Image.fromarray(image).save(out / "JPEGImages" / f"{sample_id}.jpg", quality=JPEG_QUALITY)
         save_palette_png(label, out / "SegmentationClass" / f"{sample_id}.png", palette)
         counts = np.bincount(np.where(label == IGNORE_INDEX, SYNTHETIC_NCLASS, label).ravel(),
@@ -148,16 +185,18 @@ def _write_dataset(out: Path, parameters: dict) -> None:
         (out / "splits" / f"{name}.txt").write_text("".join(line(sample_id) for sample_id in subset))
 
     meta = dict(parameters)
+    class_names = SYNTHETIC_CLASSES if textures == DEMO_TEXTURES else SOURCE_CLASSES if textures == SOURCE_TEXTURES \
+        else tuple(f"class {i}" for i in range(SYNTHETIC_NCLASS))
     meta.update({
         "layout": "pascal",
-        "classes": list(SYNTHETIC_CLASSES),
+        "classes": list(class_names),
         "nclass": SYNTHETIC_NCLASS,
         "ignore_index": IGNORE_INDEX,
         "counts": {"train": n_train, "labeled": n_labeled, "unlabeled": n_train - n_labeled, "val": n_val,
                    "test": n_val},
         "pixel_fraction": {
             name: round(float(count) / float(pixel_counts.sum()), 4)
-            for name, count in zip(list(SYNTHETIC_CLASSES) + ["void"], pixel_counts)
+            for name, count in zip(list(class_names) + ["void"], pixel_counts)
         },
     })
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -165,8 +204,10 @@ def _write_dataset(out: Path, parameters: dict) -> None:
 
 # ----------------------------------------------------------------------------- rendering
 
-def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image (H, W, 3) uint8 and its label (H, W) uint8 with class ids and a 255 void ring."""
+def render_sample(rng: np.random.Generator, size: int,
+                  textures: tuple = DEMO_TEXTURES) -> tuple[np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 and its label (H, W) uint8 with class ids and a 255 void ring;
+    an object of class c has shape c and texture ``textures[c]``."""
     height = int(rng.integers(math.ceil(0.75 * size), size + 1))
     width = int(rng.integers(math.ceil(0.75 * size), size + 1))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -183,7 +224,7 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
         region = _shape(class_id, u, v, radius, rng)
         if not region.any():
             continue
-        canvas[region] = _object_fill(rng, class_id, _texture(class_id, u, v, rng))[region]
+        canvas[region] = _object_fill(rng, class_id, _texture(textures[class_id], u, v, rng))[region]
         label[region] = class_id
 
     image = _finish(rng, canvas, height, width)
@@ -240,18 +281,18 @@ def _two_colour_fill(rng, pattern: np.ndarray) -> np.ndarray:
     return np.where(pattern[..., None], first, second).astype(np.float32)
 
 
-def _texture(class_id: int, u: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
-    """Boolean texture of a class in the object's frame; the period (pixels) is random per object."""
+def _texture(texture_id: int, u: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
+    """Boolean texture (1 stripes ... 5 speckle) in the object's frame; the period (pixels) is random per object."""
     period = float(rng.uniform(5.0, 9.0))
-    if class_id == 1:  # stripes
+    if texture_id == 1:  # stripes
         return np.sin(2.0 * math.pi * u / period) > 0.0
-    if class_id == 2:  # checkerboard
+    if texture_id == 2:  # checkerboard
         return (np.floor(u / period) + np.floor(v / period)) % 2 == 0
-    if class_id == 3:  # dots on a square grid
+    if texture_id == 3:  # dots on a square grid
         du = u / period - np.round(u / period)
         dv = v / period - np.round(v / period)
         return du * du + dv * dv < 0.3 ** 2
-    if class_id == 4:  # diagonal cross-hatching
+    if texture_id == 4:  # diagonal cross-hatching
         return (np.abs(np.sin(math.pi * (u + v) / period)) < 0.3) | (np.abs(np.sin(math.pi * (u - v) / period)) < 0.3)
     # speckle: random cells of about 2 px
     cell = 2.0

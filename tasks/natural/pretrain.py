@@ -1,0 +1,96 @@
+"""A backbone pretrained on the built-in synthetic source set: the demos' stand-in for ImageNet.
+
+Why: the paper's models start from ImageNet weights, and the built-in demos cannot download any.
+From random weights the demo teachers never become confident on the minority classes within a CPU
+budget; from a pretrained trunk they do (docs/benchmarks.md, "A pretrained starting point").
+The source set (:func:`tasks.natural.synthetic.ensure_synthetic_source`) pairs the demo's shapes
+with other textures, so its classes are not the target's, as ImageNet's classes are not Pascal's.
+
+``pretrained: synthetic`` in a natural-image or change-detection config asks for it. The first
+run trains the task's backbone (same architecture, width and stem) on every source training image
+with the supervised method, through the real ``tasks.natural.train`` entry point in a child
+process, and keeps the trunk's weights under ``data_home()/pretrained/``; later runs reuse the
+file. The checkpoint's ``backbone.*`` keys are stored without the prefix, the layout every
+``pretrained:`` file has (:func:`unimatch.models.backbones.load_backbone_weights`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tasks.natural.synthetic import ensure_synthetic_source
+from unimatch.distributed import main_rank_first
+from unimatch.errors import CheckpointError
+from unimatch.paths import data_home, write_once
+
+SYNTHETIC_PRETRAINED = "synthetic"   # the ``pretrained:`` value that asks for this backbone
+PRETRAIN_VERSION = 1
+PRETRAIN_EPOCHS = 23                 # 23 x 40 = 920 iterations at batch 8 on the 320 source images
+PRETRAIN_SEED = 0
+# the training settings, pinned so that a change to the natural demo config leaves this file as it is
+PRETRAIN_SETTINGS = ("--batch-size", "8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
+                     "sup_warmup_epochs=0")
+BACKBONE_FILE = "backbone.pth"
+# what a torchrun parent sets; the child is one plain process
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+def synthetic_backbone(backbone: str, width: int, deep_stem: bool, root: Path | None = None,
+                       source: Path | None = None, epochs: int = PRETRAIN_EPOCHS) -> Path:
+    """The backbone file for this trunk, trained once (about a minute on a laptop CPU).
+
+    ``root`` defaults to ``data_home()/pretrained/synthetic-v1-<backbone>-w<width>-<stem>``,
+    ``source`` to the built-in source set; both and ``epochs`` are there for small tests.
+    """
+    parameters = {"version": PRETRAIN_VERSION, "backbone": backbone, "width": int(width),
+                  "deep_stem": bool(deep_stem), "epochs": int(epochs), "seed": PRETRAIN_SEED}
+    if root is None:
+        stem = "deepstem" if deep_stem else "stem7"
+        root = data_home() / "pretrained" / f"synthetic-v{PRETRAIN_VERSION}-{backbone}-w{width}-{stem}"
+    folder = write_once(Path(root), parameters, lambda staging: _pretrain(staging, parameters, source),
+                        what="the built-in synthetic backbone")
+    return folder / BACKBONE_FILE
+
+
+def resolve_pretrained(cfg, ctx=None) -> dict:
+    """Config changes that turn ``pretrained: synthetic`` into the backbone file (rank 0 trains it
+    once; the other ranks wait, then read it); none for any other value."""
+    if cfg.pretrained != SYNTHETIC_PRETRAINED:
+        return {}
+    path = main_rank_first(lambda: synthetic_backbone(cfg.backbone, cfg.width, cfg.deep_stem), ctx)
+    return {"pretrained": str(path)}
+
+
+def _pretrain(out: Path, parameters: dict, source: Path | None) -> None:
+    """Supervised training on the source set in a child process; keeps the trunk's weights (and
+    the child's run folder, whose ``best.pth`` they come from)."""
+    source = Path(source) if source is not None else ensure_synthetic_source()
+    run_dir = out / "run"
+    command = [sys.executable, "-m", "tasks.natural.train", "--method", "supervised",
+               "--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
+               "--val-split", str(source / "splits" / "val.txt"), "--epochs", str(parameters["epochs"]),
+               "--seed", str(parameters["seed"]), "--save-dir", str(run_dir), "--no-progress",
+               f"backbone={parameters['backbone']}", f"width={parameters['width']}",
+               f"deep_stem={str(parameters['deep_stem']).lower()}", "pretrained=null", *PRETRAIN_SETTINGS]
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    started = time.monotonic()
+    print(f"pretraining the backbone on the synthetic source set ({parameters['epochs']} epochs, "
+          f"log: {out.name}/pretrain.log) ...", file=sys.stderr, flush=True)
+    with open(out / "pretrain.log", "w") as log_file:
+        finished = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    if finished.returncode != 0:
+        tail = (out / "pretrain.log").read_text().splitlines()[-15:]
+        raise CheckpointError("pretraining the synthetic backbone failed:\n" + "\n".join(tail))
+    checkpoint = torch.load(run_dir / "best.pth", map_location="cpu", weights_only=False)
+    trunk = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
+    torch.save(trunk, out / BACKBONE_FILE)
+    manifest = dict(parameters, source=str(source), source_val_mIoU=round(float(checkpoint["metrics"]["mIoU"]), 2),
+                    seconds=round(time.monotonic() - started))
+    (out / "meta.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,95 @@
+"""The built-in synthetic backbone (``pretrained: synthetic``): its source set, the pretraining run
+through the real entry point, the trunk file every ``pretrained:`` loader reads, and its caching."""
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.natural import pretrain, synthetic
+from tasks.natural.synthetic import (DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, ensure_synthetic_voc,
+                                     render_sample)
+from unimatch.errors import DataError
+from unimatch.models.backbones import build_backbone
+
+
+@pytest.mark.parametrize("textures", [DEMO_TEXTURES, SOURCE_TEXTURES])
+def test_each_object_wears_the_texture_its_set_gives_its_class(textures, monkeypatch):
+    """The source set's disc is checkered where the demo's is striped, and so on."""
+    calls = []
+    shape, texture = synthetic._shape, synthetic._texture
+    monkeypatch.setattr(synthetic, "_shape", lambda c, *a: calls.append(("shape", c)) or shape(c, *a))
+    monkeypatch.setattr(synthetic, "_texture", lambda t_id, *a: calls.append(("texture", t_id)) or texture(t_id, *a))
+    for index in range(6):
+        render_sample(np.random.default_rng([7, index]), 48, textures)
+    objects = [(calls[i - 1][1], calls[i][1]) for i in range(1, len(calls))
+               if calls[i][0] == "texture" and calls[i - 1][0] == "shape"]
+    assert len({c for c, _ in objects}) >= 4   # most classes drawn
+    assert all(worn == textures[class_id] for class_id, worn in objects)
+
+
+def test_textures_must_be_a_permutation_of_the_object_textures(tmp_path):
+    with pytest.raises(DataError, match="textures"):
+        ensure_synthetic_voc(tmp_path / "bad", n_images=4, size=16, textures=(0, 1, 1, 2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory):
+    """One tiny pretraining: a 10-image source set, 1 epoch, the tiny trunk at width 8."""
+    base = tmp_path_factory.mktemp("pretrain")
+    source = ensure_synthetic_voc(base / "source", n_images=10, size=32, seed=7, textures=SOURCE_TEXTURES)
+    path = pretrain.synthetic_backbone("tiny", 8, True, root=base / "backbone", source=source, epochs=1)
+    return path
+
+
+def test_pretraining_keeps_the_trunk_of_the_source_run(trunk):
+    weights = torch.load(trunk, weights_only=True)
+    checkpoint = torch.load(trunk.parent / "run" / "best.pth", weights_only=False)
+    expected = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
+    assert weights.keys() == expected.keys() and len(weights) > 0
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+    meta = json.loads((trunk.parent / "meta.json").read_text())
+    assert meta["backbone"] == "tiny" and meta["width"] == 8 and meta["epochs"] == 1
+    assert 0.0 <= meta["source_val_mIoU"] <= 100.0
+    source_meta = json.loads((trunk.parent.parent / "source" / "meta.json").read_text())
+    assert source_meta["classes"] == list(SOURCE_CLASSES) and source_meta["textures"] == list(SOURCE_TEXTURES)
+
+
+def test_the_trunk_file_loads_as_a_pretrained_backbone(trunk):
+    """Every trunk key is filled from the file (the loader refuses a partial file)."""
+    backbone = build_backbone("tiny", pretrained=str(trunk), width=8, deep_stem=True)
+    weights = torch.load(trunk, weights_only=True)
+    assert all(torch.equal(value, weights[key]) for key, value in backbone.state_dict().items())
+    with pytest.raises(Exception, match="do not fit"):
+        build_backbone("tiny", pretrained=str(trunk), width=16, deep_stem=True)
+
+
+def test_a_second_request_reuses_the_file_without_training(trunk, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pretrained again")
+
+    monkeypatch.setattr(pretrain.subprocess, "run", refuse)
+    before = trunk.stat().st_mtime_ns
+    again = pretrain.synthetic_backbone("tiny", 8, True, root=trunk.parent, source=trunk.parent.parent / "source",
+                                        epochs=1)
+    assert again == trunk and trunk.stat().st_mtime_ns == before
+
+
+def test_only_the_word_synthetic_is_resolved_and_with_the_configs_trunk(monkeypatch, tmp_path):
+    asked = []
+
+    def fake(backbone, width, deep_stem):
+        asked.append((backbone, width, deep_stem))
+        return tmp_path / "backbone.pth"
+
+    monkeypatch.setattr(pretrain, "synthetic_backbone", fake)
+    cfg = types.SimpleNamespace(pretrained="synthetic", backbone="resnet18", width=16, deep_stem=True)
+    assert pretrain.resolve_pretrained(cfg) == {"pretrained": str(tmp_path / "backbone.pth")}
+    assert set(asked) == {("resnet18", 16, True)}   # rank 0 writes, then every rank reads
+    count = len(asked)
+    for other in (None, "torchvision", str(tmp_path / "resnet50.pth")):
+        assert pretrain.resolve_pretrained(types.SimpleNamespace(pretrained=other)) == {}
+    assert len(asked) == count
