@@ -53,8 +53,8 @@ def test_undefined_metrics_of_some_seeds_are_left_out_of_the_mean_and_counted():
 
 def test_default_comparison_trains_each_baseline_at_its_tuned_lr(tmp_path, monkeypatch):
     """Without --methods the ACDC and change-detection baselines run at the lr their 3-seed grids
-    chose on val (0.1 and 0.16, docs/benchmarks.md), not at UniMatch's demo lr; natural images
-    compare the config as it is."""
+    chose on val (0.1 and 0.32, docs/benchmarks.md; change detection with the plain labelled loss,
+    not the demo's sup_weight 2), not at UniMatch's demo lr; natural images compare the config as it is."""
     commands = []
 
     def record(command, **kwargs):
@@ -68,5 +68,5 @@ def test_default_comparison_trains_each_baseline_at_its_tuned_lr(tmp_path, monke
     acdc, change_detection, natural = commands
     assert acdc[acdc.index("--method") + 1] == "supervised" and acdc[-1] == "lr=0.1"
     assert change_detection[change_detection.index("--method") + 1] == "supervised"
-    assert change_detection[-1] == "lr=0.16"
+    assert change_detection[-2:] == ["sup_weight=1.0", "lr=0.32"]
     assert natural[natural.index("--method") + 1] == "supervised" and not any(a.startswith("lr=") for a in natural)

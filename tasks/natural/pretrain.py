@@ -34,7 +34,7 @@ PRETRAIN_VERSION = 1
 PRETRAIN_EPOCHS = 23                 # 23 x 40 = 920 iterations at batch 8 on the 320 source images
 PRETRAIN_SEED = 0
 # the training settings, pinned so that a change to the natural demo config leaves this file as it is
-PRETRAIN_SETTINGS = ("--batch-size", "8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
+PRETRAIN_SETTINGS = ("batch_size=8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
                      "sup_warmup_epochs=0")
 BACKBONE_FILE = "backbone.pth"
 # what a torchrun parent sets; the child is one plain process
