@@ -120,6 +120,21 @@ def test_evaluate_test_split_writes_json_csv_and_masks(trained, tmp_path):
         evaluate_cli.main(eval_args(root, run / "best.pth", "--split", "test", "--save-predictions", str(preds)))
 
 
+def test_evaluate_with_the_demo_config_never_pretrains_a_backbone(trained, tmp_path, monkeypatch):
+    """pretrained: synthetic is a starting point for training; evaluate reads every weight from the
+    checkpoint and must not spend a pretraining run on a file it would not read."""
+    from tasks.natural import pretrain
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluate pretrained a backbone")
+
+    monkeypatch.setattr(pretrain, "synthetic_backbone", refuse)
+    root, run = trained
+    # after TINY, whose pretrained=null would otherwise win
+    metrics = evaluate_cli.main([*eval_args(root, run / "best.pth", "--split", "test"), "pretrained=synthetic"])
+    assert 0 <= metrics["OA"] <= 100
+
+
 def test_evaluate_json_writes_undefined_precision_as_null(trained, tmp_path):
     """A model that predicts no change has no precision (NaN): the JSON file says null, so strict
     parsers read it."""

@@ -3,6 +3,7 @@ and their plumbing: parsers, config loading, writers."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -200,6 +201,8 @@ def evaluate_main(task, argv, doc: str) -> dict:
     args = parser.parse_args(argv)
     refuse_existing([args.json, args.csv], args.overwrite)
     cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, data_root=args.data_root)
+    # the checkpoint holds every weight: no pretrained file is read, nor built (pretrained: synthetic)
+    cfg = dataclasses.replace(cfg, pretrained=None)
     ctx = setup_distributed(args.device)
     try:
         cfg = task.resolve_data(cfg, ctx)
