@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tasks.natural.synthetic import ensure_synthetic_source
 from unimatch.distributed import main_rank_first
@@ -38,6 +40,7 @@ PRETRAIN_SEED = 0
 PRETRAIN_SETTINGS = ("batch_size=8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
                      "sup_warmup_epochs=0")
 BACKBONE_FILE = "backbone.pth"
+EPOCH_LINE = re.compile(r"\] epoch (\d+): mIoU ([0-9.]+)")   # the trainer's end-of-epoch log line
 # what a torchrun parent sets; the child is one plain process
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
@@ -82,11 +85,19 @@ def _pretrain(out: Path, parameters: dict, source: Path | None) -> None:
                f"deep_stem={str(parameters['deep_stem']).lower()}", "pretrained=null", *PRETRAIN_SETTINGS]
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     started = time.monotonic()
-    print(f"pretraining the backbone on the synthetic source set ({parameters['epochs']} epochs, "
-          f"log: {out.name}/pretrain.log) ...", file=sys.stderr, flush=True)
-    with open(out / "pretrain.log", "w") as log_file:
-        finished = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    if finished.returncode != 0:
+    print(f"pretraining the backbone on the synthetic source set ({parameters['epochs']} epochs; the child's "
+          f"log is kept as pretrain.log beside the file) ...", file=sys.stderr, flush=True)
+    with open(out / "pretrain.log", "w") as log_file, \
+            tqdm(total=parameters["epochs"], desc="pretraining", unit="epoch", disable=None) as bar:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        for line in child.stdout:
+            log_file.write(line)
+            epoch = EPOCH_LINE.search(line)
+            if epoch:
+                bar.update(int(epoch.group(1)) - bar.n)
+                bar.set_postfix_str(f"source val mIoU {float(epoch.group(2)):.1f}")
+        finished = child.wait()
+    if finished != 0:
         tail = (out / "pretrain.log").read_text().splitlines()[-15:]
         raise CheckpointError("pretraining the synthetic backbone failed:\n" + "\n".join(tail))
     checkpoint = torch.load(run_dir / "best.pth", map_location="cpu", weights_only=False)
