@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tasks.natural.synthetic import ensure_synthetic_source
+from tasks.natural.synthetic import SOURCE_CLASSES, ensure_synthetic_source
 from unimatch.distributed import main_rank_first
 from unimatch.errors import CheckpointError
 from unimatch.paths import data_home, write_once
@@ -82,7 +82,8 @@ def _pretrain(out: Path, parameters: dict, source: Path | None) -> None:
                "--val-split", str(source / "splits" / "val.txt"), "--epochs", str(parameters["epochs"]),
                "--seed", str(parameters["seed"]), "--save-dir", str(run_dir), "--no-progress",
                f"backbone={parameters['backbone']}", f"width={parameters['width']}",
-               f"deep_stem={str(parameters['deep_stem']).lower()}", "pretrained=null", *PRETRAIN_SETTINGS]
+               f"deep_stem={str(parameters['deep_stem']).lower()}", "pretrained=null",
+               f"class_names=[{', '.join(SOURCE_CLASSES)}]", *PRETRAIN_SETTINGS]
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     started = time.monotonic()
     print(f"pretraining the backbone on the synthetic source set ({parameters['epochs']} epochs; the child's "
