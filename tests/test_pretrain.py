@@ -12,7 +12,7 @@ import torch
 from tasks.natural import pretrain, synthetic
 from tasks.natural.synthetic import (DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, ensure_synthetic_voc,
                                      render_sample)
-from unimatch.errors import DataError
+from unimatch.errors import CheckpointError, DataError
 from unimatch.models.backbones import build_backbone
 
 
@@ -64,7 +64,7 @@ def test_the_trunk_file_loads_as_a_pretrained_backbone(trunk):
     backbone = build_backbone("tiny", pretrained=str(trunk), width=8, deep_stem=True)
     weights = torch.load(trunk, weights_only=True)
     assert all(torch.equal(value, weights[key]) for key, value in backbone.state_dict().items())
-    with pytest.raises(Exception, match="do not fit"):
+    with pytest.raises(CheckpointError, match="do not fit"):
         build_backbone("tiny", pretrained=str(trunk), width=16, deep_stem=True)
 
 

@@ -167,10 +167,10 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
     model, normalisation, sizes and seed (which decides ACDC's test patients) are used; otherwise
     (official checkpoints store none) the task's built-in default. A checkpoint whose stored
-    config names another task is refused first, naming the command that reads it.
+    config names another task is refused first, naming the command that reads it. ``pretrained``
+    is always None: the checkpoint holds every weight, so no pretrained file is read, nor built
+    (``pretrained: synthetic``).
     """
-    import dataclasses
-
     stored = checkpoint_config(checkpoint)
     trained_by = stored.get("task") if stored is not None else None
     if trained_by is not None and trained_by != task.name:
@@ -187,7 +187,7 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
         stored.update({k: v for k, v in values.items() if v is not None})
         cfg = load_config(None, overrides, schema=task.config_class, **stored)
         source = f"{checkpoint} (stored config)"
-    return cfg, source
+    return dataclasses.replace(cfg, pretrained=None), source
 
 
 def evaluate_main(task, argv, doc: str) -> dict:
@@ -201,8 +201,6 @@ def evaluate_main(task, argv, doc: str) -> dict:
     args = parser.parse_args(argv)
     refuse_existing([args.json, args.csv], args.overwrite)
     cfg, source = inference_config(task, args.config, args.checkpoint, args.overrides, data_root=args.data_root)
-    # the checkpoint holds every weight: no pretrained file is read, nor built (pretrained: synthetic)
-    cfg = dataclasses.replace(cfg, pretrained=None)
     ctx = setup_distributed(args.device)
     try:
         cfg = task.resolve_data(cfg, ctx)
@@ -244,8 +242,6 @@ def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device, sour
     """The config's model with the weights of ``checkpoint`` (ours or an official release), in eval
     mode on ``device``. ``pretrained`` is ignored: the checkpoint holds every weight. When they do
     not fit, the error also names the config used (``source``), since that is what to change."""
-    import dataclasses
-
     from unimatch.engine import load_model_weights
     from unimatch.models import build_model
 
