@@ -1,6 +1,7 @@
 """Specifications of the natural-image data adapter: layouts, split files, weak views, synthetic data, splits."""
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -356,6 +357,55 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
     assert len(UnlabeledDataset("synthetic", root, root / "splits" / "unlabeled.txt", crop_size=24)) == 6
 
 
+def test_scene_style_class_hue_gives_each_class_its_hue_or_any():
+    import cv2
+
+    def hues(style, class_id, n=40):
+        rng = np.random.default_rng(0)
+        rgb = np.stack([synthetic._class_colour(rng, class_id, style) for _ in range(n)])
+        return cv2.cvtColor((rgb[None] * 255).round().astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 0] / 180.0
+
+    for class_id in range(1, synthetic.SYNTHETIC_NCLASS):
+        exact = hues(synthetic.SceneStyle(1.0, 0.0), class_id)
+        distance = np.abs((exact - synthetic.CLASS_HUES[class_id] + 0.5) % 1.0 - 0.5)
+        assert distance.max() < 0.02, class_id   # uint8 HSV rounding only
+    anything = hues(synthetic.SceneStyle(0.0, 0.0), 2)
+    assert np.abs((anything - synthetic.CLASS_HUES[2] + 0.5) % 1.0 - 0.5).max() > 0.3
+
+
+def test_plain_clutter_leaves_the_background_without_textures_or_lines():
+    """The textured background has object textures and lines (sharp light/dark edges); the plain
+    one only smooth noise and plain blobs, so its mean Laplacian is several times smaller."""
+    import cv2
+
+    def busyness(clutter):
+        values = []
+        for seed in range(12):
+            height = width = 64
+            ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+            canvas = synthetic._background(np.random.default_rng(seed), height, width, ys, xs, clutter)
+            values.append(np.abs(cv2.Laplacian(canvas.mean(2).astype(np.float32), cv2.CV_32F)).mean())
+        return float(np.mean(values))
+
+    assert busyness("textured") > 2.0 * busyness("plain")
+
+
+def test_scene_style_names_its_folder_and_meta_and_default_style_keeps_old_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
+    style = synthetic.SceneStyle(1.0, 0.04, "plain")
+    root = synthetic.ensure_synthetic_voc(n_images=6, size=24, style=style)
+    assert root.name.endswith("-hue1-0.04-plain")
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["style"] == {"class_hue_probability": 1.0, "class_hue_spread": 0.04, "clutter": "plain"}
+    plain = _files(root)
+    default = synthetic.ensure_synthetic_voc(n_images=6, size=24)
+    assert "style" not in json.loads((default / "meta.json").read_text()) and "hue" not in default.name
+    assert {k: v for k, v in _files(default).items() if k.startswith("JPEG")} != \
+        {k: v for k, v in plain.items() if k.startswith("JPEG")}
+    with pytest.raises(DataError, match="clutter"):
+        synthetic.ensure_synthetic_voc(tmp_path / "x", n_images=6, size=24, style=synthetic.SceneStyle(clutter="busy"))
+
+
 def test_synthetic_dataset_is_cached_written_atomically_and_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
     kwargs = dict(n_images=6, size=24, seed=0)
@@ -517,3 +567,24 @@ def test_palette_png_round_trip_and_overlay(tmp_path):
     blended = overlay(torch.from_numpy(image).permute(2, 0, 1), mask, alpha=0.5)
     assert blended[0, 0].tolist() == [100, 100, 100] and blended[1, 1].tolist() == [100, 100, 100]
     assert blended[0, 1].tolist() == [114, 50, 50]  # halfway between grey 100 and VOC class 1 (128, 0, 0)
+
+
+def test_demo_config_trains_on_plain_scenes_with_8_labelled_images(tmp_path, monkeypatch):
+    """The synthetic_* keys of the natural demo config reach the generator: without --data-root the
+    run reads the plain-clutter set whose labelled list has 8 of the 320 training images."""
+    from tasks.natural.common import NaturalConfig, NaturalTask
+    from unimatch.config import load_config
+    from unimatch.paths import config_path
+
+    monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
+    written = []
+    monkeypatch.setattr(synthetic, "_write_dataset", lambda out, parameters: written.append(parameters))
+    cfg = load_config(config_path("natural", "synthetic.yaml"), schema=NaturalConfig)
+    resolved = NaturalTask().resolve_data(cfg)
+    assert written == [{"version": synthetic.SYNTHETIC_VERSION, "n_images": 400, "size": 96, "seed": 0,
+                        "labeled_fraction": 0.025,
+                        "style": {"class_hue_probability": 0.8, "class_hue_spread": 0.08, "clutter": "plain"}}]
+    assert synthetic.split_counts(400, 0.025) == (320, 80, 8)
+    assert resolved.labeled_split == str(tmp_path / "home" / "natural" /
+                                         f"synthetic-v{synthetic.SYNTHETIC_VERSION}-n400-s96-seed0-lab0.025-hue0.8-0.08-plain"
+                                         / "splits" / "labeled.txt")

@@ -15,7 +15,8 @@ from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledData
 from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.pretrain import resolve_pretrained
-from tasks.natural.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_voc
+from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
+                                     ensure_synthetic_voc)
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config
 from unimatch.data import sharded_eval_loader
@@ -37,6 +38,12 @@ class NaturalConfig(Config):
 
     task: str = "natural"
     select_metric: str = "mIoU"
+    # the built-in synthetic set (tasks/natural/synthetic.py): its size, labelled share and scenes
+    synthetic_images: int = DEFAULT_N_IMAGES          # the generator's defaults, defined once
+    synthetic_labeled_fraction: float = DEFAULT_LABELED_FRACTION
+    synthetic_class_hue_probability: float = SceneStyle.class_hue_probability
+    synthetic_class_hue_spread: float = SceneStyle.class_hue_spread
+    synthetic_clutter: str = SceneStyle.clutter
 
     def default_class_names(self) -> Optional[tuple]:
         return CLASS_NAMES.get(self.dataset)
@@ -65,6 +72,13 @@ def evaluate_model(predictor: Predictor, cfg: Config, loader, mode: str | None =
     return EvalResult(metrics, table)
 
 
+def synthetic_root(cfg: Config) -> Path:
+    """The built-in set that the config's ``synthetic_*`` keys describe, written once."""
+    style = SceneStyle(cfg.synthetic_class_hue_probability, cfg.synthetic_class_hue_spread, cfg.synthetic_clutter)
+    return ensure_synthetic_voc(n_images=cfg.synthetic_images, labeled_fraction=cfg.synthetic_labeled_fraction,
+                                style=style)
+
+
 class NaturalTask(Task):
     name = "natural"
     config_class = NaturalConfig
@@ -79,7 +93,7 @@ class NaturalTask(Task):
         if not cfg.data_root_given:
             if cfg.dataset != "synthetic":
                 raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding its images)")
-            root = main_rank_first(ensure_synthetic_voc, ctx)
+            root = main_rank_first(lambda: synthetic_root(cfg), ctx)
             changes["data_root"] = str(root)
             folder = Path(root) / "splits"
         else:

@@ -2,13 +2,14 @@
 
 Why synthetic: the suite must train, evaluate and be tested without downloading anything.
 Why this design: an object's class is told by its SHAPE and its TEXTURE (light/dark pattern);
-colour is only a weak prior (usually a hue near the class's own, spread so that neighbouring
-classes overlap, otherwise any colour), on a cluttered background of every hue whose irregular
-blobs sometimes carry the object textures too. Colour jitter and grayscale are therefore real
-perturbations, the task is learnable from scratch by a small DeepLabV3+ on a CPU, and a few
-labelled images do not saturate it: with the defaults, resnet18/width 16, crop 64, batch 8,
-800 SGD iterations reach about 52 mIoU (val) with all 320 training labels and about 44 with
-the 32 of ``labeled.txt``, which leaves the unlabelled images something to teach.
+colour is only a prior (by default usually a hue near the class's own, spread so that neighbouring
+classes overlap, otherwise any colour), on a background of every hue. Colour jitter and grayscale
+are therefore real perturbations and the task is learnable from scratch by a small DeepLabV3+ on
+a CPU. :class:`SceneStyle` sets how busy the background is: the default clutter (2-6 irregular
+blobs, a fifth of them wearing an object texture, and lines) makes a set where a few labelled
+images do not saturate the model but the teacher stays unsure of the objects; the demo config
+uses ``plain`` clutter (1-3 plain blobs) with 8 labelled images, where the unlabelled images
+measurably help (docs/benchmarks.md, "The natural-image demo").
 
 On disk (read by :mod:`tasks.natural.data` exactly like Pascal VOC)::
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -70,10 +72,36 @@ DEFAULT_SIZE = 96
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_LABELED_FRACTION = 0.1
 JPEG_QUALITY = 90
-# Hue (0..1) around which each class's main colour is drawn, how widely, and how often.
+# Hue (0..1) around which each class's main colour is drawn (SceneStyle says how widely and how often).
 CLASS_HUES = (0.0, 0.0, 0.2, 0.4, 0.6, 0.8)
-CLASS_HUE_SPREAD = 0.08
-CLASS_HUE_PROBABILITY = 0.8
+CLUTTER_KINDS = ("textured", "plain")
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How much an object's colour tells its class, and how busy the background is.
+
+    The defaults are the scenes of the first versions (and of the pretraining source set): a colour
+    that is usually (``class_hue_probability``) a hue near the class's own, spread
+    (``class_hue_spread``) so that neighbouring classes overlap, on a background of 2-6 clutter
+    blobs, a fifth of them wearing an object texture, and up to 3 lines (``clutter="textured"``).
+    ``clutter="plain"`` draws 1-3 blobs of plain colour and no lines.
+    """
+
+    class_hue_probability: float = 0.8
+    class_hue_spread: float = 0.08
+    clutter: str = "textured"
+
+    def validate(self) -> None:
+        if not 0.0 <= self.class_hue_probability <= 1.0 or self.class_hue_spread < 0.0:
+            raise DataError(f"class_hue_probability must lie in [0, 1] and class_hue_spread be >= 0; got {self}")
+        if self.clutter not in CLUTTER_KINDS:
+            raise DataError(f"clutter must be one of {CLUTTER_KINDS}; got {self.clutter!r}")
+
+    def suffix(self) -> str:
+        """The cache folder's suffix for a non-default style."""
+        return "" if self == SceneStyle() else \
+            f"-hue{self.class_hue_probability:g}-{self.class_hue_spread:g}-{self.clutter}"
 
 
 def default_synthetic_root(
@@ -81,13 +109,14 @@ def default_synthetic_root(
     size: int = DEFAULT_SIZE,
     seed: int = 0,
     labeled_fraction: float = DEFAULT_LABELED_FRACTION,
+    style: SceneStyle = SceneStyle(),
 ) -> Path:
     """Cache directory of one parameter set: ``synthetic-vN`` for the defaults, a suffixed name otherwise."""
     name = f"synthetic-v{SYNTHETIC_VERSION}"
     defaults = (DEFAULT_N_IMAGES, DEFAULT_SIZE, 0, DEFAULT_LABELED_FRACTION)
     if (n_images, size, seed, labeled_fraction) != defaults:
         name += f"-n{n_images}-s{size}-seed{seed}-lab{labeled_fraction:g}"
-    return data_home() / "natural" / name
+    return data_home() / "natural" / (name + style.suffix())
 
 
 def split_counts(n_images: int, labeled_fraction: float, val_fraction: float = DEFAULT_VAL_FRACTION):
@@ -105,13 +134,15 @@ def ensure_synthetic_voc(
     seed: int = 0,
     labeled_fraction: float = DEFAULT_LABELED_FRACTION,
     textures: tuple = DEMO_TEXTURES,
+    style: SceneStyle = SceneStyle(),
 ) -> Path:
     """Return the root of the synthetic VOC-layout dataset, writing it once if it is not there yet.
 
     ``root`` None means the shared cache (:func:`default_synthetic_root`). An existing root
     written with other parameters is never overwritten: a :class:`DataError` says so.
     ``textures`` gives each class its texture (:data:`DEMO_TEXTURES`, or :data:`SOURCE_TEXTURES`
-    for the pretraining source set, :func:`ensure_synthetic_source`).
+    for the pretraining source set, :func:`ensure_synthetic_source`), ``style`` how colourful and
+    busy the scenes are (:class:`SceneStyle`).
     """
     if n_images < 3:
         raise DataError(f"the synthetic dataset needs at least 3 images (train, labelled, val); got {n_images}")
@@ -122,8 +153,9 @@ def ensure_synthetic_voc(
     if sorted(textures) != list(range(SYNTHETIC_NCLASS)) or textures[0] != 0:
         raise DataError(f"textures must give classes 1..{SYNTHETIC_NCLASS - 1} the texture ids 1..{SYNTHETIC_NCLASS - 1} "
                         f"in some order (background 0); got {textures}")
-    root = Path(root) if root is not None else default_synthetic_root(n_images, size, seed, labeled_fraction)
-    parameters = _parameters(n_images, size, seed, labeled_fraction, tuple(textures))
+    style.validate()
+    root = Path(root) if root is not None else default_synthetic_root(n_images, size, seed, labeled_fraction, style)
+    parameters = _parameters(n_images, size, seed, labeled_fraction, tuple(textures), style)
     return write_once(root, parameters, lambda folder: _write_dataset(folder, parameters))
 
 
@@ -138,9 +170,9 @@ def ensure_synthetic_source(root: str | os.PathLike | None = None) -> Path:
 
 
 def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float,
-                textures: tuple = DEMO_TEXTURES) -> dict:
-    """``meta.json``'s parameters; ``textures`` only when not the demo's, so the folders written
-    before it existed still match."""
+                textures: tuple = DEMO_TEXTURES, style: SceneStyle = SceneStyle()) -> dict:
+    """``meta.json``'s parameters; ``textures`` and ``style`` only when not the defaults, so the
+    folders written before they existed still match."""
     parameters = {
         "version": SYNTHETIC_VERSION,
         "n_images": n_images,
@@ -150,6 +182,8 @@ def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float,
     }
     if tuple(textures) != DEMO_TEXTURES:
         parameters["textures"] = list(textures)
+    if style != SceneStyle():
+        parameters["style"] = asdict(style)
     return parameters
 
 
@@ -164,8 +198,9 @@ def _write_dataset(out: Path, parameters: dict) -> None:
     ids = [f"synth_{index:05d}" for index in range(n_images + n_val)]
     pixel_counts = np.zeros(SYNTHETIC_NCLASS + 1, dtype=np.int64)
     textures = tuple(parameters.get("textures", DEMO_TEXTURES))
+    style = SceneStyle(**parameters.get("style", {}))
     for index, sample_id in enumerate(ids):
-        image, label = render_sample(np.random.default_rng([seed, index]), size, textures)
+        image, label = render_sample(np.random.default_rng([seed, index]), size, textures, style)
         Image.fromarray(image).save(out / "JPEGImages" / f"{sample_id}.jpg", quality=JPEG_QUALITY)
         save_palette_png(label, out / "SegmentationClass" / f"{sample_id}.png", palette)
         counts = np.bincount(np.where(label == IGNORE_INDEX, SYNTHETIC_NCLASS, label).ravel(),
@@ -204,15 +239,15 @@ def _write_dataset(out: Path, parameters: dict) -> None:
 
 # ----------------------------------------------------------------------------- rendering
 
-def render_sample(rng: np.random.Generator, size: int,
-                  textures: tuple = DEMO_TEXTURES) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(rng: np.random.Generator, size: int, textures: tuple = DEMO_TEXTURES,
+                  style: SceneStyle = SceneStyle()) -> tuple[np.ndarray, np.ndarray]:
     """One image (H, W, 3) uint8 and its label (H, W) uint8 with class ids and a 255 void ring;
-    an object of class c has shape c and texture ``textures[c]``."""
+    an object of class c has shape c and texture ``textures[c]``, on a background of ``style``."""
     height = int(rng.integers(math.ceil(0.75 * size), size + 1))
     width = int(rng.integers(math.ceil(0.75 * size), size + 1))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
 
-    canvas = _background(rng, height, width, ys, xs)
+    canvas = _background(rng, height, width, ys, xs, style.clutter)
     label = np.zeros((height, width), dtype=np.uint8)
     for _ in range(int(rng.integers(2, 6))):
         class_id = int(rng.integers(1, SYNTHETIC_NCLASS))
@@ -224,7 +259,7 @@ def render_sample(rng: np.random.Generator, size: int,
         region = _shape(class_id, u, v, radius, rng)
         if not region.any():
             continue
-        canvas[region] = _object_fill(rng, class_id, _texture(textures[class_id], u, v, rng))[region]
+        canvas[region] = _object_fill(rng, class_id, _texture(textures[class_id], u, v, rng), style)[region]
         label[region] = class_id
 
     image = _finish(rng, canvas, height, width)
@@ -249,20 +284,20 @@ def _random_colour(rng) -> np.ndarray:
     return rng.random(3).astype(np.float32)
 
 
-def _class_colour(rng, class_id: int) -> np.ndarray:
-    """A colour with a weak class prior: usually a hue near the class's own (spread wide enough that
-    neighbouring classes overlap), otherwise any colour. Colour hints, shape and texture decide."""
-    if rng.random() >= CLASS_HUE_PROBABILITY:
+def _class_colour(rng, class_id: int, style: SceneStyle) -> np.ndarray:
+    """A colour with a class prior: with probability ``style.class_hue_probability`` a hue near the
+    class's own (spread by ``style.class_hue_spread``), otherwise any colour."""
+    if rng.random() >= style.class_hue_probability:
         return _random_colour(rng)
-    hue = (CLASS_HUES[class_id] + rng.normal(0.0, CLASS_HUE_SPREAD)) % 1.0
+    hue = (CLASS_HUES[class_id] + rng.normal(0.0, style.class_hue_spread)) % 1.0
     hsv = np.array([[[hue * 180.0, rng.uniform(0.45, 1.0) * 255.0, rng.uniform(0.45, 1.0) * 255.0]]], dtype=np.float32)
     return (cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0] / 255.0).astype(np.float32)
 
 
-def _object_fill(rng, class_id: int, pattern: np.ndarray) -> np.ndarray:
+def _object_fill(rng, class_id: int, pattern: np.ndarray, style: SceneStyle) -> np.ndarray:
     """(H, W, 3) colours of an object: its colour where ``pattern`` is set, a darker (or, for a
     dark colour, lighter) shade of it elsewhere, so the texture is a light/dark pattern."""
-    base = _class_colour(rng, class_id)
+    base = _class_colour(rng, class_id, style)
     if base.mean() > 0.4:
         shade = base * rng.uniform(0.25, 0.55)
     else:
@@ -324,19 +359,21 @@ def _shape(class_id: int, u: np.ndarray, v: np.ndarray, radius: float, rng) -> n
     return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
 
 
-def _background(rng, height, width, ys, xs) -> np.ndarray:
-    """Smooth colour field with irregular clutter blobs and lines, some carrying object textures."""
+def _background(rng, height, width, ys, xs, clutter: str = "textured") -> np.ndarray:
+    """Smooth colour field with irregular clutter blobs: ``textured`` 2-6 of them, a fifth carrying an
+    object texture, and up to 3 lines; ``plain`` 1-3 blobs of plain colour."""
     canvas = 0.15 + 0.7 * _smooth_noise(rng, height, width, int(rng.integers(3, 7)), 3)
-    for _ in range(int(rng.integers(2, 7))):
+    textured = clutter == "textured"
+    for _ in range(int(rng.integers(2, 7) if textured else rng.integers(1, 4))):
         blob = _irregular_blob(rng, height, width, ys, xs)
-        if rng.random() < 0.2:
+        if textured and rng.random() < 0.2:
             u, v = _local_coordinates(xs, ys, 0.0, 0.0, float(rng.uniform(0.0, 2.0 * math.pi)))
             fill = _two_colour_fill(rng, _texture(int(rng.integers(1, SYNTHETIC_NCLASS)), u, v, rng))
         else:
             fill = _random_colour(rng) * (0.6 + 0.4 * _smooth_noise(rng, height, width, 3, 1))
         canvas[blob] = np.broadcast_to(fill, canvas.shape)[blob]
     lines = np.ascontiguousarray(canvas)
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 4)) if textured else 0):
         start = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         end = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         cv2.line(lines, start, end, _random_colour(rng).tolist(), int(rng.integers(1, 3)))
