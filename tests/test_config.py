@@ -199,8 +199,9 @@ def test_criterion_is_the_only_mapping_valued_entry_of_every_task_config():
     """Nested keys are validated for ``criterion``; a new mapping-valued entry needs the same."""
     from tasks.acdc.common import AcdcConfig
     from tasks.change_detection.common import CDConfig
+    from tasks.natural.common import NaturalConfig
 
-    for schema in (Config, AcdcConfig, CDConfig):
+    for schema in (Config, AcdcConfig, CDConfig, NaturalConfig):
         mappings = [f.name for f in dataclasses.fields(schema) if f.type in (dict, "dict")]
         assert mappings == ["criterion"], schema.__name__
 
@@ -209,8 +210,9 @@ def test_criterion_is_the_only_mapping_valued_entry_of_every_task_config():
 def test_every_shipped_config_passes_the_nested_validation(path):
     from tasks.acdc.common import AcdcConfig
     from tasks.change_detection.common import CDConfig
+    from tasks.natural.common import NaturalConfig
 
-    schema = {"acdc": AcdcConfig, "change_detection": CDConfig}.get(path.parent.name, Config)
+    schema = {"acdc": AcdcConfig, "change_detection": CDConfig, "natural": NaturalConfig}[path.parent.name]
     cfg = load_config(path, schema=schema)
     assert cfg.criterion["name"] in ("CELoss", "OHEM", "CEDice")
 
