@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -358,8 +359,6 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
 
 
 def test_scene_style_class_hue_gives_each_class_its_hue_or_any():
-    import cv2
-
     def hues(style, class_id, n=40):
         rng = np.random.default_rng(0)
         rgb = np.stack([synthetic._class_colour(rng, class_id, style) for _ in range(n)])
@@ -376,8 +375,6 @@ def test_scene_style_class_hue_gives_each_class_its_hue_or_any():
 def test_plain_clutter_leaves_the_background_without_textures_or_lines():
     """The textured background has object textures and lines (sharp light/dark edges); the plain
     one only smooth noise and plain blobs, so its mean Laplacian is several times smaller."""
-    import cv2
-
     def busyness(clutter):
         values = []
         for seed in range(12):
