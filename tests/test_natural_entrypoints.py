@@ -16,9 +16,11 @@ from tasks.natural import train as train_cli
 from tasks.natural.synthetic import ensure_synthetic_voc
 from unimatch.errors import CheckpointError, ConfigError, DataError
 
-# no supervised-only warm-up (the demo configs have one), so one epoch runs the semi-supervised step
+# no supervised-only warm-up (the demo configs have one), so one epoch runs the semi-supervised step;
+# random weights, not the demo's pretrained trunk (which would train one on the full source set)
 TINY = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
-        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0", "sup_warmup_epochs=0"]
+        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "log_every=0", "sup_warmup_epochs=0",
+        "pretrained=null"]
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +255,19 @@ def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(tra
                                 str(tmp_path / "out"), "--device", "cpu"])
     assert [p.name for p in written] == [f"{image.stem}.png"]
     assert "(stored config)" in capsys.readouterr().out
+
+
+def test_threads_key_sets_the_training_process_thread_count(trained, tmp_path):
+    """``threads: 1`` (the natural demo's setting) reaches torch before training starts."""
+    root, _ = trained
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_cli.main(["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
+                        "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
+                        str(root / "splits/val.txt"), "--save-dir", str(tmp_path / "run"), "--epochs", "1",
+                        "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu",
+                        "--method", "supervised", *TINY, "threads=1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

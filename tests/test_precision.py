@@ -174,6 +174,9 @@ def test_speed_keys_default_to_the_plain_fp32_layout_and_are_validated():
     assert (cfg.channels_last, cfg.compile, cfg.cpu_allocator, cfg.amp) == (False, False, "default", "none")
     with pytest.raises(ConfigError, match="cpu_allocator"):
         dataclasses.replace(cfg, cpu_allocator="jemalloc").validate()
+    assert cfg.threads is None
+    with pytest.raises(ConfigError, match="threads"):
+        dataclasses.replace(cfg, threads=0).validate()
 
 
 ALLOCATION_PROBE = textwrap.dedent("""

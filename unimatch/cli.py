@@ -118,13 +118,14 @@ def train_main(task, argv, doc: str) -> dict:
     from unimatch.data import seed_everything
     from unimatch.engine import NewRunFiles, Trainer, check_resumable, describe_changes, log, prepare_run_dir
     from unimatch.models import build_model
-    from unimatch.precision import configure_cpu_allocator, prepare_model
+    from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
 
     parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
+    configure_threads(cfg.threads)
     ctx = setup_distributed(args.device)
     run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main)
     try:

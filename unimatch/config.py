@@ -119,6 +119,10 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     cpu_allocator: str = "default"
+    # intra-op CPU threads of the training process (torch.set_num_threads); None keeps torch's default,
+    # one per core. The demos' small models train faster on one thread than on two, which leaves the
+    # other core to the data workers (docs/benchmarks.md, "The natural-image demo")
+    threads: Optional[int] = None
     # run
     seed: int = 0
     save_dir: Optional[str] = None
@@ -169,6 +173,8 @@ class Config:
             raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
         if self.cpu_allocator not in ("default", "reuse"):
             raise ConfigError(f"cpu_allocator: {self.cpu_allocator!r} must be 'default' or 'reuse'")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be a positive number or null, got {self.threads}")
         # checked here, not at the first evaluation after a whole epoch of training
         if self.eval_mode not in EVAL_MODES:
             raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of {', '.join(EVAL_MODES)}")

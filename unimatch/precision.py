@@ -1,8 +1,8 @@
-"""How the maths runs, not what it computes: autocast dtype, memory format, ``torch.compile`` and
-the CPU allocator.
+"""How the maths runs, not what it computes: autocast dtype, memory format, ``torch.compile``, the
+CPU allocator and the CPU thread count.
 
 One small module so that the Trainer, the benchmark and the evaluation code make the same choice
-from the same config keys (``amp``, ``channels_last``, ``compile``, ``cpu_allocator``). Each
+from the same config keys (``amp``, ``channels_last``, ``compile``, ``cpu_allocator``, ``threads``). Each
 setting is a speed option; its effect on the numbers is bounded by the tests in
 ``tests/test_precision.py`` and measured in ``docs/benchmarks.md``.
 """
@@ -110,6 +110,16 @@ def prepare_model(model: nn.Module, channels_last: bool, compile_model: bool,
         else:
             log.warning(f"compile: torch.compile does not work here ({problem}); running the model eagerly")
     return model
+
+
+def configure_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op threads for the CPU maths (None: leave torch's default).
+
+    Why: a model as small as the demos' spends its iteration in per-operator overhead, which a
+    second thread does not shorten; one thread is faster there and leaves a core to the loaders.
+    """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
 
 
 def configure_cpu_allocator(mode: str, keep_mb: int = 1024) -> bool:
