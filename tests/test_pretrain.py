@@ -55,6 +55,8 @@ def test_pretraining_keeps_the_trunk_of_the_source_run(trunk):
     assert meta["backbone"] == "tiny" and meta["width"] == 8 and meta["epochs"] == 1
     assert 0.0 <= meta["source_val_mIoU"] <= 100.0
     assert checkpoint["config"]["class_names"] == list(SOURCE_CLASSES)   # the log's tables name the source classes
+    # pinned, whatever the natural demo config says: both change the file (tasks/natural/pretrain.py)
+    assert (checkpoint["config"]["threads"], checkpoint["config"]["num_workers"]) == (1, 2)
     source_meta = json.loads((trunk.parent.parent / "source" / "meta.json").read_text())
     assert source_meta["classes"] == list(SOURCE_CLASSES) and source_meta["textures"] == list(SOURCE_TEXTURES)
 
