@@ -2,7 +2,7 @@
 
     python -m benchmarks.label_efficiency --task change_detection --seeds 0 1 2
     python -m benchmarks.label_efficiency --task natural --seeds 0 1 2 \\
-        --methods "supervised sup_weight=1.0 lr=0.16" unimatch "unimatch class_thresh=false" --out runs/bench/natural
+        --methods "supervised sup_weight=1.0 lr=0.04" unimatch "unimatch class_thresh=false" --out runs/bench/natural
     python -m benchmarks.label_efficiency --task acdc --seeds 0 -- --epochs 1 --num-workers 0
 
 A method is ``NAME [KEY=VALUE ...]`` (one shell word: quote it): the training method and config
@@ -65,7 +65,7 @@ TASKS = {
                                  methods=("supervised sup_weight=1.0 lr=0.32", "unimatch")),
     "acdc": TaskSpec("mean_dice", "mean_dice", ("mean_hd95_mm", "mean_asd_mm"),
                      methods=("supervised lr=0.1", "unimatch")),
-    "natural": TaskSpec("mIoU", "mIoU", ("OA",), methods=("supervised sup_weight=1.0 lr=0.16", "unimatch")),
+    "natural": TaskSpec("mIoU", "mIoU", ("OA",), methods=("supervised sup_weight=1.0 lr=0.04", "unimatch")),
 }
 
 

@@ -9,7 +9,7 @@ from tasks.natural.synthetic import ensure_synthetic_voc
 
 # no supervised-only warm-up (the demo configs have one), so one epoch runs the semi-supervised step
 TINY = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
-        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "sup_warmup_epochs=0"]
+        "replace_stride_with_dilation=[false,false,true]", "dilations=[1,2,3]", "sup_warmup_epochs=0", "pretrained=null"]
 
 
 def test_benchmark_runs_end_to_end_and_writes_results_table_and_plot(tmp_path, monkeypatch, capsys):
@@ -54,7 +54,7 @@ def test_undefined_metrics_of_some_seeds_are_left_out_of_the_mean_and_counted():
 
 def test_default_comparison_trains_each_baseline_at_its_tuned_lr(tmp_path, monkeypatch):
     """Without --methods the baselines run at the lr their 3-seed grids chose on val (ACDC 0.1,
-    change detection 0.32, natural images 0.16; docs/benchmarks.md), with the plain labelled loss
+    change detection 0.32, natural images 0.04; docs/benchmarks.md), with the plain labelled loss
     where the demo config weights it (sup_weight 2), not at UniMatch's demo lr."""
     commands = []
 
@@ -70,4 +70,4 @@ def test_default_comparison_trains_each_baseline_at_its_tuned_lr(tmp_path, monke
     assert acdc[acdc.index("--method") + 1] == "supervised" and acdc[-1] == "lr=0.1"
     assert change_detection[change_detection.index("--method") + 1] == "supervised"
     assert change_detection[-2:] == ["sup_weight=1.0", "lr=0.32"]
-    assert natural[natural.index("--method") + 1] == "supervised" and natural[-2:] == ["sup_weight=1.0", "lr=0.16"]
+    assert natural[natural.index("--method") + 1] == "supervised" and natural[-2:] == ["sup_weight=1.0", "lr=0.04"]

@@ -568,16 +568,22 @@ def test_palette_png_round_trip_and_overlay(tmp_path):
 
 def test_demo_config_trains_on_plain_scenes_with_8_labelled_images(tmp_path, monkeypatch):
     """The synthetic_* keys of the natural demo config reach the generator: without --data-root the
-    run reads the plain-clutter set whose labelled list has 8 of the 320 training images."""
+    run reads the plain-clutter set whose labelled list has 8 of the 320 training images, and starts
+    from the built-in trunk the change-detection demo uses (ResNet-18, width 16, deep stem)."""
+    from tasks.natural import pretrain
     from tasks.natural.common import NaturalConfig, NaturalTask
     from unimatch.config import load_config
     from unimatch.paths import config_path
 
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
-    written = []
+    written, trunks = [], []
     monkeypatch.setattr(synthetic, "_write_dataset", lambda out, parameters: written.append(parameters))
+    monkeypatch.setattr(pretrain, "synthetic_backbone",
+                        lambda *args: trunks.append(args) or tmp_path / "backbone.pth")
     cfg = load_config(config_path("natural", "synthetic.yaml"), schema=NaturalConfig)
     resolved = NaturalTask().resolve_data(cfg)
+    # main_rank_first asks twice (rank 0 makes the file, then every rank reads it)
+    assert set(trunks) == {("resnet18", 16, True)} and resolved.pretrained == str(tmp_path / "backbone.pth")
     assert written == [{"version": synthetic.SYNTHETIC_VERSION, "n_images": 400, "size": 96, "seed": 0,
                         "labeled_fraction": 0.025,
                         "style": {"class_hue_probability": 0.8, "class_hue_spread": 0.08, "clutter": "plain"}}]
