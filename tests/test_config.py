@@ -224,8 +224,8 @@ def test_training_differences_ignore_only_the_keys_that_do_not_shape_the_weights
     stored = cfg.to_dict()
     assert training_differences(stored, cfg) == {}
     assert training_differences(stored, load_config(None, method="unimatch", epochs=3, num_workers=7,
-                                                    log_every=1, save_dir="elsewhere")) == {}
-    assert {"num_workers", "log_every", "save_dir"} <= NON_TRAINING_KEYS
+                                                    log_every=1, save_dir="elsewhere", threads=1)) == {}
+    assert {"num_workers", "threads", "log_every", "save_dir"} <= NON_TRAINING_KEYS
     changed = load_config(None, ["conf_thresh=0.9", "criterion.name=OHEM"], method="supervised", epochs=3)
     assert training_differences(stored, changed) == {
         "method": ("unimatch", "supervised"), "conf_thresh": (0.95, 0.9),

@@ -206,11 +206,11 @@ class Config:
         validate_criterion(self.criterion)
 
 
-# Keys that do not shape the weights: how many loader processes, how often to log, where the run
-# folder is, how many images one evaluation batch holds, how often to evaluate. A run may be
-# resumed with other values of these; every other key must equal the stored one (see
+# Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
+# where the run folder is, how many images one evaluation batch holds, how often to evaluate. A run
+# may be resumed with other values of these; every other key must equal the stored one (see
 # ``training_differences``), because the weights in the run folder were trained under it.
-NON_TRAINING_KEYS = frozenset({"num_workers", "log_every", "save_dir", "eval_batch_size", "eval_every"})
+NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every"})
 
 
 def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
