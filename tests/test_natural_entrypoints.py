@@ -263,11 +263,7 @@ def test_threads_key_sets_the_training_process_thread_count(trained, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train_cli.main(["--data-root", str(root), "--labeled-split", str(root / "splits/labeled.txt"),
-                        "--unlabeled-split", str(root / "splits/unlabeled.txt"), "--val-split",
-                        str(root / "splits/val.txt"), "--save-dir", str(tmp_path / "run"), "--epochs", "1",
-                        "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu",
-                        "--method", "supervised", *TINY, "threads=1"])
+        train_cli.main(train_args(root, tmp_path / "run", "--method", "supervised", "threads=1"))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
