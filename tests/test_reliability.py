@@ -52,7 +52,7 @@ def test_a_failed_run_keeps_an_earlier_runs_files(clean, tmp_path):
 @pytest.mark.parametrize("checkpoint", ["latest.pth", "best.pth"])
 def test_a_folder_holding_a_checkpoint_is_never_cleaned(tmp_path, checkpoint):
     """A run that saved a checkpoint (or resumed one) trained: its files stay when it fails later."""
-    from unimatch.engine import NewRunFiles
+    from unimatch.run_folder import NewRunFiles
 
     run = tmp_path / "run"
     files = NewRunFiles(run, is_main=True)
@@ -64,7 +64,7 @@ def test_a_folder_holding_a_checkpoint_is_never_cleaned(tmp_path, checkpoint):
 
 
 def test_only_the_main_process_cleans(tmp_path):
-    from unimatch.engine import NewRunFiles
+    from unimatch.run_folder import NewRunFiles
 
     files = NewRunFiles(tmp_path / "run", is_main=False)
     (tmp_path / "run").mkdir()

@@ -3,14 +3,20 @@ and their plumbing: parsers, config loading, writers."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import torch
 
 from unimatch.config import EVAL_MODES, METHODS, Config, load_config
-from unimatch.errors import CheckpointError
+from unimatch.errors import CheckpointError, Interrupted
 from unimatch.paths import prepare_output_dir, refuse_existing
+
+
+# what an interrupted evaluate or predict says of its outputs (each is written atomically)
+OUTPUTS_WHOLE = ("while writing its outputs; each file written so far is complete and none is partial (the same "
+                 "command with --overwrite writes them all again)")
 
 
 def train_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
@@ -92,18 +98,21 @@ def write_json(path: Path | None, payload: dict) -> None:
 
 
 def write_csv(path: Path | None, rows: list[dict]) -> None:
-    """A header line (the first row's keys) and one line per row; NaN is an empty cell."""
+    """A header line (the first row's keys) and one line per row, written atomically; NaN is an empty cell."""
     import csv
+    import io
     import math
+
+    from unimatch import atomic
 
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+    atomic.write_text(path, text.getvalue())
 
 
 def pick_device(name: str) -> torch.device:
@@ -116,7 +125,8 @@ def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
-    from unimatch.engine import NewRunFiles, Trainer, check_resumable, describe_changes, log, prepare_run_dir
+    from unimatch.engine import Trainer, log
+    from unimatch.run_folder import NewRunFiles, RunFolderBusy, RunLock, check_resumable, describe_changes, prepare_run_dir
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
 
@@ -128,8 +138,10 @@ def train_main(task, argv, doc: str) -> dict:
     configure_threads(cfg.threads)
     ctx = setup_distributed(args.device)
     run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main)
+    lock, trainer = None, None
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
+        lock = RunLock.acquire(save_dir) if ctx.is_main else None
         cfg = task.resolve_data(cfg, ctx)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes)
         seed_everything(cfg.seed + ctx.rank)
@@ -144,19 +156,27 @@ def train_main(task, argv, doc: str) -> dict:
         if ctx.is_main:
             log.info(f"done: best {cfg.select_metric} {result['best_score']:.2f}; checkpoints in {save_dir}")
         return result
-    except BaseException:
-        run_files.remove_if_untrained()
+    except BaseException as error:
+        if isinstance(error, Interrupted):
+            error.note = trainer.interruption_note() if trainer is not None else \
+                "before training started; the same command starts the run again"
+        if lock is not None:   # first: a folder the run created is removed only when empty
+            lock.release()
+        if not isinstance(error, RunFolderBusy):   # the files there are the running training's
+            run_files.remove_if_untrained()
         raise
     finally:
+        if lock is not None:
+            lock.release()
         cleanup()
 
 
 def checkpoint_config(path: Path) -> dict | None:
-    """The config stored in one of our checkpoints (None for official ones or unreadable files)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None
+    """The config stored in one of our checkpoints (None for official ones); a missing, unreadable
+    or unsafe file is one :class:`CheckpointError` (:func:`unimatch.checkpoint.load_checkpoint`)."""
+    from unimatch.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path, mmap=True)
     stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     return stored if isinstance(stored, dict) else None
 
@@ -213,6 +233,9 @@ def evaluate_main(task, argv, doc: str) -> dict:
             write_json(args.json, {"checkpoint": str(args.checkpoint), "config": source, **report.record})
             write_csv(args.csv, report.rows)
         return report.metrics if report.result is None else report.result
+    except Interrupted as interrupt:
+        interrupt.note = OUTPUTS_WHOLE
+        raise
     finally:
         cleanup()
 
@@ -236,7 +259,11 @@ def predict_main(task, argv, doc: str):
     plan = task.check_predict_outputs(cfg, args)
     device = pick_device(args.device)
     predictor = Predictor(load_trained_model(cfg, args.checkpoint, device, source), cfg, device)
-    return task.predict(predictor, cfg, args, plan)
+    try:
+        return task.predict(predictor, cfg, args, plan)
+    except Interrupted as interrupt:
+        interrupt.note = OUTPUTS_WHOLE
+        raise
 
 
 def load_trained_model(cfg: Config, checkpoint: Path, device: torch.device, source: str | None = None):
@@ -269,13 +296,50 @@ def prediction_folder(directory: Path | None, overwrite: bool, ctx) -> Path | No
 def exit_on_user_error(main) -> None:
     """Run ``main(argv)``; a :class:`~unimatch.errors.UserError` (data, config, checkpoint, diverged
     training, unwritable output) prints one ``error:`` line and exits with status 2 instead of a
-    traceback (bugs still show their traceback)."""
+    traceback (bugs still show their traceback). SIGINT and SIGTERM print one ``error:`` line saying
+    where the work stopped and exit with 130 / 143; every file the commands write is written
+    atomically (:mod:`unimatch.atomic`), so none is left half-written."""
     import sys
 
-    from unimatch.errors import UserError, user_message
+    from unimatch.errors import Interrupted, UserError, user_message
 
+    with interrupts_raised():
+        try:
+            main(sys.argv[1:])
+        except UserError as error:
+            print(f"error: {user_message(error)}", file=sys.stderr)
+            sys.exit(2)
+        except Interrupted as interrupt:
+            print(f"error: {interrupt.message()}", file=sys.stderr)
+            sys.exit(interrupt.exit_status)
+
+
+INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+@contextlib.contextmanager
+def interrupts_raised():
+    """SIGINT and SIGTERM raise :class:`~unimatch.errors.Interrupted` (SIGTERM would otherwise end
+    the process with nothing printed and nothing cleaned up); a second signal while the first one
+    unwinds is ignored, so the clean-up finishes. The previous handlers come back afterwards."""
+    import signal
+    import threading
+
+    from unimatch.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():   # only the main thread may set handlers
+        yield
+        return
+    signals = [getattr(signal, name) for name in INTERRUPT_SIGNALS]
+
+    def interrupt(signum, frame):
+        for other in signals:
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
     try:
-        main(sys.argv[1:])
-    except UserError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        sys.exit(2)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -361,5 +361,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    """Write ``config`` as YAML, atomically (a resumed run reads it back)."""
+    from unimatch import atomic
+
+    atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

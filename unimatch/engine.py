@@ -23,10 +23,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from unimatch import precision
-from unimatch.config import Config, save_config, training_differences
+from unimatch.checkpoint import load_checkpoint, save_checkpoint
+from unimatch.config import Config, save_config
 from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_worker
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
-from unimatch.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDiverged
+from unimatch.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.health import PseudoLabelHealth, describe
 from unimatch.losses import build_criterion
@@ -34,7 +35,8 @@ from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.architecture import mismatch_causes
 from unimatch.models.backbones import strip_wrappers
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
-from unimatch.report import append_json_line
+from unimatch.report import append_json_line, read_json_lines, write_json_lines
+from unimatch.run_folder import prepare_run_dir
 
 log = logging.getLogger("unimatch")
 
@@ -66,8 +68,23 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def numpy_rng_state() -> dict:
+    """NumPy's global random state in plain types (a checkpoint holds no NumPy objects)."""
+    state = np.random.get_state(legacy=False)
+    return {"bit_generator": state["bit_generator"], "key": torch.from_numpy(state["state"]["key"].astype(np.int64)),
+            "pos": int(state["state"]["pos"]), "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def restore_numpy_rng_state(state) -> None:
+    """Inverse of :func:`numpy_rng_state`; also takes the legacy tuple that earlier checkpoints hold."""
+    if isinstance(state, dict):
+        state = (state["bit_generator"], state["key"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                 state["gauss"])
+    np.random.set_state(state)
+
+
 def rng_state(perturbation: StrongPerturbation) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    state = {"python": random.getstate(), "numpy": numpy_rng_state(), "torch": torch.get_rng_state(),
              "perturbation": perturbation.generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -76,7 +93,7 @@ def rng_state(perturbation: StrongPerturbation) -> dict:
 
 def restore_rng_state(state: dict, perturbation: StrongPerturbation) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    restore_numpy_rng_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     perturbation.generator.set_state(state["perturbation"])
     if "cuda" in state and torch.cuda.is_available():
@@ -93,12 +110,7 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True,
     (where the model's config came from) is named there, since that is what to change.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict")
     state_dict = strip_wrappers(checkpoint)
@@ -120,114 +132,6 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True,
                               f"shape mismatch: {listing(shape)}")
     target.load_state_dict(state_dict, strict=strict)
     return checkpoint
-
-
-def prepare_run_dir(save_dir: Path) -> Path:
-    """Create ``save_dir`` and check that files can be written there, before any data is read:
-    a save dir under a regular file or without write permission is one error line, not a
-    traceback after minutes of set-up."""
-    import tempfile
-
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=save_dir):
-            pass
-    except OSError as error:
-        raise OutputError(f"--save-dir {save_dir}: cannot create or write the run directory there "
-                          f"({error.strerror}: {error.filename}); choose another folder") from None
-    return save_dir
-
-
-def stored_run_config(save_dir: Path) -> tuple[dict | None, Path | None]:
-    """The config of the run in ``save_dir`` and the file it came from: ``latest.pth``'s (the one that
-    describes the weights), else ``config.yaml`` (a run stopped before its first epoch ended);
-    ``(None, None)`` for a new run folder."""
-    import yaml
-
-    latest, written = save_dir / "latest.pth", save_dir / "config.yaml"
-    if latest.is_file():
-        try:
-            checkpoint = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
-        except Exception as exc:
-            raise CheckpointError(f"{latest}: not a readable PyTorch checkpoint ({exc}); move it away to start "
-                                  f"over, or choose another --save-dir") from exc
-        stored = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-        if isinstance(stored, dict):
-            return stored, latest
-    if written.is_file():
-        with open(written) as f:
-            stored = yaml.safe_load(f)
-        if isinstance(stored, dict):
-            return stored, written
-    return None, None
-
-
-def describe_changes(changes: dict) -> str:
-    """``key: <stored> stored, <now> now`` for each changed key, in one line."""
-    return "; ".join(f"{key}: {before!r} stored, {now!r} now" for key, (before, now) in changes.items())
-
-
-def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) -> dict:
-    """The training settings in which ``cfg`` differs from the run already in ``save_dir``
-    (:func:`unimatch.config.training_differences`); raises :class:`ConfigError` when there are any
-    and ``allow_changes`` is False, or when the run is another task's.
-
-    Called before anything in the run folder is written (config, split, logs), so a rerun with
-    another command never continues weights trained under other settings, nor rewrites the
-    records that describe them.
-    """
-    stored, source = stored_run_config(save_dir)
-    if stored is None:
-        return {}
-    changes = training_differences(stored, cfg)
-    if "task" in changes:  # not a change of settings: another task's weights, whatever the flag says
-        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task "
-                          f"(python -m tasks.{stored['task']}.train), not {cfg.task}; choose another --save-dir")
-    if changes and not allow_changes:
-        raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings "
-                          f"({describe_changes(changes)}; from {source.name}); resuming would continue its weights "
-                          f"under the new ones. Start a new run with another --save-dir, or add "
-                          f"--resume-with-changes to continue it on purpose")
-    return changes
-
-
-RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard", "split.json")
-
-
-class NewRunFiles:
-    """The files a training run adds to its folder, removed again when it fails before it saved a
-    checkpoint: a run that never trained leaves nothing that looks like a run. Files of an earlier
-    run (anything there when the run began) and any folder that holds a checkpoint are never touched."""
-
-    def __init__(self, save_dir: Path, is_main: bool):
-        self.save_dir = Path(save_dir)
-        self.created_folder = not self.save_dir.exists()
-        self.present = set() if self.created_folder or not self.save_dir.is_dir() else \
-            {p.name for p in self.save_dir.iterdir()}
-        self.active = is_main and "latest.pth" not in self.present
-
-    def remove_if_untrained(self) -> None:
-        import shutil
-
-        if not self.active or not self.save_dir.is_dir():
-            return
-        if any((self.save_dir / name).exists() for name in ("latest.pth", "best.pth")):
-            return
-        for handler in list(log.handlers):
-            if isinstance(handler, logging.FileHandler) and \
-                    Path(handler.baseFilename).parent == self.save_dir.resolve():
-                handler.close()
-                log.removeHandler(handler)
-        for name in RUN_FILES:
-            path = self.save_dir / name
-            if name in self.present or not path.exists():
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        if self.created_folder and not any(self.save_dir.iterdir()):
-            self.save_dir.rmdir()
 
 
 def autocast_for(cfg: Config, device: torch.device):
@@ -288,9 +192,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
         self.writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.save_dir / "tensorboard"))
+        # where the loop is (epoch, iterations done in it, iterations per epoch) and the last epoch whose
+        # latest.pth is on disk, for the line an interrupted run prints
+        self.position: tuple[int, int, int] | None = None
+        self.saved_epoch: int | None = None
 
     # ---- data ----------------------------------------------------------------------------
     def epoch_length(self) -> int:
@@ -363,15 +268,14 @@ class Trainer:
             raise TrainingDiverged(f"after epoch {state['epoch'] + 1} the model holds NaN/Inf ({len(bad)} tensor(s), "
                                    f"first {bad[0]}); {self.save_dir / name} was not overwritten. Hint: {HINT}")
         if self.ctx.is_main:
-            tmp = self.save_dir / f".{name}.tmp"
-            torch.save(state, tmp)
-            tmp.replace(self.save_dir / name)
+            save_checkpoint(state, self.save_dir / name)
 
     def resume(self) -> None:
         path = self.save_dir / "latest.pth"
         if not path.is_file():
             return
         checkpoint = load_model_weights(self.model, path)
+        self.saved_epoch = checkpoint["epoch"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = checkpoint["epoch"] + 1
@@ -417,12 +321,38 @@ class Trainer:
                     handler.close()
                     log.removeHandler(handler)
 
+    def open_records(self, iters_per_epoch: int) -> None:
+        """After :meth:`resume`: config.yaml describes the weights beside it, and the records of
+        epochs after the last checkpoint (a run killed between its records and its checkpoint)
+        are dropped, so a resumed run never lists an epoch twice."""
+        if not self.ctx.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_config(self.cfg, self.save_dir / "config.yaml")
+        metrics = self.save_dir / "metrics.jsonl"
+        records = read_json_lines(metrics)
+        kept = [record for record in records if record.get("epoch", 0) <= self.start_epoch]
+        if len(kept) != len(records):
+            write_json_lines(metrics, kept)
+        self.writer = SummaryWriter(str(self.save_dir / "tensorboard"), purge_step=self.start_epoch * iters_per_epoch)
+
+    def interruption_note(self) -> str:
+        """Where the run stopped and what the same command will do, for an interrupted run's one line."""
+        where = "before the first iteration"
+        if self.position is not None:
+            epoch, done, per_epoch = self.position
+            where = f"in epoch {epoch + 1}/{self.cfg.epochs} after {done} of its {per_epoch} iterations"
+        if self.saved_epoch is None:
+            return f"{where}; no checkpoint was saved yet, so the same command starts the run again"
+        return (f"{where}; the same command resumes from {self.save_dir / 'latest.pth'} "
+                f"(saved at the end of epoch {self.saved_epoch + 1})")
+
     def _fit(self) -> dict:
         self.resume()
         cfg, ctx = self.cfg, self.ctx
-        if ctx.is_main:  # once the weights are loaded, so config.yaml always describes the ones beside it
-            save_config(cfg, self.save_dir / "config.yaml")
         iters_per_epoch = self.epoch_length()
+        self.open_records(iters_per_epoch)
         total_iters = iters_per_epoch * cfg.epochs
         labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
                    if self.unlabeled_set is not None else self.labeled_set)
@@ -451,6 +381,7 @@ class Trainer:
                        dynamic_ncols=True, leave=False, file=sys.stderr)
             start = time.perf_counter()
             for i in bar:
+                self.position = (epoch, i, iters_per_epoch)
                 iteration = epoch * iters_per_epoch + i
                 lr = poly_lr(cfg.lr, iteration, total_iters)
                 for group in self.optimizer.param_groups:
@@ -501,8 +432,10 @@ class Trainer:
                                            "metrics": result.metrics, "config": cfg.to_dict()})
                 log.info(f"epoch {epoch + 1}: {cfg.select_metric} {score:.4f} "
                          f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
-            self.save("latest.pth", self.checkpoint_state(epoch))
-            if ctx.is_main:
+            self.position = (epoch, iters_per_epoch, iters_per_epoch)
+            if ctx.is_main:   # before the checkpoint: a run killed between the two drops this line on resume
                 append_json_line(self.save_dir / "metrics.jsonl", record)
+            self.save("latest.pth", self.checkpoint_state(epoch))
+            self.saved_epoch = epoch
             barrier()
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}

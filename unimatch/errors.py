@@ -31,6 +31,27 @@ class OutputError(UserError):
     """An output location (run directory, prediction folder) that cannot be created or written."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends on pre-emption), raised by the
+    handler :func:`unimatch.cli.exit_on_user_error` installs. The entry point prints one line (where
+    the work stopped, ``note``) and exits with ``128 + signal``, as a shell reports a signal. A
+    KeyboardInterrupt, so DataLoader worker processes, which inherit the handler, exit quietly."""
+
+    def __init__(self, signum: int, note: str = ""):
+        super().__init__(signum)
+        self.signum, self.note = signum, note
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    def message(self) -> str:
+        import signal
+
+        name = signal.Signals(self.signum).name
+        return f"interrupted by {name}" + (f" {self.note}" if self.note else "")
+
+
 _WORKER_WRAPPER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
 
 

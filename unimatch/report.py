@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from unimatch import atomic
 from unimatch.config import class_names_or_ids
 from unimatch.metrics.confusion import ConfusionMatrix
 
@@ -65,13 +66,22 @@ def to_json(payload: Any, **dumps_options) -> str:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` to ``path`` as indented standard JSON (see :func:`to_json`)."""
+    """Write ``payload`` to ``path`` as indented standard JSON (see :func:`to_json`), atomically."""
+    atomic.write_text(path, to_json(payload, indent=2) + "\n")
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (none when it does not exist)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_json(payload, indent=2) + "\n")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def write_json_lines(path: Path, records: list[dict]) -> None:
+    """Write ``records`` as JSON lines, atomically: a crash never leaves half a line."""
+    atomic.write_text(path, "".join(to_json(record) + "\n" for record in records))
 
 
 def append_json_line(path: Path, record: dict) -> None:
-    """Append ``record`` as one line of standard JSON (``metrics.jsonl``)."""
-    with open(path, "a") as f:
-        f.write(to_json(record) + "\n")
+    """Add ``record`` as one line of standard JSON to ``path`` (``metrics.jsonl``); the file is
+    rewritten atomically (it holds one line per epoch)."""
+    write_json_lines(path, [*read_json_lines(path), record])

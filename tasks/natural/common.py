@@ -17,6 +17,7 @@ from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.pretrain import resolve_pretrained
 from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
                                      ensure_synthetic_voc)
+from unimatch import atomic
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import Config
 from unimatch.data import sharded_eval_loader
@@ -183,8 +184,8 @@ class NaturalTask(Task):
                 if args.overlay:
                     shown = image if origin is None else image[:, origin[0]:origin[0] + pred.shape[0],
                                                                origin[1]:origin[1] + pred.shape[1]]
-                    Image.fromarray(overlay(shown, pred, palette=palette)).save(
-                        args.output / f"{sample_id}_overlay.jpg")
+                    with atomic.atomic_output(args.output / f"{sample_id}_overlay.jpg") as temporary:
+                        Image.fromarray(overlay(shown, pred, palette=palette)).save(temporary)
         print(f"wrote {len(written)} mask(s) to {args.output}")
         return written
 

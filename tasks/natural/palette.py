@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unimatch import atomic
 from unimatch.data import IGNORE_INDEX
 from unimatch.errors import DataError
 from unimatch.paths import refuse_existing
@@ -80,8 +81,8 @@ def save_palette_png(mask, path, palette: np.ndarray | None = None, overwrite: b
     palette = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
     image = Image.fromarray(_as_index_mask(mask))
     image.putpalette(palette.reshape(-1).tolist())  # turns the "L" image into "P", values unchanged
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic.atomic_output(path) as temporary:
+        image.save(temporary)
     return path
 
 

@@ -24,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from tasks.natural.synthetic import SOURCE_CLASSES, ensure_synthetic_source
+from unimatch import atomic
+from unimatch.checkpoint import load_checkpoint, save_checkpoint
 from unimatch.distributed import main_rank_first
 from unimatch.errors import CheckpointError
 from unimatch.paths import data_home, write_once
@@ -94,19 +95,24 @@ def _pretrain(out: Path, parameters: dict, source: Path | None) -> None:
     with open(out / "pretrain.log", "w") as log_file, \
             tqdm(total=parameters["epochs"], desc="pretraining", unit="epoch", disable=None) as bar:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        for line in child.stdout:
-            log_file.write(line)
-            epoch = EPOCH_LINE.search(line)
-            if epoch:
-                bar.update(int(epoch.group(1)) - bar.n)
-                bar.set_postfix_str(f"source val mIoU {float(epoch.group(2)):.1f}")
-        finished = child.wait()
+        try:
+            for line in child.stdout:
+                log_file.write(line)
+                epoch = EPOCH_LINE.search(line)
+                if epoch:
+                    bar.update(int(epoch.group(1)) - bar.n)
+                    bar.set_postfix_str(f"source val mIoU {float(epoch.group(2)):.1f}")
+            finished = child.wait()
+        except BaseException:   # interrupted: the child (not in the scheduler's sight) stops too
+            child.terminate()
+            child.wait()
+            raise
     if finished != 0:
         tail = (out / "pretrain.log").read_text().splitlines()[-15:]
         raise CheckpointError("pretraining the synthetic backbone failed:\n" + "\n".join(tail))
-    checkpoint = torch.load(run_dir / "best.pth", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run_dir / "best.pth")
     trunk = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
-    torch.save(trunk, out / BACKBONE_FILE)
+    save_checkpoint(trunk, out / BACKBONE_FILE)
     manifest = dict(parameters, source=str(source), source_val_mIoU=round(float(checkpoint["metrics"]["mIoU"]), 2),
                     seconds=round(time.monotonic() - started))
-    (out / "meta.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic.write_text(out / "meta.json", json.dumps(manifest, indent=2) + "\n")

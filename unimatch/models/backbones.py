@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from unimatch.checkpoint import load_checkpoint
 from unimatch.errors import CheckpointError
 
 
@@ -187,7 +188,7 @@ def load_backbone_weights(backbone: ResNet, source: str | Path) -> None:
                                   f"resnet101.pth (official, linked from the UniMatch repository's README) or a "
                                   f"torchvision checkpoint, pretrained=torchvision deep_stem=false to download "
                                   f"torchvision's, or pretrained=null to train from scratch")
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_checkpoint(path, what="pretrained weights file")
         origin = str(path)
     state_dict = {k: v for k, v in strip_wrappers(state_dict).items() if not k.startswith(CLASSIFIER_PREFIXES)}
     expected = backbone.state_dict()
