@@ -10,8 +10,8 @@ Bands are chosen with ``bands`` (1-based, as rasterio numbers them; default ``(1
 data pass unchanged. Any other data type (uint16 reflectance, float) is mapped to uint8 by the
 ``stretch`` rule:
 
-- ``"percentile"`` (default): per band, the 2nd..98th percentile of *that file* (nodata excluded,
-  read from an overview of at most ``PERCENTILE_MAX_SIDE`` pixels a side) maps linearly to
+- ``"percentile"`` (default): per band, the 2nd..98th percentile of *that file* (missing pixels
+  excluded, read from an overview of at most ``PERCENTILE_MAX_SIDE`` pixels a side) maps linearly to
   0..255, values outside are clipped. Each date is stretched on its own, which also removes a
   global brightness difference between the dates.
 - a number ``d``: ``uint8 = clip(value / d, 0, 255)`` (e.g. 256 for the full uint16 range,
@@ -98,19 +98,31 @@ def check_stretch(stretch) -> None:
         raise DataError(f"stretch must be 'percentile' or a positive divisor, got {stretch!r}")
 
 
+def valid_pixels(src, array: np.ndarray, window=None) -> np.ndarray:
+    """Where ``array`` (bands read from ``src``, over ``window``, at any out_shape) holds data, bool (H, W).
+
+    GDAL's dataset mask decides, for the whole pixel: missing where *every* band equals the
+    dataset's nodata value, where the alpha band is 0, or where the mask band (internal or
+    ``.msk``) is 0. A pixel with one band at the nodata value (dark water ``[0, 3, 4]`` under
+    nodata=0) is data. A float pixel with NaN in a read band has no value and is missing too.
+    """
+    valid = src.dataset_mask(window=window, out_shape=array.shape[1:]) > 0
+    if array.dtype.kind == "f":
+        valid &= np.all(np.isfinite(array), axis=0)
+    return valid
+
+
 def percentile_limits(src, bands: Sequence[int], percentiles=PERCENTILE_RANGE,
                       max_side: int = PERCENTILE_MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band (low, high) percentiles of a whole raster, from a decimated read of bounded size."""
+    """Per-band (low, high) percentiles of the valid pixels of a whole raster, from a decimated read
+    of bounded size; (0, 1) for a raster without valid pixels."""
     factor = max(1, math.ceil(max(src.width, src.height) / max_side))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
-    sample = src.read(list(bands), out_shape=shape, masked=True).astype(np.float64)
-    low = np.zeros(len(bands))
-    high = np.ones(len(bands))
-    for i, band in enumerate(sample):
-        values = band.compressed()
-        values = values[np.isfinite(values)]
-        if values.size:
-            low[i], high[i] = np.percentile(values, percentiles)
+    sample = src.read(list(bands), out_shape=shape)
+    values = sample[:, valid_pixels(src, sample)].astype(np.float64)
+    if not values.size:
+        return np.zeros(len(bands)), np.ones(len(bands))
+    low, high = np.percentile(values, percentiles, axis=1)
     return low, high
 
 
@@ -137,16 +149,12 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
             bands = check_bands(bands, src.count, path)
             try:
                 array = require_finite(src.read(bands), path, src.nodata)
+                valid = valid_pixels(src, array)
             except RasterioIOError as error:
                 raise unreadable_raster(path, error) from error
             limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
-            if src.nodata is not None and array.dtype != np.uint8:
-                nodata = np.any(array == src.nodata, axis=0)
-            else:
-                nodata = None
         array = stretch_to_uint8(array, stretch, limits)
-        if nodata is not None:
-            array[:, nodata] = 0
+        array[:, ~valid] = 0
         return array, info
     try:
         with Image.open(path) as image:

@@ -14,8 +14,9 @@ Output
   band 1 = class index (uint8; 0 unchanged, 1 changed) with a colour map (0 black, 1 white,
   further classes coloured), band 2 (``write_probability``) = probability of class 1 for a
   binary model, of the predicted class otherwise, as uint8 ``round(255 * p)``.
-- No data: a pixel that is nodata in either date (the inputs' nodata value, internal mask or
-  alpha band, as GDAL's mask reports it, or a non-finite float) is not a prediction. It gets
+- No data: a pixel that is missing in either date by GDAL's dataset mask (all its bands equal to
+  the nodata value, alpha 0, internal or ``.msk`` mask 0; one band at the nodata value is data:
+  :func:`~tasks.change_detection.raster_io.valid_pixels`), or a NaN float, is not a prediction. It gets
   class ``NODATA_CLASS`` (255, grey in the colour map) and probability 0, and a GeoTIFF output
   carries it in its internal mask too, so GIS software shows it as no data, never as "unchanged".
 - PNG: band 1 as a palette PNG of class indices (the same colours); the probability as a
@@ -44,7 +45,8 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
-                                              open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
+                                              open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8,
+                                              valid_pixels)
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
 from unimatch.paths import refuse_existing, refuse_overwriting_inputs
@@ -81,12 +83,10 @@ class GeoTiffDate:
         window = Window(0, row, self.info.width, count)
         try:
             array = self.src.read(self.bands, window=window)
-            valid = np.all(self.src.read_masks(self.bands, window=window) > 0, axis=0)
+            valid = valid_pixels(self.src, array, window)
         except RasterioError as error:
             raise unreadable(self.src.name, f"rows {row}-{row + count - 1}", error) from None
         array = require_finite(array, self.info.path, self.src.nodata)
-        if array.dtype.kind == "f":
-            valid &= np.all(np.isfinite(array), axis=0)
         array = stretch_to_uint8(array, self.stretch, self.limits)
         array[:, ~valid] = 0
         return array, valid
