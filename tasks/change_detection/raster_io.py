@@ -20,11 +20,11 @@ data pass unchanged. Any other data type (uint16 reflectance, float) is mapped t
 - a pair ``[rule for A, rule for B]``: each date its own rule, for two products of different
   data types or value ranges (e.g. ``[1, 256]``: A 8-bit values kept, B's 16-bit values / 256).
 
-One rule for both dates assumes both are one product. A pair whose dates differ in data type,
-or (same data type, not 8-bit) whose value ranges differ more than ``RANGE_RATIO`` times (the
-98th percentile over the chosen bands of one date over the other's, in :func:`check_same_product`),
-is refused unless a pair of rules is given: one rule would put the dates on different scales and
-much of the scene would read as change.
+One rule for both dates assumes both are one product. A pair whose dates differ in data type
+(every tile pair and scene), or (same data type, not 8-bit) whose value ranges differ more than
+``RANGE_RATIO`` times (the highest per-band 98th percentile of one date over the other's; GeoTIFF
+scenes in predict, see :func:`check_same_product`), is refused unless a pair of rules is given:
+one rule would put the dates on different scales and much of the scene would read as change.
 
 A and B of one pair must share size, band count, CRS and geotransform; labels 0/255 become
 classes 0/1 (``class_values`` lists the pixel value of each class for other encodings).
