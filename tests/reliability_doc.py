@@ -256,9 +256,9 @@ def cd_evaluate_with_a_bad_last_tile(base: Path, work: Path):
                            "--save-predictions", str(work / "preds"), "--device", "cpu"]
 
 
-def write_tif(path: Path, data: np.ndarray) -> Path:
+def write_tif(path: Path, data: np.ndarray, **profile) -> Path:
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype) as dst:
+                       dtype=data.dtype, **profile) as dst:
         dst.write(data)
     return path
 
@@ -312,6 +312,29 @@ def cd_output_is_input(base: Path, work: Path):
 def cd_existing_output(base: Path, work: Path):
     before, after = cd_scenes(work)
     (work / "change.tif").write_bytes(b"an earlier result")
+    return cd_predict(base, before, after, work / "change.tif")
+
+
+# dark water in a scene with nodata=0: one band at 0, the others not, so the pixels are data
+DARK_WATER = (slice(20, 28), slice(20, 28))
+NODATA_BORDER = (slice(0, 4), slice(None))
+
+
+def cd_dark_water(base: Path, work: Path):
+    rng = np.random.default_rng(0)
+    scenes = []
+    for name in ("2012.tif", "2016.tif"):
+        data = rng.integers(1, 256, (3, 64, 64), dtype=np.uint8)
+        data[(slice(None), *DARK_WATER)] = np.array([0, 3, 4], np.uint8)[:, None, None]
+        data[(slice(None), *NODATA_BORDER)] = 0
+        scenes.append(write_tif(work / name, data, nodata=0))
+    return cd_predict(base, *scenes, work / "change.tif")
+
+
+def cd_two_products(base: Path, work: Path):
+    rng = np.random.default_rng(0)
+    before = write_tif(work / "2012.tif", rng.integers(0, 256, (3, 64, 64)).astype(np.uint8))
+    after = write_tif(work / "2016.tif", rng.integers(0, 4000, (3, 64, 64)).astype(np.uint16))
     return cd_predict(base, before, after, work / "change.tif")
 
 
@@ -443,6 +466,10 @@ CASES = [
     Case("change_detection", "`predict` with a truncated GeoTIFF (nothing is written)", cd_truncated_geotiff),
     Case("change_detection", "`predict --out` = `--before`, with `--overwrite`", cd_output_is_input),
     Case("change_detection", "`predict` onto an existing file without `--overwrite`", cd_existing_output),
+    Case("change_detection", "`predict` on scenes with nodata 0 holding dark water `[0, 3, 4]` (accepted: only "
+         "pixels with every band 0 are no data)", cd_dark_water),
+    Case("change_detection", "`predict` with an 8-bit `--before` and a 16-bit `--after` under one `--stretch`",
+         cd_two_products),
     Case("acdc", "NIfTI holding NaN", acdc_nan),
     Case("acdc", "2-D NIfTI (one slice; accepted, 1 mm slice thickness)", acdc_2d),
     Case("acdc", "truncated `.nii.gz`", acdc_truncated),

@@ -199,7 +199,8 @@ def test_failure_during_prediction_leaves_no_output(tmp_path):
 
 
 def test_nodata_of_either_date_is_nodata_in_the_change_map(tmp_path):
-    """Nodata pixels (a nodata value in A, NaN declared as nodata in a float B) are class 255 and masked."""
+    """Nodata pixels (a nodata value in A, NaN declared as nodata in a float B) are class 255 and masked.
+    A (uint16) and B (float32) are two products, so each date is given its own stretch."""
     rng = np.random.default_rng(1)
     before = rng.integers(1, 4000, (3, 70, 90)).astype(np.uint16)
     before[:, 10:20, 5:30] = 0
@@ -212,7 +213,8 @@ def test_nodata_of_either_date_is_nodata_in_the_change_map(tmp_path):
                        crs=CRS, transform=TRANSFORM, nodata=np.nan) as dst:
         dst.write(after)
     out = predict_scene(tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "change.tif", TinyChangeNet(),
-                        window=32, overlap=8, write_probability=True, progress=False)
+                        window=32, overlap=8, write_probability=True, progress=False,
+                        stretch=["percentile", "percentile"])
     expected_nodata = np.zeros((70, 90), bool)
     expected_nodata[10:20, 5:30] = expected_nodata[40:60, 50:80] = True
     with rasterio.open(out) as src:

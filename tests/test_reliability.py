@@ -125,3 +125,18 @@ def test_16_bit_png_is_predicted_like_its_8_bit_version(clean, tmp_path):
             base, folder, folder / "masks")), clean, tmp_path)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a16/masks/image.png")),
                           np.asarray(Image.open(tmp_path / "b8/masks/image.png")))
+
+
+def test_cd_predict_keeps_dark_water_under_nodata_0(clean, tmp_path):
+    """Pixels with one band at the nodata value are predicted; only the all-zero border is no data."""
+    import rasterio
+
+    line, status = outcome(doc.Case("", "", doc.cd_dark_water), clean, tmp_path)
+    assert status == 0 and line.startswith("wrote ")
+    with rasterio.open(tmp_path / "change.tif") as src:
+        classes, dataset_mask = src.read(1), src.dataset_mask()
+    expected_nodata = np.zeros(classes.shape, bool)
+    expected_nodata[doc.NODATA_BORDER] = True
+    assert np.isin(classes[doc.DARK_WATER], [0, 1]).all()
+    assert np.array_equal(classes == 255, expected_nodata)
+    assert np.array_equal(dataset_mask == 0, expected_nodata)

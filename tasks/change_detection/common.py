@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
-from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
+from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, stretch_problem
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from tasks.natural.pretrain import resolve_pretrained
@@ -65,7 +65,7 @@ class CDConfig(Config):
     select_metric: str = "changed_IoU"
     # task fields
     bands: list = field(default_factory=lambda: list(DEFAULT_BANDS))
-    stretch: Union[str, float] = "percentile"
+    stretch: Union[str, float, list] = "percentile"   # one rule, or [A's, B's] (raster_io)
     class_values: list = field(default_factory=lambda: list(DEFAULT_CLASS_VALUES))
     nadir_augment: bool = False
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
@@ -92,8 +92,9 @@ class CDConfig(Config):
         if self.channel_group_size != len(self.bands):
             raise ConfigError(f"channel_group_size ({self.channel_group_size}) must equal len(bands) "
                               f"({len(self.bands)}) so each date is jittered as one image")
-        if self.stretch != "percentile" and (isinstance(self.stretch, str) or not self.stretch > 0):
-            raise ConfigError(f"stretch: {self.stretch!r} must be 'percentile' or a positive divisor (e.g. 256)")
+        problem = stretch_problem(self.stretch)
+        if problem:
+            raise ConfigError(f"stretch: {problem}")
         if len(self.class_values) != self.nclass or len(set(self.class_values)) != self.nclass:
             raise ConfigError(f"class_values {self.class_values} must give one distinct pixel value per class "
                               f"(nclass = {self.nclass})")
@@ -225,12 +226,18 @@ def parse_bands(text: str | None) -> list[int] | None:
 
 
 def parse_stretch(text: str | None):
-    if text is None or text == "percentile":
-        return text
+    """``--stretch``: one rule for both dates, or ``BEFORE,AFTER`` (a list: each date its own rule)."""
+    if text is None:
+        return None
+    rules = [rule.strip() for rule in text.split(",")]
+    if len(rules) > 2:
+        raise ConfigError(f"--stretch {text!r}: give one rule, or two separated by a comma (before,after)")
     try:
-        return float(text)
+        parsed = [rule if rule == "percentile" else float(rule) for rule in rules]
     except ValueError:
-        raise ConfigError(f"--stretch {text!r}: give 'percentile' or a divisor such as 256") from None
+        raise ConfigError(f"--stretch {text!r}: give 'percentile' or a divisor such as 256, or one for each date "
+                          f"as before,after (e.g. 1,256)") from None
+    return parsed if len(parsed) == 2 else parsed[0]
 
 
 class ChangeDetectionTask(Task):
@@ -301,7 +308,8 @@ class ChangeDetectionTask(Task):
         parser.add_argument("--window", type=int, help="window side in pixels (default: the config's crop_size)")
         parser.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default: window / 4)")
         parser.add_argument("--bands", help="1-based bands of each date, e.g. 1,2,3 (default: the config's bands)")
-        parser.add_argument("--stretch", help="'percentile' or a divisor for non-8-bit data (default: the config's)")
+        parser.add_argument("--stretch", help="'percentile' or a divisor for non-8-bit data, or one for each date as "
+                                               "BEFORE,AFTER, e.g. 1,256 (default: the config's)")
         parser.add_argument("--probability", action="store_true", help="also write the change probability")
         parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")

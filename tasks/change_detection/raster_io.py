@@ -10,13 +10,21 @@ Bands are chosen with ``bands`` (1-based, as rasterio numbers them; default ``(1
 data pass unchanged. Any other data type (uint16 reflectance, float) is mapped to uint8 by the
 ``stretch`` rule:
 
-- ``"percentile"`` (default): per band, the 2nd..98th percentile of *that file* (nodata excluded,
-  read from an overview of at most ``PERCENTILE_MAX_SIDE`` pixels a side) maps linearly to
+- ``"percentile"`` (default): per band, the 2nd..98th percentile of *that file* (missing pixels
+  excluded, read from an overview of at most ``PERCENTILE_MAX_SIDE`` pixels a side) maps linearly to
   0..255, values outside are clipped. Each date is stretched on its own, which also removes a
   global brightness difference between the dates.
 - a number ``d``: ``uint8 = clip(value / d, 0, 255)`` (e.g. 256 for the full uint16 range,
   16 for 12-bit data, 4 for 0..1000 reflectance); the same for every file, so absolute
   radiometry is kept.
+- a pair ``[rule for A, rule for B]``: each date its own rule, for two products of different
+  data types or value ranges (e.g. ``[1, 256]``: A 8-bit values kept, B's 16-bit values / 256).
+
+One rule for both dates assumes both are one product. A pair whose dates differ in data type
+(every tile pair and scene), or (same data type, not 8-bit) whose value ranges differ more than
+``RANGE_RATIO`` times (the highest per-band 98th percentile of one date over the other's; GeoTIFF
+scenes in predict, see :func:`check_same_product`), is refused unless a pair of rules is given:
+one rule would put the dates on different scales and much of the scene would read as change.
 
 A and B of one pair must share size, band count, CRS and geotransform; labels 0/255 become
 classes 0/1 (``class_values`` lists the pixel value of each class for other encodings).
@@ -42,6 +50,7 @@ PERCENTILE_MAX_SIDE = 1024
 PERCENTILE_RANGE = (2.0, 98.0)
 DEFAULT_BANDS = (1, 2, 3)
 DEFAULT_CLASS_VALUES = (0, 255)
+RANGE_RATIO = 8.0
 REPLACE_FILE = "Replace the file with a complete one, or remove its name from the split file"
 
 
@@ -91,26 +100,86 @@ def check_bands(bands: Sequence[int], count: int, path) -> list[int]:
     return bands
 
 
+def is_per_date(stretch) -> bool:
+    """Whether ``stretch`` gives each date its own rule (``[rule for A, rule for B]``)."""
+    return isinstance(stretch, (list, tuple))
+
+
+def date_stretches(stretch) -> tuple:
+    """(A's rule, B's rule): one rule serves both dates, a pair gives each its own."""
+    return tuple(stretch) if is_per_date(stretch) else (stretch, stretch)
+
+
+def stretch_problem(stretch) -> str | None:
+    """What is wrong with a ``stretch`` setting (one rule, or a pair of rules), or None."""
+    if is_per_date(stretch) and len(stretch) != 2:
+        return f"a stretch for each date takes two rules [A, B], got {list(stretch)!r}"
+    for rule in date_stretches(stretch):
+        if rule != "percentile" and (isinstance(rule, (str, bool)) or not isinstance(rule, (int, float))
+                                     or not rule > 0):
+            return f"{rule!r} must be 'percentile' or a positive divisor (e.g. 256)"
+    return None
+
+
 def check_stretch(stretch) -> None:
-    if stretch == "percentile":
+    problem = stretch_problem(stretch)
+    if problem:
+        raise DataError(f"stretch: {problem}")
+
+
+def upper_value(limits: tuple[np.ndarray, np.ndarray] | None) -> float | None:
+    """The highest per-band 98th percentile of a date (its value range), None when unknown."""
+    if limits is None or not np.isfinite(limits[1]).all():
+        return None
+    return float(np.max(limits[1]))
+
+
+def check_same_product(info_a: RasterInfo, info_b: RasterInfo, stretch, upper_a: float | None = None,
+                       upper_b: float | None = None) -> None:
+    """Refuse two dates that one stretch rule would put on different scales, unless ``stretch``
+    gives each date its own rule: different data types, or (same non-8-bit type) value ranges
+    ``upper_a``/``upper_b`` (see :func:`upper_value`) more than ``RANGE_RATIO`` times apart."""
+    if is_per_date(stretch):
         return
-    if isinstance(stretch, str) or not isinstance(stretch, (int, float)) or not stretch > 0:
-        raise DataError(f"stretch must be 'percentile' or a positive divisor, got {stretch!r}")
+    fix = ("convert one date to the other's product, or give each date its own stretch: stretch=[A,B] "
+           "(predict: --stretch A,B), e.g. --stretch percentile,percentile (each date to its own 2-98 "
+           "percentiles) or divisors such as --stretch 1,256")
+    if info_a.dtype != info_b.dtype:
+        raise DataError(f"the two dates hold different data types ({info_a.path}: {info_a.dtype}, {info_b.path}: "
+                        f"{info_b.dtype}), so one stretch would put them on different scales; {fix}")
+    if info_a.dtype == "uint8" or upper_a is None or upper_b is None or min(upper_a, upper_b) <= 0:
+        return
+    if max(upper_a, upper_b) / min(upper_a, upper_b) > RANGE_RATIO:
+        raise DataError(f"the two dates' values have different ranges ({info_a.path}: 98th percentile "
+                        f"{upper_a:.4g}, {info_b.path}: {upper_b:.4g}; more than {RANGE_RATIO:g}x apart), so one "
+                        f"stretch would put them on different scales; {fix}")
+
+
+def valid_pixels(src, array: np.ndarray, window=None) -> np.ndarray:
+    """Where ``array`` (bands read from ``src``, over ``window``, at any out_shape) holds data, bool (H, W).
+
+    GDAL's dataset mask decides, for the whole pixel: missing where *every* band equals the
+    dataset's nodata value, where the alpha band is 0, or where the mask band (internal or
+    ``.msk``) is 0. A pixel with one band at the nodata value (dark water ``[0, 3, 4]`` under
+    nodata=0) is data. A float pixel with NaN in a read band has no value and is missing too.
+    """
+    valid = src.dataset_mask(window=window, out_shape=array.shape[1:]) > 0
+    if array.dtype.kind == "f":
+        valid &= np.all(np.isfinite(array), axis=0)
+    return valid
 
 
 def percentile_limits(src, bands: Sequence[int], percentiles=PERCENTILE_RANGE,
                       max_side: int = PERCENTILE_MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band (low, high) percentiles of a whole raster, from a decimated read of bounded size."""
+    """Per-band (low, high) percentiles of the valid pixels of a whole raster, from a decimated read
+    of bounded size; NaN for a raster without valid pixels (all of it then reads as 0)."""
     factor = max(1, math.ceil(max(src.width, src.height) / max_side))
     shape = (len(bands), max(1, src.height // factor), max(1, src.width // factor))
-    sample = src.read(list(bands), out_shape=shape, masked=True).astype(np.float64)
-    low = np.zeros(len(bands))
-    high = np.ones(len(bands))
-    for i, band in enumerate(sample):
-        values = band.compressed()
-        values = values[np.isfinite(values)]
-        if values.size:
-            low[i], high[i] = np.percentile(values, percentiles)
+    sample = src.read(list(bands), out_shape=shape)
+    values = sample[:, valid_pixels(src, sample)].astype(np.float64)
+    if not values.size:
+        return np.full(len(bands), np.nan), np.full(len(bands), np.nan)
+    low, high = np.percentile(values, percentiles, axis=1)
     return low, high
 
 
@@ -137,16 +206,12 @@ def read_image(path: str | Path, bands: Sequence[int] = DEFAULT_BANDS, stretch="
             bands = check_bands(bands, src.count, path)
             try:
                 array = require_finite(src.read(bands), path, src.nodata)
+                valid = valid_pixels(src, array)
             except RasterioIOError as error:
                 raise unreadable_raster(path, error) from error
             limits = percentile_limits(src, bands) if stretch == "percentile" and array.dtype != np.uint8 else None
-            if src.nodata is not None and array.dtype != np.uint8:
-                nodata = np.any(array == src.nodata, axis=0)
-            else:
-                nodata = None
         array = stretch_to_uint8(array, stretch, limits)
-        if nodata is not None:
-            array[:, nodata] = 0
+        array[:, ~valid] = 0
         return array, info
     try:
         with Image.open(path) as image:
@@ -198,12 +263,16 @@ def check_pair(info_a: RasterInfo, info_b: RasterInfo) -> None:
 
 def read_pair(path_a: str | Path, path_b: str | Path, bands: Sequence[int] = DEFAULT_BANDS,
               stretch="percentile") -> tuple[np.ndarray, np.ndarray]:
-    """Both dates as uint8 (C, H, W) arrays, checked to share grid and band count."""
+    """Both dates as uint8 (C, H, W) arrays, checked to share grid, band count and data type
+    (:func:`check_same_product`; the value-range check needs whole scenes and is left to predict)."""
     if is_geotiff(path_a) != is_geotiff(path_b):
         raise DataError(f"one date is a GeoTIFF and the other is not: {path_a} and {path_b}")
-    image_a, info_a = read_image(path_a, bands, stretch)
-    image_b, info_b = read_image(path_b, bands, stretch)
+    check_stretch(stretch)
+    stretch_a, stretch_b = date_stretches(stretch)
+    image_a, info_a = read_image(path_a, bands, stretch_a)
+    image_b, info_b = read_image(path_b, bands, stretch_b)
     check_pair(info_a, info_b)
+    check_same_product(info_a, info_b, stretch)
     return image_a, image_b
 
 

@@ -14,8 +14,9 @@ Output
   band 1 = class index (uint8; 0 unchanged, 1 changed) with a colour map (0 black, 1 white,
   further classes coloured), band 2 (``write_probability``) = probability of class 1 for a
   binary model, of the predicted class otherwise, as uint8 ``round(255 * p)``.
-- No data: a pixel that is nodata in either date (the inputs' nodata value, internal mask or
-  alpha band, as GDAL's mask reports it, or a non-finite float) is not a prediction. It gets
+- No data: a pixel that is missing in either date by GDAL's dataset mask (all its bands equal to
+  the nodata value, alpha 0, internal or ``.msk`` mask 0; one band at the nodata value is data:
+  :func:`~tasks.change_detection.raster_io.valid_pixels`), or a NaN float, is not a prediction. It gets
   class ``NODATA_CLASS`` (255, grey in the colour map) and probability 0, and a GeoTIFF output
   carries it in its internal mask too, so GIS software shows it as no data, never as "unchanged".
 - PNG: band 1 as a palette PNG of class indices (the same colours); the probability as a
@@ -25,8 +26,9 @@ Output
 Files are written under a temporary name and renamed when complete; existing outputs are never
 replaced unless ``overwrite=True``.
 
-Input bands are chosen and stretched to uint8 as in :mod:`tasks.change_detection.data` (for the
-percentile rule, the percentiles of the whole file, from a decimated read).
+Input bands are chosen and stretched to uint8 as in :mod:`tasks.change_detection.raster_io` (for the
+percentile rule, the percentiles of the whole file, from a decimated read; a pair of rules
+stretches each date by its own).
 """
 from __future__ import annotations
 
@@ -43,8 +45,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_pair, check_stretch, is_geotiff,
-                                              open_raster, percentile_limits, raster_info, read_image, stretch_to_uint8)
+from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_pair, check_same_product,
+                                              check_stretch, date_stretches, is_geotiff, open_raster,
+                                              percentile_limits, raster_info, read_image, stretch_to_uint8,
+                                              upper_value, valid_pixels)
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
 from unimatch.paths import refuse_existing, refuse_overwriting_inputs
@@ -62,7 +66,8 @@ def palette_colour(index: int) -> tuple[int, int, int]:
 
 
 class GeoTiffDate:
-    """One date of a GeoTIFF scene, read one strip of rows at a time."""
+    """One date of a GeoTIFF scene, read one strip of rows at a time. Non-8-bit data get their
+    percentiles from a decimated read, for the percentile stretch and the value-range check."""
 
     def __init__(self, path: Path, bands: Sequence[int], stretch):
         self.src = open_raster(path)
@@ -70,23 +75,22 @@ class GeoTiffDate:
         self.bands = check_bands(bands, self.src.count, path)
         self.stretch = stretch
         self.limits = None
-        if stretch == "percentile" and self.src.dtypes[0] != "uint8":
+        if self.src.dtypes[0] != "uint8":
             try:
                 self.limits = percentile_limits(self.src, self.bands)
             except RasterioError as error:
-                raise unreadable(self.src.name, "its overview for the percentile stretch", error) from None
+                raise unreadable(self.src.name, "its overview for the value statistics", error) from None
+        self.upper = upper_value(self.limits)
 
     def read_rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 bands of rows ``row..row+count`` and where they hold data (bool, H x W)."""
         window = Window(0, row, self.info.width, count)
         try:
             array = self.src.read(self.bands, window=window)
-            valid = np.all(self.src.read_masks(self.bands, window=window) > 0, axis=0)
+            valid = valid_pixels(self.src, array, window)
         except RasterioError as error:
             raise unreadable(self.src.name, f"rows {row}-{row + count - 1}", error) from None
         array = require_finite(array, self.info.path, self.src.nodata)
-        if array.dtype.kind == "f":
-            valid &= np.all(np.isfinite(array), axis=0)
         array = stretch_to_uint8(array, self.stretch, self.limits)
         array[:, ~valid] = 0
         return array, valid
@@ -106,6 +110,7 @@ class ImageDate:
 
     def __init__(self, path: Path, bands: Sequence[int], stretch):
         self.array, self.info = read_image(path, bands, stretch)
+        self.upper = None
 
     def read_rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.array[:, row:row + count]
@@ -233,7 +238,9 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
 
     ``predict_fn`` takes a uint8 tensor ``(N, 2*len(bands), h, w)`` (before's bands then after's)
     and returns class probabilities ``(N, nclass, h, w)`` (softmax already applied); it is
-    called under ``torch.no_grad``. Returns ``out_path``.
+    called under ``torch.no_grad``. ``stretch`` is one rule for both dates or ``[before's, after's]``;
+    with one rule, dates of different products are refused
+    (:func:`~tasks.change_detection.raster_io.check_same_product`). Returns ``out_path``.
     """
     before_path, after_path, out_path = Path(before_path), Path(after_path), Path(out_path)
     check_stretch(stretch)
@@ -253,9 +260,11 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
     dates = []
     sink = None
     try:
-        dates = [open_date(before_path, bands, stretch)]
-        dates.append(open_date(after_path, bands, stretch))
+        stretch_before, stretch_after = date_stretches(stretch)
+        dates = [open_date(before_path, bands, stretch_before)]
+        dates.append(open_date(after_path, bands, stretch_after))
         check_pair(dates[0].info, dates[1].info)
+        check_same_product(dates[0].info, dates[1].info, stretch, dates[0].upper, dates[1].upper)
         height, width = dates[0].info.height, dates[0].info.width
         win_h, win_w = min(window, height), min(window, width)
         rows = window_starts(height, win_h, window - overlap)
