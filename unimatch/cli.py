@@ -125,7 +125,7 @@ def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
-    from unimatch.engine import Trainer, log
+    from unimatch.engine import Trainer, log, setup_logging
     from unimatch.run_folder import NewRunFiles, RunFolderBusy, RunLock, check_resumable, describe_changes, prepare_run_dir
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
@@ -142,6 +142,10 @@ def train_main(task, argv, doc: str) -> dict:
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
         lock = RunLock.acquire(save_dir) if ctx.is_main else None
+        if lock is not None:
+            setup_logging(save_dir, ctx.is_main)
+            for note in lock.notes:
+                log.info(note)
         cfg = task.resolve_data(cfg, ctx)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes)
         seed_everything(cfg.seed + ctx.rank)

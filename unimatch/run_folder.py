@@ -148,20 +148,21 @@ class RunLock:
 
     The lock is an advisory ``flock`` on ``run.lock``, which also records the holder's host, PID
     and start time for the message a second training gets. The kernel drops the lock when its
-    process dies, however it dies, so a lock file left by a killed run is taken over (with a log
-    line) instead of blocking its resume. Temporary files that killed writers left in the folder
-    are removed then, since no other process writes there.
+    process dies, however it dies, so a lock file left by a killed run is taken over instead of
+    blocking its resume. Temporary files that killed writers left in the folder are removed then,
+    since no other process writes there. ``notes`` says what was taken over and removed, for the
+    run's log (which is opened only once the folder is this run's).
     """
 
-    def __init__(self, path: Path, fd: int | None):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int | None, notes: list[str] = ()):
+        self.path, self.fd, self.notes = path, fd, list(notes)
 
     @classmethod
     def acquire(cls, save_dir: Path) -> "RunLock":
         path = Path(save_dir) / LOCK_FILE
         if fcntl is None:
-            log.warning(f"this platform has no file locks: nothing stops a second training from writing into {save_dir}")
-            return cls(path, None)
+            return cls(path, None, [f"this platform has no file locks: nothing stops a second training from "
+                                    f"writing into {save_dir}"])
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -178,16 +179,16 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        previous = cls._read(fd)
+        previous, notes = cls._read(fd), []
         if previous:
-            log.info(f"taking over {path} from {cls._describe(previous)}, which no longer holds it")
+            notes.append(f"taking over {path} from {cls._describe(previous)}, which no longer holds it")
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         for leftover in atomic.remove_stale_temporaries(Path(save_dir)) + cls._remove_legacy(Path(save_dir)):
-            log.info(f"removed {leftover.name}, a partial file an interrupted run left in {save_dir}")
-        return cls(path, fd)
+            notes.append(f"removed {leftover.name}, a partial file an interrupted run left in {save_dir}")
+        return cls(path, fd, notes)
 
     @staticmethod
     def _remove_legacy(folder: Path) -> list[Path]:
