@@ -6,6 +6,10 @@ preprocessed ``.h5`` volumes (made with SimpleITK's ``GetArrayFromImage``), so a
 model sees the same in-plane orientation whichever layout a volume came from.
 ``to_internal`` and ``to_nibabel`` are the only two places where the axes are swapped;
 readers and the writer go through them. Spacings follow the same order: ``(z, y, x)`` mm.
+
+A label map is written with the source's own header: its NIfTI version (1 or 2), qform and
+sform (matrices, quaternion fields and codes, 0 = unset included), pixdim and grid, with only
+the data type (uint8) and scaling (none) changed.
 """
 from __future__ import annotations
 
@@ -149,9 +153,9 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
                       overwrite: bool = False) -> Path:
     """Write a (Z, Y, X) label volume as uint8 NIfTI on the grid of ``reference_img``.
 
-    The affine and header come from the reference (its sform/qform codes kept, or set to
-    "scanner" (1) where the source left them unset), data scaling is removed, and the array is
-    turned back into the source's (X, Y, Z) order. An existing file is never replaced unless
+    The header is the reference's own, NIfTI version, qform and sform (matrices and codes, unset
+    ones staying unset) included; only the data type (uint8) and scaling (none) change. The array
+    is turned back into the source's (X, Y, Z) order. An existing file is never replaced unless
     ``overwrite``.
     """
     path = Path(path)
@@ -165,17 +169,13 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
         raise DataError(f"{path}: label values {label.min()}..{label.max()} do not fit uint8")
     refuse_existing([path], overwrite)
 
-    header = reference_img.header.copy()
+    image_class = nib.Nifti2Image if isinstance(reference_img.header, nib.Nifti2Header) else nib.Nifti1Image
+    header = image_class.header_class.from_header(reference_img.header)
     header.set_data_dtype(np.uint8)
     header.set_data_shape(grid)
-    header["scl_slope"] = 1.0
-    header["scl_inter"] = 0.0
-    affine = reference_img.affine
-    out = nib.Nifti1Image(to_nibabel(label.astype(np.uint8)).reshape(grid), affine, header)
-    _, sform_code = reference_img.header.get_sform(coded=True)
-    _, qform_code = reference_img.header.get_qform(coded=True)
-    out.set_sform(affine, code=int(sform_code) or 1)
-    out.set_qform(affine, code=int(qform_code) or 1)
+    header.set_slope_inter(1.0, 0.0)
+    # the header's own best affine: nibabel then leaves its qform/sform fields as they are
+    out = image_class(to_nibabel(label.astype(np.uint8)).reshape(grid), header.get_best_affine(), header)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".partial-" + path.name)  # same suffix, so nibabel compresses alike
     nib.save(out, str(tmp))
