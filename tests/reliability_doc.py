@@ -351,9 +351,10 @@ def acdc_image(base: Path) -> Path:
     return sorted(p for p in (base / "acdc").rglob("*_frame??.nii.gz"))[0]
 
 
-def acdc_scan(work: Path, data: np.ndarray, name: str = "scan.nii.gz") -> Path:
+def acdc_scan(work: Path, data: np.ndarray, name: str = "scan.nii.gz", spacing=(1.5, 1.5, 10.0),
+              image_class=nib.Nifti1Image) -> Path:
     work.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 10.0, 1.0])), work / name)
+    nib.save(image_class(data, np.diag([*spacing, 1.0])), work / name)
     return work / name
 
 
@@ -366,6 +367,18 @@ def acdc_nan(base: Path, work: Path):
 def acdc_2d(base: Path, work: Path):
     data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)[:, :, 0]
     return acdc_predict(base, acdc_scan(work / "scans", data), work / "seg")
+
+
+def acdc_nifti2_unset_qform(base: Path, work: Path):
+    """A new nibabel image leaves its qform unset (code 0) and its sform "aligned" (code 2)."""
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)
+    return acdc_predict(base, acdc_scan(work / "scans", data, image_class=nib.Nifti2Image), work / "seg")
+
+
+def acdc_slices_first(base: Path, work: Path):
+    data = np.asarray(nib.load(acdc_image(base)).dataobj).astype(np.float32)
+    return acdc_predict(base, acdc_scan(work / "scans", np.moveaxis(data, 2, 0), spacing=(10.0, 1.5, 1.5)),
+                        work / "seg")
 
 
 def acdc_truncated(base: Path, work: Path):
@@ -482,6 +495,9 @@ CASES = [
         "*_gt.nii.gz", lambda label: label.write_bytes(b""))),
     Case("acdc", "unknown nested config key `criterion.nme=OHEM`", unknown_nested_key),
     Case("acdc", "loss becoming NaN/Inf (`lr=1e30`)", non_finite_loss),
+    Case("acdc", "NIfTI-2 input with qform_code 0 (written back as NIfTI-2 with its codes kept)",
+         acdc_nifti2_unset_qform),
+    Case("acdc", "NIfTI stored slices-first (axis 0 through-plane)", acdc_slices_first),
 ]
 
 

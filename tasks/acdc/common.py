@@ -14,7 +14,7 @@ import numpy as np
 from tasks.acdc.data import ACDCDatasets, VolumeDataset, build_acdc_datasets, build_eval_volumes
 from tasks.acdc.readers import find_raw_root
 from tasks.acdc.evaluation import evaluate_volumes
-from tasks.acdc.nifti_io import reference_image, write_label_nifti
+from tasks.acdc.nifti_io import reference_grid, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
 from tasks.acdc.splits import case_parts
 from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
@@ -164,7 +164,7 @@ def eval_volumes(cfg: AcdcConfig, which: str) -> VolumeDataset:
 
 def prediction_writer(cfg: AcdcConfig, directory: Path, case_ids: list[str], overwrite: bool):
     """A callback writing ``<case>.nii.gz`` label maps on the source grid (see
-    :func:`tasks.acdc.nifti_io.reference_image`); refuses, on every rank alike, when a target exists."""
+    :func:`tasks.acdc.nifti_io.reference_grid`); refuses, on every rank alike, when a target exists."""
     targets = {case_id: directory / f"{case_id}.nii.gz" for case_id in case_ids}
     refuse_existing(targets.values(), overwrite)
     directory.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,9 @@ def prediction_writer(cfg: AcdcConfig, directory: Path, case_ids: list[str], ove
 
     def write(case_id: str, labels: np.ndarray, spacing) -> None:
         source = None if raw_root is None else raw_root / case_parts(case_id)[0] / f"{case_id}.nii.gz"
-        write_label_nifti(labels.astype(np.uint8), reference_image(source, labels.shape, spacing), targets[case_id],
-                          overwrite=overwrite)
+        reference, slice_axis = reference_grid(source, labels.shape, spacing)
+        write_label_nifti(labels.astype(np.uint8), reference, targets[case_id], overwrite=overwrite,
+                          slice_axis=slice_axis)
     return write
 
 

@@ -90,7 +90,7 @@ def predict_files(predictor: Predictor, cfg, args, plan) -> list[Path]:
             image = normalize_intensity(volume.data, cfg.intensity_norm)
             labels = predict_volume(predictor, torch.from_numpy(image), cfg.slice_size).numpy()
             written.append(write_label_nifti(labels.astype(np.uint8), volume.image, label_path,
-                                             overwrite=args.overwrite))
+                                             overwrite=args.overwrite, slice_axis=volume.slice_axis))
             for z, png in zip(overlay_slices, pngs):
                 Image.fromarray(overlay_png(image[z], labels[z])).save(png)
                 written.append(png)

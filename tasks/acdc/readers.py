@@ -21,7 +21,9 @@ h5 (the SSL4MIS/UniMatch preprocessed files)::
   Images there are already normalised per volume to [0, 1] and are used as they are. The
   files carry no voxel spacing; validation items get ``h5_spacing`` (default 1 mm).
 
-Arrays are (Z, Y, X) = (D, H, W) everywhere (see ``tasks.acdc.nifti_io``).
+Arrays are (Z, Y, X) = (D, H, W) everywhere (see ``tasks.acdc.nifti_io``); a NIfTI volume's
+through-plane axis is read from its header (slices-first files too), and its ground truth is
+read along the same axis.
 """
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def load_raw_case(case: RawCase, with_label: bool, normalization: str = "minmax"
         return volume, None, image.spacing, image.image.affine
     if not case.label_path.is_file():
         raise DataError(f"{case.label_path}: ground truth of {case.image_path.name} not found")
-    truth = read_nifti_volume(case.label_path, dtype=np.float64)
+    truth = read_nifti_volume(case.label_path, dtype=np.float64, slice_axis=image.slice_axis)
     if truth.data.shape != image.data.shape:
         raise DataError(f"{case.label_path}: shape {truth.data.shape} differs from its image "
                         f"{case.image_path.name} {image.data.shape}")
