@@ -548,8 +548,8 @@ HEADER = """# What a user sees when an input is bad
 
 Every row was produced by running the real entry point (`python -m tasks.<task>.train`, `evaluate`
 or `predict`) on a real bad file written by `tests/reliability_doc.py`; temporary folders read
-`<tmp>`, the repository's files their path in it. `tests/test_reliability.py` fails when a message changes and this file does not.
-Regenerate it with
+`<tmp>`, the repository's files their path in it. `tests/test_reliability.py` fails when a
+message changes and this file does not. Regenerate it with
 
 ```bash
 python -m tests.reliability_doc
