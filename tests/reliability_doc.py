@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -225,6 +226,48 @@ def labelled_set_smaller_than_batch(base: Path, work: Path):
     argv[argv.index("--unlabeled-split") + 1] = str(root / "splits/none.txt")
     argv[argv.index("--batch-size") + 1] = "16"
     return main, argv
+
+
+def config_file(text: str):
+    """Training with ``--config`` a file holding ``text``."""
+    def run(base: Path, work: Path):
+        (work / "config.yaml").write_text(text)
+        return natural_train(base / "voc", work, "--config", str(work / "config.yaml"))
+    return run
+
+
+def natural_train_with(*extra: str):
+    """Training on the clean set with ``extra`` flags or ``KEY=VALUE`` overrides appended."""
+    def run(base: Path, work: Path):
+        return natural_train(base / "voc", work, *extra)
+    return run
+
+
+def without_cuda(make: Callable[[Path, Path], tuple[Callable, list[str]]]):
+    """``make``'s command run as on a machine without a GPU, whichever machine writes the document."""
+    def run(base: Path, work: Path):
+        main, argv = make(base, work)
+
+        def main_without_cuda(args):
+            with mock.patch("torch.cuda.is_available", return_value=False):
+                return main(args)
+        return main_without_cuda, argv
+    return run
+
+
+def natural_evaluate_on(device: str):
+    def run(base: Path, work: Path):
+        from tasks.natural import evaluate
+
+        return evaluate.main, ["--checkpoint", str(base / "natural.pth"), "--data-root", str(base / "voc"),
+                               "--device", device]
+    return run
+
+
+def natural_predict_on(device: str):
+    def run(base: Path, work: Path):
+        return natural_predict(base, photos(base, work, 1), work / "masks", "--device", device)
+    return run
 
 
 # ----------------------------------------------------------------------------- change detection
@@ -462,6 +505,18 @@ CASES = [
     Case("natural", "16-bit grayscale PNG (accepted: scaled by 1/257)", predict_16_bit_png),
     Case("natural", "`evaluate --mode center_crop` with one image smaller than the crop (nothing is written)",
          evaluate_small_image_center_crop),
+    Case("natural", "`--config` file with a YAML syntax error",
+         config_file("nclass: 6\ncrop_size: 32\nlr: 0.04: 0.02\n")),
+    Case("natural", "YAML error in an override (`dilations=[1,2`)", natural_train_with("dilations=[1,2")),
+    Case("natural", "`--config` file holding only comments", config_file("# lr: 0.04\n# epochs: 30\n")),
+    Case("natural", "negative learning rate (`lr=-1`)", natural_train_with("lr=-1")),
+    Case("natural", "negative momentum (`momentum=-1`)", natural_train_with("momentum=-1")),
+    Case("natural", "negative loader processes (`num_workers=-1`)", natural_train_with("num_workers=-1")),
+    Case("natural", "`train --device cuda` on a machine without a GPU",
+         without_cuda(natural_train_with("--device", "cuda"))),
+    Case("natural", "`evaluate --device cuda` on a machine without a GPU", without_cuda(natural_evaluate_on("cuda"))),
+    Case("natural", "`predict --device cuda` on a machine without a GPU", without_cuda(natural_predict_on("cuda"))),
+    Case("natural", "unknown device (`train --device gpu`)", natural_train_with("--device", "gpu")),
     Case("change_detection", "truncated PNG tile in `A/` (training, in a DataLoader worker)",
          cd_bad_file(lambda root, name: truncate(root / "A" / name), workers=1)),
     Case("change_detection", "zero-byte tile in `B/`", cd_bad_file(lambda root, name: (root / "B" / name).write_bytes(b""))),
@@ -505,7 +560,7 @@ CASES = [
 
 def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
     """(what the user reads, exit status) of ``case``: the ``error:`` line, or the last line printed
-    when the command succeeds; temporary paths read ``<tmp>``."""
+    when the command succeeds; temporary paths read ``<tmp>``, files of the repository their path in it."""
     from unimatch.cli import exit_on_user_error
 
     main, argv = case.run(base, work)
@@ -525,7 +580,7 @@ def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
     line = errors[-1] if errors else (printed[-1] if printed else "")
     for folder in sorted({str(base), str(base.resolve()), str(work), str(work.resolve())}, key=len, reverse=True):
         line = line.replace(folder, "<tmp>")
-    return line, status
+    return line.replace(f"{REPO}/", ""), status   # the repository's files by their path in it
 
 
 def row(case: Case, line: str, status: int) -> str:
@@ -536,8 +591,8 @@ HEADER = """# What a user sees when an input is bad
 
 Every row was produced by running the real entry point (`python -m tasks.<task>.train`, `evaluate`
 or `predict`) on a real bad file written by `tests/reliability_doc.py`; temporary folders read
-`<tmp>`. `tests/test_reliability.py` fails when a message changes and this file does not.
-Regenerate it with
+`<tmp>`, the repository's files their path in it. `tests/test_reliability.py` fails when a
+message changes and this file does not. Regenerate it with
 
 ```bash
 python -m tests.reliability_doc

@@ -235,3 +235,151 @@ def test_training_differences_ignore_only_the_keys_that_do_not_shape_the_weights
     del stored["blur_p"]
     assert training_differences(stored, cfg) == {}
     assert training_differences(stored, load_config(None, ["blur_p=0.0"], epochs=3)) == {"blur_p": (0.5, 0.0)}
+
+
+# ---- syntax errors and empty files --------------------------------------------------------
+def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("nclass: 21\nlr: 0.01\nepochs: 3: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}:3:10: invalid YAML (mapping values are not allowed here)"
+
+
+def test_undecodable_config_file_is_a_config_error(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"lr: \xff\xfe\x00\x01")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: invalid YAML \(") as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_error_in_an_override_names_the_override():
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=["dilations=[1,2"])
+    assert str(error.value) == "override 'dilations=[1,2': invalid YAML (expected ',' or ']', but got '<stream end>')"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# all of it commented out\n# lr: 0.01\n"])
+def test_empty_config_file_is_refused_naming_the_tasks_default(tmp_path, text):
+    """An empty file would train with the dataclass defaults (ResNet-101, lr 0.001), not the task's config."""
+    from tasks.natural.common import NaturalConfig
+
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, schema=NaturalConfig)
+    default = CONFIG_DIR / "natural" / "synthetic.yaml"
+    assert str(error.value) == (f"{path} is empty (no config keys, only comments or nothing): give a config file with "
+                                f"keys, or leave out --config to use the task's default {default}")
+
+
+# ---- the range of every numeric key -------------------------------------------------------
+def _task_schemas():
+    from tasks.acdc.common import AcdcConfig
+    from tasks.change_detection.common import CDConfig
+    from tasks.natural.common import NaturalConfig
+
+    return {"core": Config, "natural": NaturalConfig, "change_detection": CDConfig, "acdc": AcdcConfig}
+
+
+# (schema, key, a value outside the key's range); every numeric key of every task config is here
+OUT_OF_RANGE = [
+    ("core", "nclass", "0"), ("core", "crop_size", "0"), ("core", "in_channels", "0"), ("core", "mean", "[]"),
+    ("core", "std", "[0.2, 0.0, 0.2]"), ("core", "width", "0"), ("core", "reduce_channels", "0"),
+    ("core", "decoder_channels", "-8"), ("core", "feature_channels", "[4, 8, 16, 32]"),
+    ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
+    ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
+    ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
+    ("core", "dist_align_momentum", "1"), ("core", "color_jitter_p", "1.5"),
+    ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
+    ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
+    ("core", "cutmix_ratio", "[0, 3]"), ("core", "channel_group_size", "0"), ("core", "epochs", "0"),
+    ("core", "batch_size", "0"), ("core", "lr", "-1"), ("core", "lr_multi", "0"), ("core", "momentum", "-1"),
+    ("core", "weight_decay", "-0.0001"), ("core", "threads", "0"), ("core", "seed", "-1"),
+    ("core", "eval_every", "0"), ("core", "num_workers", "-1"), ("core", "log_every", "-1"),
+    ("core", "eval_batch_size", "0"),
+    ("natural", "synthetic_images", "2"), ("natural", "synthetic_labeled_fraction", "1.5"),
+    ("natural", "synthetic_class_hue_probability", "-0.1"), ("natural", "synthetic_class_hue_spread", "-1"),
+    ("change_detection", "bands", "[0, 1, 2]"), ("change_detection", "stretch", "0"),
+    ("change_detection", "class_values", "[-1, 255]"), ("change_detection", "scale_range", "[1.2, 0.8]"),
+    ("change_detection", "synthetic_no_change_share", "1.5"),
+    ("change_detection", "synthetic_change_rate", "[0.8, 0.2]"),
+    ("change_detection", "synthetic_building_side", "[0, 20]"),
+    ("acdc", "cases", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
+    ("acdc", "synthetic_patients", "0"), ("acdc", "synthetic_size", "0"), ("acdc", "synthetic_slices", "[0, 3]"),
+    ("acdc", "synthetic_seed", "-1"),
+]
+
+
+@pytest.mark.parametrize("task, key, value", OUT_OF_RANGE, ids=[f"{t}-{k}" for t, k, _ in OUT_OF_RANGE])
+def test_every_numeric_key_outside_its_range_is_one_error_naming_the_key(task, key, value):
+    with pytest.raises(ConfigError, match=rf"^{key}: must be .*, got "):
+        load_config(overrides=[f"{key}={value}"], schema=_task_schemas()[task])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=-1", "lr: must be > 0, got -1"),
+    ("momentum=-1", "momentum: must be in [0, 1), got -1"),
+    ("num_workers=-1", "num_workers: must be >= 0, got -1"),
+    ("threads=0", "threads: must be >= 1 or null, got 0"),
+    ("lr=.inf", "lr: must be a finite number > 0, got inf"),
+    ("mean=[.nan, 0.5, 0.5]", "mean: must be one or more finite numbers, got [nan, 0.5, 0.5]"),
+    ("dilations=[6, 12.5, 18]", "dilations: must be three whole numbers >= 1, got [6, 12.5, 18]"),
+    ("dilations=[6, 12]", "dilations: must be three whole numbers >= 1, got [6, 12]"),
+    ("color_jitter=[0.5, 0.5, x, 0.25]", "color_jitter: must be four finite numbers >= 0, got [0.5, 0.5, 'x', 0.25]"),
+    ("cutmix_area=[0.4, 0.02]",
+     "cutmix_area: must be two finite numbers in (0, 1], the first <= the second, got [0.4, 0.02]"),
+])
+def test_range_messages_say_what_is_valid_and_what_was_given(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert str(error.value) == message
+
+
+def test_the_ends_of_each_range_that_mean_something_still_load():
+    """0 workers loads in the training process, log_every 0 turns periodic logging off, null
+    threads keeps torch's default; none of them may be refused."""
+    cfg = load_config(overrides=["num_workers=0", "log_every=0", "threads=null", "momentum=0", "weight_decay=0",
+                                 "sup_warmup_epochs=0", "strong_weight=null", "conf_thresh=1", "cutmix_p=0",
+                                 "cutmix_area=[1, 1]", "blur_sigma=[1.0, 1.0]", "dist_align_momentum=0", "seed=0",
+                                 "strong_views=0", "fp_weight=0", "color_jitter=[0, 0, 0, 0]"])
+    assert (cfg.num_workers, cfg.log_every, cfg.threads, cfg.momentum) == (0, 0, None, 0.0)
+
+
+def _numeric_fields(schema) -> set[str]:
+    """Fields typed int or float (alone, optional or in a union), lists whose default holds numbers,
+    and ``feature_channels`` (a list of ints, null by default)."""
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    numeric = {"feature_channels"}
+    for f in dataclasses.fields(schema):
+        types = typing.get_args(hints[f.name]) or (hints[f.name],)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if int in types or float in types or (isinstance(default, list) and default and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in default)):
+            numeric.add(f.name)
+    return numeric
+
+
+def test_every_numeric_key_of_every_task_config_has_a_range(monkeypatch):
+    """A new numeric key must get a range in its config's validate() (Config.check_bounds) and a
+    case in OUT_OF_RANGE; without them a bad value reaches torch as a traceback."""
+    checked = {}
+    check_bounds = Config.check_bounds
+
+    def recording(self, bounds):
+        checked.setdefault(type(self).__name__, set()).update(bounds)
+        return check_bounds(self, bounds)
+
+    monkeypatch.setattr(Config, "check_bounds", recording)
+    tested = {}
+    for task, key, _ in OUT_OF_RANGE:
+        tested.setdefault(task, set()).add(key)
+    for task, schema in _task_schemas().items():
+        schema().validate()
+        numeric = _numeric_fields(schema)
+        assert numeric - checked[schema.__name__] == set(), f"{schema.__name__}: numeric keys without a range"
+        untested = numeric - tested["core"] - tested.get(task, set())
+        assert untested == set(), f"{schema.__name__}: keys not in OUT_OF_RANGE"

@@ -116,9 +116,10 @@ def write_csv(path: Path | None, rows: list[dict]) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``--device`` of a single-process command, checked as train and evaluate check it."""
+    from unimatch.distributed import resolve_device
+
+    return resolve_device(name)
 
 
 def train_main(task, argv, doc: str) -> dict:

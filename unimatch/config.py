@@ -9,6 +9,7 @@ week-long run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import yaml
 
 from unimatch.errors import ConfigError
 from unimatch.losses import CRITERIA, criterion_keywords
+from unimatch.paths import config_path
 
 METHODS = {
     # method: (number of strong image streams, number of feature-perturbation streams)
@@ -31,6 +33,114 @@ METHODS = {
 EVAL_MODES = ("original", "center_crop", "sliding_window")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a numeric config key may hold, so that a value torch or numpy would refuse deep
+    inside a constructor (a negative ``lr``, ``num_workers: -1``) is refused with the key's name
+    before anything is built.
+
+    Every number must be finite and lie between ``low`` and ``high`` (None: unbounded; an ``open``
+    end excludes its limit). For a list key: ``count`` numbers (None: one or more), ints when
+    ``whole`` (torch refuses a layer size or dilation of 2.0), and not decreasing when ``ordered``
+    (a ``[low, high]`` range).
+    """
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    count: Optional[int] = None
+    whole: bool = False
+    ordered: bool = False
+
+    def holds(self, number: Any) -> bool:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            return False
+        if self.whole and not isinstance(number, int):
+            return False
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return self.high is None or (number < self.high if self.high_open else number <= self.high)
+
+    def interval(self) -> str:
+        """``> 0``, ``>= 1``, ``in [0, 1)`` ...: the condition on one number ('' when unbounded)."""
+        low, high = _plain_number(self.low), _plain_number(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return ""
+
+    def problem(self, value: Any, nullable: bool = False) -> Optional[str]:
+        """What is wrong with ``value`` (``must be > 0, got -1``), or None when it is valid;
+        ``nullable`` adds ``or null`` to what is asked for."""
+        if isinstance(value, (list, tuple)):
+            valid = (len(value) == self.count if self.count is not None else len(value) > 0) \
+                and all(self.holds(v) for v in value) \
+                and (not self.ordered or all(a <= b for a, b in zip(value, value[1:])))
+            amount = {2: "two", 3: "three", 4: "four", 5: "five"}.get(self.count, self.count) or "one or more"
+            wanted = " ".join(filter(None, [amount, "whole" if self.whole else "finite", "numbers", self.interval()]))
+            if self.ordered:
+                wanted += ", the first <= the second" if self.count == 2 else ", none smaller than the one before"
+            shown = list(value)
+        else:
+            valid = self.holds(value)
+            finite = isinstance(value, (int, float)) and math.isfinite(value)
+            wanted = self.interval() if finite else f"a finite number {self.interval()}".rstrip()
+            shown = _plain_number(value)
+        return None if valid else f"must be {wanted}{' or null' if nullable else ''}, got {shown}"
+
+
+def _plain_number(value: Any) -> str:
+    """``-1`` for -1.0 (the user typed -1), ``0.001`` for 0.001, anything else as ``repr``."""
+    text = repr(value)
+    return text[:-2] if isinstance(value, float) and text.endswith(".0") else text
+
+
+def above(limit: float, **list_rules: Any) -> Bounds:
+    return Bounds(low=limit, low_open=True, **list_rules)
+
+
+def at_least(limit: float, **list_rules: Any) -> Bounds:
+    return Bounds(low=limit, **list_rules)
+
+
+PROBABILITY = Bounds(0.0, 1.0)
+MOMENTUM = Bounds(0.0, 1.0, high_open=True)   # 1 would never forget, the running value would never move
+COUNT = at_least(1, whole=True)
+
+# key -> the numbers it may hold; every numeric key of Config is here (a test checks it), and each
+# task's validate() checks its own keys the same way (Config.check_bounds)
+NUMBER_BOUNDS: dict[str, Bounds] = {
+    "nclass": COUNT, "crop_size": COUNT, "in_channels": COUNT,
+    "mean": Bounds(), "std": above(0.0),
+    "width": COUNT, "reduce_channels": COUNT, "decoder_channels": COUNT,
+    "feature_channels": at_least(1, count=5, whole=True),     # the UNet's five levels
+    "dilations": at_least(1, count=3, whole=True),            # the three atrous rates of ASPP
+    "conf_thresh": PROBABILITY,
+    "strong_views": at_least(0), "fp_streams": at_least(0),
+    "sup_weight": at_least(0.0), "strong_weight": at_least(0.0), "fp_weight": at_least(0.0),
+    "loss_divisor": above(0.0),
+    "sup_warmup_epochs": at_least(0),
+    "dist_align_momentum": MOMENTUM,
+    "color_jitter_p": PROBABILITY, "grayscale_p": PROBABILITY, "blur_p": PROBABILITY, "cutmix_p": PROBABILITY,
+    "color_jitter": at_least(0.0, count=4),                  # brightness, contrast, saturation, hue
+    "blur_sigma": above(0.0, count=2, ordered=True),
+    "cutmix_area": Bounds(0.0, 1.0, low_open=True, count=2, ordered=True),   # shares of the crop
+    "cutmix_ratio": above(0.0, count=2, ordered=True),
+    "channel_group_size": at_least(1),
+    "epochs": COUNT, "batch_size": COUNT,
+    "lr": above(0.0), "lr_multi": above(0.0), "momentum": MOMENTUM, "weight_decay": at_least(0.0),
+    "threads": at_least(1),
+    "seed": at_least(0),                    # numpy refuses negative seeds
+    "eval_every": COUNT,
+    "num_workers": at_least(0),             # 0: load in the training process
+    "log_every": at_least(0),               # 0: no periodic logging
+    "eval_batch_size": COUNT,
+}
 
 
 def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]:
@@ -164,7 +274,20 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def check_bounds(self, bounds: dict[str, Bounds]) -> None:
+        """Each key of ``bounds`` holds numbers within its :class:`Bounds`. None passes where the key
+        may be null, a string where the key may be one (its own check reads it: ``stretch: percentile``)."""
+        hints = typing.get_type_hints(type(self))
+        for key, bound in bounds.items():
+            value, allowed = getattr(self, key), typing.get_args(hints[key])
+            if (value is None and type(None) in allowed) or (isinstance(value, str) and str in allowed):
+                continue
+            problem = bound.problem(value, nullable=type(None) in allowed)
+            if problem is not None:
+                raise ConfigError(f"{key}: {problem}")
+
     def validate(self) -> None:
+        self.check_bounds(NUMBER_BOUNDS)
         if self.method not in METHODS:
             raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
         if self.unsup_loss not in ("ce", "dice"):
@@ -173,36 +296,24 @@ class Config:
             raise ConfigError(f"amp: {self.amp!r} must be one of none, bf16, fp16")
         if self.cpu_allocator not in ("default", "reuse"):
             raise ConfigError(f"cpu_allocator: {self.cpu_allocator!r} must be 'default' or 'reuse'")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: must be a positive number or null, got {self.threads}")
         # checked here, not at the first evaluation after a whole epoch of training
         if self.eval_mode not in EVAL_MODES:
             raise ConfigError(f"eval_mode: {self.eval_mode!r} must be one of {', '.join(EVAL_MODES)}")
         keys = self.select_metric_keys()
         if keys is not None and self.select_metric not in keys:
             raise ConfigError(f"select_metric: {self.select_metric!r} must be one of {keys}")
-        if not 0.0 <= self.conf_thresh <= 1.0:
-            raise ConfigError(f"conf_thresh: {self.conf_thresh} must lie in [0, 1]")
         if len(self.mean) != len(self.std):
             raise ConfigError("mean and std must have the same length")
         if self.in_channels % len(self.mean) != 0:
             raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of len(mean) ({len(self.mean)})")
-        if self.channel_group_size < 1:
-            raise ConfigError(f"channel_group_size: must be >= 1, got {self.channel_group_size}")
         if self.in_channels % self.channel_group_size != 0:
             raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of channel_group_size "
                               f"({self.channel_group_size})")
-        strong, fp = self.streams
-        if strong < 0 or fp < 0:
-            raise ConfigError("strong_views and fp_streams must be >= 0")
         if self.partner_from_batch and self.batch_size < 2:
             raise ConfigError("partner_from_batch: the partner is another image of the unlabelled batch, so "
                               f"batch_size must be at least 2, got {self.batch_size}")
-        if not 0 <= self.sup_warmup_epochs <= self.epochs:
+        if self.sup_warmup_epochs > self.epochs:
             raise ConfigError(f"sup_warmup_epochs: must lie in [0, epochs={self.epochs}], got {self.sup_warmup_epochs}")
-        for name in ("epochs", "batch_size", "crop_size", "nclass", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         validate_criterion(self.criterion)
 
 
@@ -309,12 +420,49 @@ def _coerce(schema: type, values: dict, source: str) -> dict:
     return out
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem (``mapping values are not allowed here``) on one line, without its
+    several-line excerpt of the text."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    return " ".join(str(problem).split())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (['a', 'b'], value parsed as YAML, so numbers and lists work)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. lr=0.01 or criterion.name=OHEM)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: invalid YAML ({_yaml_problem(error)})") from None
+    return key.strip().split("."), value
+
+
+def read_config_file(path: Path, schema: type = Config) -> dict:
+    """The mapping of config keys in the YAML file ``path``. A syntax error names the file, line and
+    column; a file with no keys (empty, or comments only) is refused: it would silently train with
+    the code's built-in defaults instead of the task's config."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({_yaml_problem(error)})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror or error})") from None
+    if loaded is None:
+        task = next((f.default for f in dataclasses.fields(schema) if f.name == "task"), None)
+        default = config_path(task, "synthetic.yaml") if task else None   # each task's Task.default_config
+        usual = f"the task's default {default}" if default is not None and default.is_file() else "the defaults"
+        raise ConfigError(f"{path} is empty (no config keys, only comments or nothing): give a config file "
+                          f"with keys, or leave out --config to use {usual}")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), schema: type = Config,
@@ -323,13 +471,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        data.update(_coerce(schema, loaded, str(path)))
+        data.update(_coerce(schema, read_config_file(path, schema), str(path)))
     data.update(_coerce(schema, {k: v for k, v in values.items() if v is not None}, "command line"))
     for text in overrides:
         keys, value = parse_override(text)

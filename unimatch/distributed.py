@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from unimatch.errors import ConfigError
+
 
 @dataclass
 class DistContext:
@@ -30,15 +32,41 @@ class DistContext:
         return self.world_size > 1
 
 
+DEVICE_CHOICES = "auto, cpu or cuda (cuda:<index> for one GPU)"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device ``--device name`` asks for (None or ``auto``: CUDA when there is one), refused
+    with a :class:`~unimatch.errors.ConfigError` when it is not a device name or this machine
+    lacks it; every command checks it here, before a model is built."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name}: not a device; use {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: unsupported device type {device.type!r}; use {DEVICE_CHOICES}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False); "
+                          "use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def setup_distributed(device: str | None = None) -> DistContext:
-    """Initialise the process group when launched by torchrun; pick the device for this rank."""
-    want_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    """Initialise the process group when launched by torchrun; pick the device for this rank
+    (under torchrun a CUDA rank uses the GPU of its LOCAL_RANK, one process the GPU it names)."""
+    requested = resolve_device(device)
+    want_cuda = requested.type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank if world_size > 1 or requested.index is None else requested.index)
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

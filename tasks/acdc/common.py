@@ -19,7 +19,7 @@ from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, pr
 from tasks.acdc.splits import case_parts
 from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
-from unimatch.config import Config, load_config
+from unimatch.config import Bounds, Config, above, at_least, load_config
 from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
@@ -86,16 +86,16 @@ class AcdcConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        if self.cases is not None and self.cases < 1:
-            raise ConfigError(f"cases: {self.cases} labelled patients; give at least 1")
+        self.check_bounds({
+            "cases": at_least(1),                          # labelled patients
+            "image_order": Bounds(0, 5),                   # spline order, 0 = nearest (official)
+            "h5_spacing": above(0.0, count=3),             # (z, y, x) in mm
+            "synthetic_patients": at_least(1), "synthetic_size": at_least(1),
+            "synthetic_slices": at_least(1, count=2, whole=True, ordered=True),   # [min, max]
+            "synthetic_seed": at_least(0),
+        })
         if self.intensity_norm not in ("minmax", "percentile"):
             raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be 'minmax' or 'percentile'")
-        if not 0 <= self.image_order <= 5:
-            raise ConfigError(f"image_order: {self.image_order} must be a spline order 0..5 (0 = nearest, official)")
-        if len(self.h5_spacing) != 3 or any(not isinstance(s, (int, float)) or s <= 0 for s in self.h5_spacing):
-            raise ConfigError(f"h5_spacing: {self.h5_spacing} must be three positive numbers (z, y, x) in mm")
-        if len(self.synthetic_slices) != 2 or not 1 <= self.synthetic_slices[0] <= self.synthetic_slices[1]:
-            raise ConfigError(f"synthetic_slices: {self.synthetic_slices} must be [min, max] with 1 <= min <= max")
         if self.crop_size % 16:
             raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 16 (the UNet halves it 4 times)")
         if self.in_channels != 1:

@@ -19,7 +19,7 @@ from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from tasks.natural.pretrain import resolve_pretrained
 from unimatch.cli import add_mode_argument, prediction_folder
-from unimatch.config import Config, class_names_or_ids
+from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult
@@ -80,12 +80,18 @@ class CDConfig(Config):
 
     def validate(self) -> None:
         super().validate()
+        self.check_bounds({
+            "bands": at_least(1, whole=True),              # 1-based band numbers
+            "class_values": at_least(0, whole=True),       # pixel values of the label files
+            "scale_range": above(0.0, count=2, ordered=True),
+            "synthetic_no_change_share": PROBABILITY,
+            "synthetic_change_rate": Bounds(0.0, 1.0, count=2, ordered=True),
+            "synthetic_building_side": at_least(1, count=2, whole=True, ordered=True),   # pixels
+        })
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
         if self.model not in ("siamese_deeplabv3plus", "siamese_pspnet"):
             raise ConfigError(f"model: {self.model!r}; change detection takes siamese_deeplabv3plus or siamese_pspnet")
-        if not self.bands or any(not isinstance(b, int) or b < 1 for b in self.bands):
-            raise ConfigError(f"bands: {self.bands!r} must list 1-based band numbers, e.g. [1, 2, 3]")
         if self.in_channels != 2 * len(self.bands):
             raise ConfigError(f"in_channels ({self.in_channels}) must be 2 x len(bands) = {2 * len(self.bands)}: "
                               f"the two dates are stacked on the channel axis")
@@ -102,8 +108,6 @@ class CDConfig(Config):
             raise ConfigError(f"class_names {self.class_names} must name {self.nclass} classes")
         if self.nclass < 2:
             raise ConfigError("nclass: change detection needs at least 2 classes (0 = unchanged)")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ConfigError(f"scale_range: {self.scale_range} must be [low, high] with 0 < low <= high")
 
 
 # ---- metrics -------------------------------------------------------------------------------

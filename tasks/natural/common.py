@@ -19,7 +19,7 @@ from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES,
                                      ensure_synthetic_voc)
 from unimatch import atomic
 from unimatch.cli import add_mode_argument, prediction_folder
-from unimatch.config import Config
+from unimatch.config import PROBABILITY, Config, at_least
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
 from unimatch.engine import EvalResult
@@ -51,6 +51,15 @@ class NaturalConfig(Config):
 
     def select_metric_keys(self) -> list[str]:
         return ["mIoU", "OA"] + [f"IoU/{name}" for name in self.report_class_names()]
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_bounds({
+            "synthetic_images": at_least(3),               # one labelled, one unlabelled, one val image
+            "synthetic_labeled_fraction": PROBABILITY,
+            "synthetic_class_hue_probability": PROBABILITY,
+            "synthetic_class_hue_spread": at_least(0.0),
+        })
 
 
 def layout_of(cfg: Config) -> str:
