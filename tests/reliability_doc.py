@@ -26,7 +26,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"
-TASKS = {"natural": "Natural images", "change_detection": "Change detection", "acdc": "Cardiac MRI (ACDC)"}
+TASKS = {"natural": "Natural images", "change_detection": "Change detection", "acdc": "Cardiac MRI (ACDC)",
+         "any": "Every task: downloaded checkpoints, the run folder, full disks and signals (shown with natural images)"}
 # random weights and no supervised-only warm-up (the change-detection demo config has both), so one
 # epoch reads every set the way the UniMatch step does
 TINY_2D = ["backbone=tiny", "width=8", "decoder_channels=16", "reduce_channels=8", "crop_size=32",
@@ -482,6 +483,149 @@ def non_finite_loss(base: Path, work: Path):
                         "--device", "cpu", "lr=1e30", *TINY_ACDC]
 
 
+# ----------------------------------------------------------------------------- every task
+
+MARKER = "the-pickle-ran.txt"
+
+
+class RunsCodeOnLoad:
+    """A pickle payload that writes a file when it is unpickled: what a booby-trapped download does."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('this code ran on load')",)
+
+
+def booby_trapped(clean: Path, marker: Path, destination: Path, backbone_only: bool = False) -> Path:
+    """Our natural checkpoint (or its backbone's weights, a ``pretrained:`` file), plus a payload
+    that writes ``marker`` when the file is unpickled without ``weights_only``."""
+    from unimatch.checkpoint import load_checkpoint
+
+    state = load_checkpoint(clean / "natural.pth")
+    if backbone_only:
+        state = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    state["payload"] = RunsCodeOnLoad(marker)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, destination)
+    return destination
+
+
+def evaluate_booby_trapped(base: Path, work: Path):
+    from tasks.natural import evaluate
+
+    checkpoint = booby_trapped(base, work / MARKER, work / "downloaded.pth")
+    return evaluate.main, ["--checkpoint", str(checkpoint), "--data-root", str(base / "voc"), "--device", "cpu"]
+
+
+def predict_booby_trapped(base: Path, work: Path):
+    checkpoint = booby_trapped(base, work / MARKER, work / "downloaded.pth")
+    main, argv = natural_predict(base, photos(base, work, 1), work / "masks")
+    argv[argv.index("--checkpoint") + 1] = str(checkpoint)
+    return main, argv
+
+
+def resume_booby_trapped(base: Path, work: Path):
+    main, argv = natural_train(base / "voc", work)
+    argv[argv.index("--save-dir") + 1] = str(work / "shared-run")
+    booby_trapped(base, work / MARKER, work / "shared-run" / "latest.pth")
+    return main, argv
+
+
+def pretrained_booby_trapped(base: Path, work: Path):
+    weights = booby_trapped(base, work / MARKER, work / "resnet.pth", backbone_only=True)
+    main, argv = natural_train(base / "voc", work)
+    return main, [*argv, f"pretrained={weights}"]
+
+
+def busy_run_folder(base: Path, work: Path):
+    """Another training holds the folder (here: this process holds its lock)."""
+    from unimatch.run_folder import RunLock
+
+    main, argv = natural_train(base / "voc", work)
+    folder = work / "busy"
+    argv[argv.index("--save-dir") + 1] = str(folder)
+    folder.mkdir()
+    lock = RunLock.acquire(folder)
+
+    def second_training(arguments):
+        try:
+            return main(arguments)
+        finally:
+            lock.release()
+    return second_training, argv
+
+
+def checkpoint_write_fails(base: Path, work: Path):
+    """Epoch 2 of a run whose next latest.pth does not fit (a file-size limit stands in for a full disk)."""
+    import resource
+
+    main, argv = natural_train(base / "voc", work)
+    folder = work / "full"
+    argv[argv.index("--save-dir") + 1] = str(folder)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        main(argv)
+    limit = (folder / "latest.pth").stat().st_size - 1
+    argv[argv.index("--epochs") + 1] = "2"
+
+    def limited(arguments):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            return main(arguments)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    return limited, [*argv, "--resume-with-changes"]
+
+
+def signal_in_training(signum: int):
+    """The signal arrives in epoch 2 after 1 iteration, once epoch 1's checkpoint is saved."""
+    def run(base: Path, work: Path):
+        import signal
+
+        from unimatch.engine import Trainer
+
+        main, argv = natural_train(base / "voc", work)
+        argv[argv.index("--save-dir") + 1] = str(work / "signalled")
+        argv[argv.index("--epochs") + 1] = "3"
+        original = Trainer.train_iteration
+
+        def signalled(arguments):
+            def step(self, *args, **kwargs):
+                if self.position[:2] == (1, 1):
+                    signal.raise_signal(signum)
+                return original(self, *args, **kwargs)
+            Trainer.train_iteration = step
+            try:
+                return main(arguments)
+            finally:
+                Trainer.train_iteration = original
+        return signalled, argv
+    return run
+
+
+def signal_in_predict(base: Path, work: Path):
+    """Ctrl-C while the second of three masks is written."""
+    import signal
+
+    main, argv = natural_predict(base, photos(base, work, 3), work / "masks")
+    original, saves = Image.Image.save, []
+
+    def interrupted(arguments):
+        def save(self, *args, **kwargs):
+            saves.append(args)
+            if len(saves) == 2:
+                signal.raise_signal(signal.SIGINT)
+            return original(self, *args, **kwargs)
+        Image.Image.save = save
+        try:
+            return main(arguments)
+        finally:
+            Image.Image.save = original
+    return interrupted, argv
+
+
 CASES = [
     Case("natural", "truncated JPEG image (training, in a DataLoader worker)",
          natural_bad_file(lambda root, sample: truncate(root / f"JPEGImages/{sample}.jpg"), workers=1)),
@@ -553,6 +697,17 @@ CASES = [
     Case("acdc", "NIfTI-2 input with qform_code 0 (written back as NIfTI-2 with its codes kept)",
          acdc_nifti2_unset_qform),
     Case("acdc", "NIfTI stored slices-first (axis 0 through-plane)", acdc_slices_first),
+    Case("any", "`evaluate` with a downloaded checkpoint whose pickle runs code when loaded (the code never runs)",
+         evaluate_booby_trapped),
+    Case("any", "`predict` with that checkpoint", predict_booby_trapped),
+    Case("any", "resuming a run folder whose `latest.pth` is such a file", resume_booby_trapped),
+    Case("any", "a `pretrained:` weights file that is such a file", pretrained_booby_trapped),
+    Case("any", "a second training into a run folder another training is writing", busy_run_folder),
+    Case("any", "a checkpoint that does not fit on the disk (here a file-size limit; the previous one stays)",
+         checkpoint_write_fails),
+    Case("any", "SIGTERM (a scheduler's pre-emption) during training", signal_in_training(15)),
+    Case("any", "Ctrl-C (SIGINT) during training", signal_in_training(2)),
+    Case("any", "Ctrl-C (SIGINT) during `predict` (the masks written so far are whole)", signal_in_predict),
 ]
 
 
@@ -580,7 +735,18 @@ def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
     line = errors[-1] if errors else (printed[-1] if printed else "")
     for folder in sorted({str(base), str(base.resolve()), str(work), str(work.resolve())}, key=len, reverse=True):
         line = line.replace(folder, "<tmp>")
-    return line.replace(f"{REPO}/", ""), status   # the repository's files by their path in it
+    return normalise(line.replace(f"{REPO}/", "")), status   # the repository's files by their path in it
+
+
+def normalise(line: str) -> str:
+    """What differs between machines and runs: this process and host, a start time, free disk space."""
+    import os
+    import re
+    import socket
+
+    line = line.replace(f"process {os.getpid()} on host {socket.gethostname()}", "process <pid> on host <host>")
+    line = re.sub(r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "started <time>", line)
+    return re.sub(r"[\d.]+ MB free there", "<n> MB free there", line)
 
 
 def row(case: Case, line: str, status: int) -> str:

@@ -140,3 +140,30 @@ def test_cd_predict_keeps_dark_water_under_nodata_0(clean, tmp_path):
     assert np.isin(classes[doc.DARK_WATER], [0, 1]).all()
     assert np.array_equal(classes == 255, expected_nodata)
     assert np.array_equal(dataset_mask == 0, expected_nodata)
+
+
+@pytest.mark.parametrize("make", [doc.evaluate_booby_trapped, doc.predict_booby_trapped, doc.resume_booby_trapped,
+                                  doc.pretrained_booby_trapped], ids=["evaluate", "predict", "resume", "pretrained"])
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_before_the_code_runs(make, clean, tmp_path):
+    line, status = outcome(doc.Case("any", "", make), clean, tmp_path)
+    assert status == 2 and "refused to load" in line and "builtins.exec" in line
+    assert not (tmp_path / doc.MARKER).exists(), "the file's code ran"
+
+
+def test_the_booby_trapped_checkpoint_does_run_code_when_unpickled_without_weights_only(clean, tmp_path):
+    """The payload of the test above is real: loaded the way the package loaded files before, it runs."""
+    checkpoint = doc.booby_trapped(clean, tmp_path / doc.MARKER, tmp_path / "downloaded.pth")
+    torch.load(checkpoint, weights_only=False)
+    assert (tmp_path / doc.MARKER).read_text() == "this code ran on load"
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one(clean, tmp_path):
+    from unimatch.checkpoint import load_checkpoint
+
+    main, argv = doc.checkpoint_write_fails(clean, tmp_path)
+    before = (tmp_path / "full" / "latest.pth").read_bytes()
+    line, status = outcome(doc.Case("any", "", lambda base, work: (main, argv)), clean, tmp_path)
+    assert status == 2 and "File too large" in line
+    assert (tmp_path / "full" / "latest.pth").read_bytes() == before
+    assert load_checkpoint(tmp_path / "full" / "latest.pth")["epoch"] == 0
+    assert sorted(p.name for p in (tmp_path / "full").iterdir() if p.name.startswith(".")) == []
