@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unimatch import atomic
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -114,7 +116,7 @@ def run_one(task: str, entry: str, seed: int, out: Path, extra: list[str]) -> Ru
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         subprocess.run(train_command(task, entry, seed, run_dir, extra), check=True)
-        timing.write_text(f"{time.perf_counter() - start:.1f}\n")
+        atomic.write_text(timing, f"{time.perf_counter() - start:.1f}\n")
         subprocess.run(spec.eval_command(task, run_dir, test_json), check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     run.val_curve = [(r["epoch"], r[spec.val_metric]) for r in records if spec.val_metric in r]
@@ -231,8 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                "runs": [{"method": r.method, "seed": r.seed, "run_dir": str(r.run_dir), "iterations": r.iterations,
                          "val_curve": r.val_curve, "test": r.test, "wall_s": r.wall_s,
                          "sec_per_iter": r.sec_per_iter} for r in runs]}
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / "results.md").write_text(f"`{command}`\n\n{table}\n")
+    atomic.write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic.write_text(out / "results.md", f"`{command}`\n\n{table}\n")
     plot_validation(args.task, args.methods, runs, out / "validation.png")
     print(table)
     return payload

@@ -68,16 +68,10 @@ def write_failure(path: Path, error: OSError, needed: int | None) -> OutputError
     return OutputError(message + f"; {path} was left as it was" if path.exists() else message)
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for a writer that takes a file name (PIL, nibabel,
-    rasterio); once the block ends it is fsynced and renamed over ``path``. On any failure (a
-    signal included) the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(path)
+def commit(temporary: Path, path: Path, needed: int | None = None) -> None:
+    """Put the finished ``temporary`` in the place of ``path``: fsync, rename, fsync the folder.
+    On failure the temporary file is removed and ``path`` is left as it was."""
     try:
-        yield temporary
         fsync_path(temporary)
         os.replace(temporary, path)
     except OSError as error:
@@ -88,6 +82,26 @@ def atomic_output(path: str | os.PathLike, needed: int | None = None) -> Iterato
         temporary.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that takes a file name (PIL, nibabel,
+    rasterio); once the block ends it is fsynced and renamed over ``path``. On any failure (a
+    signal included) the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+    except OSError as error:
+        size = needed if needed is not None else (temporary.stat().st_size if temporary.exists() else None)
+        temporary.unlink(missing_ok=True)
+        raise write_failure(path, error, size) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    commit(temporary, path, needed)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

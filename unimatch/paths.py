@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from unimatch import atomic
 from unimatch.errors import DataError
 
 
@@ -63,10 +64,12 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json",
         write(staging)
         if not (staging / manifest).exists():
             (staging / manifest).write_text(json.dumps(parameters, indent=2) + "\n")
+        atomic.fsync_tree(staging)   # every file on the disk before the folder is renamed into place
         try:
             if root.exists():
                 root.rmdir()   # an empty folder; one another writer has filled since is not empty
             os.rename(staging, root)
+            atomic.fsync_path(root.parent)
         except OSError:
             if not (root / manifest).is_file():   # not a finished dataset from a concurrent writer
                 raise

@@ -33,6 +33,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
 from unimatch.paths import refuse_existing
@@ -232,9 +233,8 @@ def write_label_nifti(label: np.ndarray, reference_img: nib.Nifti1Image, path: P
     # the header's own best affine: nibabel then leaves its qform/sform fields as they are
     out = image_class(to_nibabel(label.astype(np.uint8), slice_axis).reshape(grid), header.get_best_affine(), header)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".partial-" + path.name)  # same suffix, so nibabel compresses alike
-    nib.save(out, str(tmp))
-    tmp.replace(path)
+    with atomic.atomic_output(path) as temporary:   # same suffix, so nibabel compresses alike
+        nib.save(out, str(temporary))
     return path
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from tasks.acdc.evaluation import predict_volume
 from tasks.acdc.nifti_io import NiftiVolume, list_nifti_files, nifti_stem, read_nifti_volume, write_label_nifti
 from tasks.acdc.readers import normalize_intensity
+from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.inference import Predictor
 from unimatch.paths import refuse_existing, refuse_overwriting_inputs
@@ -92,7 +93,8 @@ def predict_files(predictor: Predictor, cfg, args, plan) -> list[Path]:
             written.append(write_label_nifti(labels.astype(np.uint8), volume.image, label_path,
                                              overwrite=args.overwrite, slice_axis=volume.slice_axis))
             for z, png in zip(overlay_slices, pngs):
-                Image.fromarray(overlay_png(image[z], labels[z])).save(png)
+                with atomic.atomic_output(png) as temporary:
+                    Image.fromarray(overlay_png(image[z], labels[z])).save(temporary)
                 written.append(png)
             print(f"{volume.path.name}: {labels.shape[0]} slices -> {label_path}")
     return written

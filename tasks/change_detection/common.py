@@ -18,6 +18,7 @@ from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from tasks.natural.pretrain import resolve_pretrained
+from unimatch import atomic
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
 from unimatch.data import sharded_eval_loader
@@ -216,7 +217,8 @@ def mask_writer(directory: Optional[Path], class_values):
     lookup = np.asarray(class_values, np.uint8 if max(class_values) < 256 else np.uint16)
 
     def write(sample_id, pred, mask):
-        Image.fromarray(lookup[pred.cpu().numpy()]).save(directory / f"{Path(sample_id).stem}.png")
+        with atomic.atomic_output(directory / f"{Path(sample_id).stem}.png") as temporary:
+            Image.fromarray(lookup[pred.cpu().numpy()]).save(temporary)
     return write
 
 

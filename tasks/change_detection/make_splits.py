@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.paths import refuse_existing
 
@@ -82,7 +83,7 @@ def choose_labeled(names: Sequence[str], fraction: float, seed: int) -> tuple[li
 
 
 def write_name_list(path: Path, names: Sequence[str]) -> None:
-    path.write_text("".join(f"{name}\n" for name in names))
+    atomic.write_text(path, "".join(f"{name}\n" for name in names))
 
 
 def write_splits(data_root: str | Path, fraction: float, seed: int = 0, out_dir: str | Path | None = None,

@@ -32,8 +32,6 @@ stretches each date by its own).
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,6 +47,7 @@ from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_
                                               check_stretch, date_stretches, is_geotiff, open_raster,
                                               percentile_limits, raster_info, read_image, stretch_to_uint8,
                                               upper_value, valid_pixels)
+from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
 from unimatch.paths import refuse_existing, refuse_overwriting_inputs
@@ -148,7 +147,7 @@ class GeoTiffSink:
 
     def __init__(self, path: Path, info, nclass: int, write_probability: bool):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+        self.tmp = atomic.temporary_sibling(path)
         # The no-data mask goes inside the file, not into a .msk side file left behind by the rename.
         self.env = rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True)
         self.env.__enter__()
@@ -177,7 +176,7 @@ class GeoTiffSink:
     def finish(self) -> None:
         self.dst.close()
         self.env.__exit__(None, None, None)
-        os.replace(self.tmp, self.path)
+        atomic.commit(self.tmp, self.path)
 
     def abort(self) -> None:
         self.dst.close()
@@ -216,12 +215,8 @@ def probability_png_path(path: Path) -> Path:
 
 
 def save_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.png")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.atomic_output(path) as temporary:
+        image.save(temporary, format="PNG")
 
 
 def open_date(path: Path, bands, stretch):

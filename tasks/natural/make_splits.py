@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.natural.layouts import LAYOUTS, SplitEntry, get_layout, read_split
+from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.paths import refuse_existing
 
@@ -119,9 +120,7 @@ def make_splits(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, pairs in zip(targets, (labeled, unlabeled)):
-        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        staging.write_text("".join(f"{image} {mask}\n" for image, mask in pairs), encoding="utf-8")
-        os.replace(staging, path)
+        atomic.write_text(path, "".join(f"{image} {mask}\n" for image, mask in pairs))
     return targets
 
 
