@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -579,50 +580,56 @@ def checkpoint_write_fails(base: Path, work: Path):
     return limited, [*argv, "--resume-with-changes"]
 
 
+@contextlib.contextmanager
+def patched(owner, name: str, replacement: Callable[[Callable], Callable]):
+    """``owner.name`` replaced by ``replacement(original)`` for the duration of the block."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def signal_in_training(signum: int):
     """The signal arrives in epoch 2 after 1 iteration, once epoch 1's checkpoint is saved."""
     def run(base: Path, work: Path):
-        import signal
-
         from unimatch.engine import Trainer
 
         main, argv = natural_train(base / "voc", work)
         argv[argv.index("--save-dir") + 1] = str(work / "signalled")
         argv[argv.index("--epochs") + 1] = "3"
-        original = Trainer.train_iteration
 
-        def signalled(arguments):
+        def signalling(original):
             def step(self, *args, **kwargs):
                 if self.position[:2] == (1, 1):
                     signal.raise_signal(signum)
                 return original(self, *args, **kwargs)
-            Trainer.train_iteration = step
-            try:
+            return step
+
+        def signalled(arguments):
+            with patched(Trainer, "train_iteration", signalling):
                 return main(arguments)
-            finally:
-                Trainer.train_iteration = original
         return signalled, argv
     return run
 
 
 def signal_in_predict(base: Path, work: Path):
     """Ctrl-C while the second of three masks is written."""
-    import signal
-
     main, argv = natural_predict(base, photos(base, work, 3), work / "masks")
-    original, saves = Image.Image.save, []
+    saves = []
 
-    def interrupted(arguments):
+    def signalling(original):
         def save(self, *args, **kwargs):
             saves.append(args)
             if len(saves) == 2:
                 signal.raise_signal(signal.SIGINT)
             return original(self, *args, **kwargs)
-        Image.Image.save = save
-        try:
+        return save
+
+    def interrupted(arguments):
+        with patched(Image.Image, "save", signalling):
             return main(arguments)
-        finally:
-            Image.Image.save = original
     return interrupted, argv
 
 
@@ -705,8 +712,8 @@ CASES = [
     Case("any", "a second training into a run folder another training is writing", busy_run_folder),
     Case("any", "a checkpoint that does not fit on the disk (here a file-size limit; the previous one stays)",
          checkpoint_write_fails),
-    Case("any", "SIGTERM (a scheduler's pre-emption) during training", signal_in_training(15)),
-    Case("any", "Ctrl-C (SIGINT) during training", signal_in_training(2)),
+    Case("any", "SIGTERM (a scheduler's pre-emption) during training", signal_in_training(signal.SIGTERM)),
+    Case("any", "Ctrl-C (SIGINT) during training", signal_in_training(signal.SIGINT)),
     Case("any", "Ctrl-C (SIGINT) during `predict` (the masks written so far are whole)", signal_in_predict),
 ]
 
@@ -768,7 +775,11 @@ A user error is one `error:` line and exit status 2; training that fails before 
 checkpoint leaves no run files behind (`config.yaml`, `train.log`, `metrics.jsonl`,
 `tensorboard/`, `split.json`; the folder too when the run created it); `predict` and
 `evaluate --save-predictions` check every input before they write their first output; an output
-that is one of the inputs is refused even with `--overwrite`.
+that is one of the inputs is refused even with `--overwrite`. Checkpoints are read with
+`weights_only=True`; every file a later command reads is written atomically (a temporary file in
+the same folder, fsynced and renamed), so a killed run leaves no half-written file, and the next
+run in its folder takes over its lock and removes the temporary files it left
+(`tests/test_interruptions.py`).
 """
 
 

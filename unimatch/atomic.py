@@ -68,10 +68,13 @@ def write_failure(path: Path, error: OSError, needed: int | None) -> OutputError
     return OutputError(message + f"; {path} was left as it was" if path.exists() else message)
 
 
-def commit(temporary: Path, path: Path, needed: int | None = None) -> None:
-    """Put the finished ``temporary`` in the place of ``path``: fsync, rename, fsync the folder.
-    On failure the temporary file is removed and ``path`` is left as it was."""
+@contextlib.contextmanager
+def _in_place_of(temporary: Path, path: Path, needed: int | None) -> Iterator[None]:
+    """Run the block that fills ``temporary``, then fsync it and rename it over ``path``. On failure
+    (a signal included) the temporary file is removed and ``path`` is left as it was; an OSError
+    becomes one :class:`OutputError` line."""
     try:
+        yield
         fsync_path(temporary)
         os.replace(temporary, path)
     except OSError as error:
@@ -84,6 +87,12 @@ def commit(temporary: Path, path: Path, needed: int | None = None) -> None:
     fsync_path(path.parent)
 
 
+def commit(temporary: Path, path: Path, needed: int | None = None) -> None:
+    """Put the finished ``temporary`` (written by a caller that manages it) in the place of ``path``."""
+    with _in_place_of(temporary, path, needed):
+        pass
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that takes a file name (PIL, nibabel,
@@ -92,16 +101,8 @@ def atomic_output(path: str | os.PathLike, needed: int | None = None) -> Iterato
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
-    try:
+    with _in_place_of(temporary, path, needed):
         yield temporary
-    except OSError as error:
-        size = needed if needed is not None else (temporary.stat().st_size if temporary.exists() else None)
-        temporary.unlink(missing_ok=True)
-        raise write_failure(path, error, size) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    commit(temporary, path, needed)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
