@@ -192,10 +192,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
         self.writer = None
-        # where the loop is (epoch, iterations done in it, iterations per epoch) and the last epoch whose
-        # latest.pth is on disk, for the line an interrupted run prints
+        # where the loop is (epoch, iterations done in it, iterations per epoch), for the line an
+        # interrupted run prints
         self.position: tuple[int, int, int] | None = None
-        self.saved_epoch: int | None = None
 
     # ---- data ----------------------------------------------------------------------------
     def epoch_length(self) -> int:
@@ -275,7 +274,6 @@ class Trainer:
         if not path.is_file():
             return
         checkpoint = load_model_weights(self.model, path)
-        self.saved_epoch = checkpoint["epoch"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = checkpoint["epoch"] + 1
@@ -343,10 +341,11 @@ class Trainer:
         if self.position is not None:
             epoch, done, per_epoch = self.position
             where = f"in epoch {epoch + 1}/{self.cfg.epochs} after {done} of its {per_epoch} iterations"
-        if self.saved_epoch is None:
+        latest = self.save_dir / "latest.pth"   # read from the disk: the signal may have come mid-save
+        if not latest.is_file():
             return f"{where}; no checkpoint was saved yet, so the same command starts the run again"
-        return (f"{where}; the same command resumes from {self.save_dir / 'latest.pth'} "
-                f"(saved at the end of epoch {self.saved_epoch + 1})")
+        saved = load_checkpoint(latest, mmap=True)["epoch"]
+        return f"{where}; the same command resumes from {latest} (saved at the end of epoch {saved + 1})"
 
     def _fit(self) -> dict:
         self.resume()
@@ -436,6 +435,5 @@ class Trainer:
             if ctx.is_main:   # before the checkpoint: a run killed between the two drops this line on resume
                 append_json_line(self.save_dir / "metrics.jsonl", record)
             self.save("latest.pth", self.checkpoint_state(epoch))
-            self.saved_epoch = epoch
             barrier()
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}
