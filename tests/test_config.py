@@ -261,7 +261,7 @@ def test_yaml_error_in_an_override_names_the_override():
     assert str(error.value) == "override 'dilations=[1,2': invalid YAML (expected ',' or ']', but got '<stream end>')"
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# all of it commented out\n# lr: 0.01\n"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# all of it commented out\n# lr: 0.01\n", "{}\n"])
 def test_empty_config_file_is_refused_naming_the_tasks_default(tmp_path, text):
     """An empty file would train with the dataclass defaults (ResNet-101, lr 0.001), not the task's config."""
     from tasks.natural.common import NaturalConfig
@@ -271,7 +271,7 @@ def test_empty_config_file_is_refused_naming_the_tasks_default(tmp_path, text):
     with pytest.raises(ConfigError) as error:
         load_config(path, schema=NaturalConfig)
     default = CONFIG_DIR / "natural" / "synthetic.yaml"
-    assert str(error.value) == (f"{path} is empty (no config keys, only comments or nothing): give a config file with "
+    assert str(error.value) == (f"{path} is empty (no config keys: nothing, comments or {{}}): give a config file with "
                                 f"keys, or leave out --config to use the task's default {default}")
 
 

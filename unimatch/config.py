@@ -454,11 +454,11 @@ def read_config_file(path: Path, schema: type = Config) -> dict:
         raise ConfigError(f"{where}: invalid YAML ({_yaml_problem(error)})") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file ({error.strerror or error})") from None
-    if loaded is None:
+    if loaded is None or loaded == {}:
         task = next((f.default for f in dataclasses.fields(schema) if f.name == "task"), None)
         default = config_path(task, "synthetic.yaml") if task else None   # each task's Task.default_config
         usual = f"the task's default {default}" if default is not None and default.is_file() else "the defaults"
-        raise ConfigError(f"{path} is empty (no config keys, only comments or nothing): give a config file "
+        raise ConfigError(f"{path} is empty (no config keys: nothing, comments or {{}}): give a config file "
                           f"with keys, or leave out --config to use {usual}")
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
