@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from unimatch.config import Config
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult
 from unimatch.inference import Predictor
+from unimatch.report import EvalResult
 
 
 @dataclass

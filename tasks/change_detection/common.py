@@ -23,12 +23,11 @@ from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.paths import config_path, find_split_file
-from unimatch.report import format_table
+from unimatch.report import EvalResult, format_table
 from unimatch.task import EvaluationReport, Task
 
 DATASETS = ("synthetic", "whu", "levir", "custom")

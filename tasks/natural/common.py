@@ -22,11 +22,10 @@ from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import PROBABILITY, Config, at_least
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation, predict
 from unimatch.paths import config_path, find_split_file, refuse_existing, refuse_overwriting_inputs
-from unimatch.report import segmentation_report
+from unimatch.report import EvalResult, segmentation_report
 from unimatch.task import EvaluationReport, Task
 
 CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco": COCO_CLASSES,
