@@ -4,10 +4,10 @@ Why: the paper's models start from ImageNet weights, and the built-in demos cann
 docs/benchmarks.md measures what the pretrained trunk adds to UniMatch and to the supervised
 baseline on the demos that use it.
 The source set pairs a demo's shapes with other textures, so its classes are not the target's, as
-ImageNet's classes are not Pascal's. The task that owns the source set describes it (its root,
-written once, and the train command that reads it) as a :class:`SyntheticSource` and the ``tasks``
-package registers it (:func:`register_synthetic_source`), so every task can use the trunk and none
-imports another.
+ImageNet's classes are not those of the paper's benchmarks. The task that owns the source set
+describes it (its root, written once, and the train command that reads it) as a
+:class:`SyntheticSource` and the ``tasks`` package registers it (:func:`register_synthetic_source`),
+so every task can use the trunk and none imports another.
 
 ``pretrained: synthetic`` in a config asks for it. The first run trains the task's backbone (same
 architecture, width and stem) on every source training image with the supervised method, through

@@ -181,6 +181,7 @@ class AcdcTask(Task):
     name = "acdc"
     config_class = AcdcConfig
     default_config = config_path("acdc", "synthetic.yaml")
+    run_files = ("split.json",)   # which patients are in which set (record_split)
 
     def resolve_data(self, cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
         """Fill in ``data_root`` (the synthetic phantom, written once by rank 0, when none is given)
