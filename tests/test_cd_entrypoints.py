@@ -123,7 +123,7 @@ def test_evaluate_test_split_writes_json_csv_and_masks(trained, tmp_path):
 def test_evaluate_with_the_demo_config_never_pretrains_a_backbone(trained, tmp_path, monkeypatch):
     """pretrained: synthetic is a starting point for training; evaluate reads every weight from the
     checkpoint and must not spend a pretraining run on a file it would not read."""
-    from tasks.natural import pretrain
+    from unimatch import pretrained as pretrain
 
     def refuse(*args, **kwargs):
         raise AssertionError("evaluate pretrained a backbone")

@@ -8,11 +8,12 @@ import torch
 
 from tests.helpers import TinySegmentationSet, tiny_config, tiny_deeplab
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer
+from unimatch.engine import Trainer
 from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+from unimatch.report import EvalResult
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

@@ -28,8 +28,9 @@ WORKER = textwrap.dedent("""
     from helpers import TinySegmentationSet, tiny_config, tiny_deeplab
     from unimatch.distributed import cleanup, setup_distributed, unwrap, wrap_model
     from unimatch.data import ShardSampler
-    from unimatch.engine import EvalResult, Trainer
+    from unimatch.engine import Trainer
     from unimatch.inference import Predictor, evaluate_segmentation
+    from unimatch.report import EvalResult
 
     out_dir = sys.argv[1]
     torch.set_num_threads(1)

@@ -11,10 +11,11 @@ from torch.utils.data import DataLoader
 from helpers import NCLASS, TinySegmentationSet, deterministic, strict_json_loads, tiny_config, tiny_deeplab
 from unimatch.data import RepeatDataset, ShardSampler
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer, build_optimizer, load_model_weights, poly_lr
+from unimatch.engine import Trainer, build_optimizer, load_model_weights, poly_lr
 from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation, predict, sliding_window_probs
 from unimatch.metrics.confusion import ConfusionMatrix
+from unimatch.report import EvalResult
 
 
 def setup_module():

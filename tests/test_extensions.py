@@ -9,9 +9,10 @@ from test_method import ToyNet, batch, make_step, normalize
 from unimatch.align import DistributionAlignment
 from unimatch.config import load_config
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer
+from unimatch.engine import Trainer
 from unimatch.errors import ConfigError
 from unimatch.paths import config_path
+from unimatch.report import EvalResult
 
 
 def test_distribution_alignment_by_hand():

@@ -11,9 +11,10 @@ from helpers import TinySegmentationSet, deterministic, tiny_config, tiny_deepla
 from unimatch import engine
 from unimatch.cli import exit_on_user_error
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer
+from unimatch.engine import Trainer
 from unimatch.errors import DataError, TrainingDiverged
 from unimatch.finite import NonFiniteLossGuard, nonfinite_tensors, require_finite
+from unimatch.report import EvalResult
 
 
 def setup_module():

@@ -150,7 +150,8 @@ def test_trainer_logs_health_per_epoch(tmp_path):
 
     from helpers import TinySegmentationSet, tiny_config, tiny_deeplab
     from unimatch.distributed import DistContext
-    from unimatch.engine import EvalResult, Trainer
+    from unimatch.engine import Trainer
+    from unimatch.report import EvalResult
 
     class WithLabels(TinySegmentationSet):
         def __getitem__(self, index):

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from helpers import TinySegmentationSet, deterministic, tiny_config
 from unimatch.config import Config
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer
+from unimatch.engine import Trainer
 from unimatch.losses import CrossEntropyDice
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+from unimatch.report import EvalResult
 
 NCLASS, SIZE, N_L, N_U = 3, 16, 2, 3
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

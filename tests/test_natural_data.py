@@ -570,8 +570,8 @@ def test_demo_config_trains_on_plain_scenes_with_8_labelled_images(tmp_path, mon
     """The synthetic_* keys of the natural demo config reach the generator: without --data-root the
     run reads the plain-clutter set whose labelled list has 8 of the 320 training images, and starts
     from the built-in trunk the change-detection demo uses (ResNet-18, width 16, deep stem)."""
-    from tasks.natural import pretrain
     from tasks.natural.common import NaturalConfig, NaturalTask
+    from unimatch import pretrained as pretrain
     from unimatch.config import load_config
     from unimatch.paths import config_path
 

@@ -19,13 +19,14 @@ from helpers import TinySegmentationSet, deterministic, tiny_config, tiny_deepla
 from unimatch import precision
 from unimatch.config import Config
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult, Trainer
+from unimatch.engine import Trainer
 from unimatch.errors import ConfigError
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.siamese import SiameseDeepLabV3Plus
 from unimatch.models.unet import UNet
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+from unimatch.report import EvalResult
 
 CPU = torch.device("cpu")
 

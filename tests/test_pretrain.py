@@ -3,15 +3,18 @@ through the real entry point, the trunk file every ``pretrained:`` loader reads,
 from __future__ import annotations
 
 import json
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tasks.natural import pretrain, synthetic
+from tasks.natural import synthetic
 from tasks.natural.synthetic import (DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, ensure_synthetic_voc,
                                      render_sample)
+from unimatch import pretrained as pretrain
 from unimatch.errors import CheckpointError, DataError
 from unimatch.models.backbones import build_backbone
 
@@ -55,7 +58,7 @@ def test_pretraining_keeps_the_trunk_of_the_source_run(trunk):
     assert meta["backbone"] == "tiny" and meta["width"] == 8 and meta["epochs"] == 1
     assert 0.0 <= meta["source_val_mIoU"] <= 100.0
     assert checkpoint["config"]["class_names"] == list(SOURCE_CLASSES)   # the log's tables name the source classes
-    # pinned, whatever the natural demo config says: both change the file (tasks/natural/pretrain.py)
+    # pinned, whatever the natural demo config says: both change the file (unimatch/pretrained.py)
     assert (checkpoint["config"]["threads"], checkpoint["config"]["num_workers"]) == (1, 2)
     source_meta = json.loads((trunk.parent.parent / "source" / "meta.json").read_text())
     assert source_meta["classes"] == list(SOURCE_CLASSES) and source_meta["textures"] == list(SOURCE_TEXTURES)
@@ -96,3 +99,39 @@ def test_only_the_word_synthetic_is_resolved_and_with_the_configs_trunk(monkeypa
     for other in (None, "torchvision", str(tmp_path / "resnet50.pth")):
         assert pretrain.resolve_pretrained(types.SimpleNamespace(pretrained=other)) == {}
     assert len(asked) == count
+
+
+def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_path, monkeypatch):
+    """The core builds the command from what the source's owner registered (the ``tasks`` package
+    registers the natural source set); this is the command every cached trunk was trained by."""
+    commands = []
+
+    def stop(command, **kwargs):
+        commands.append(command)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain.subprocess, "Popen", stop)
+    source = tmp_path / "source"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.synthetic_backbone("resnet18", 16, True, root=tmp_path / "backbone", source=source)
+    (command,) = commands
+    run_dir = Path(command[command.index("--save-dir") + 1])   # in write_once's staging folder
+    assert run_dir.name == "run" and run_dir.parent.parent == tmp_path
+    assert command == [sys.executable, "-m", "tasks.natural.train", "--method", "supervised",
+                       "--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
+                       "--val-split", str(source / "splits" / "val.txt"), "--epochs", "23", "--seed", "0",
+                       "--save-dir", str(run_dir), "--no-progress",
+                       "backbone=resnet18", "width=16", "deep_stem=true", "pretrained=null",
+                       f"class_names=[{', '.join(SOURCE_CLASSES)}]", "batch_size=8", "crop_size=64", "lr=0.02",
+                       "lr_multi=1.0", "sup_weight=1.0", "sup_warmup_epochs=0", "num_workers=2", "threads=1"]
+    assert not (tmp_path / "backbone").exists()   # nothing half-made is kept
+
+
+def test_the_default_root_is_the_cache_every_demo_reads(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(pretrain, "write_once", lambda root, parameters, make, what: asked.append(root) or root)
+    monkeypatch.setattr(pretrain, "data_home", lambda: tmp_path)
+    pretrain.synthetic_backbone("resnet18", 16, True)
+    pretrain.synthetic_backbone("resnet50", 64, False)
+    assert asked == [tmp_path / "pretrained" / "synthetic-v1-resnet18-w16-deepstem",
+                     tmp_path / "pretrained" / "synthetic-v1-resnet50-w64-stem7"]

@@ -131,14 +131,14 @@ def train_main(task, argv, doc: str) -> dict:
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
 
-    parser = train_parser(f"python -m tasks.{task.name}.train", doc.splitlines()[0], task.default_config)
+    parser = train_parser(task.command("train"), doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
     configure_threads(cfg.threads)
     ctx = setup_distributed(args.device)
-    run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main)
+    run_files = NewRunFiles(default_save_dir(cfg), ctx.is_main, task.run_files)
     lock, trainer = None, None
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
@@ -148,7 +148,8 @@ def train_main(task, argv, doc: str) -> dict:
             for note in lock.notes:
                 log.info(note)
         cfg = task.resolve_data(cfg, ctx)
-        changes = check_resumable(save_dir, cfg, args.resume_with_changes)
+        changes = check_resumable(save_dir, cfg, args.resume_with_changes,
+                                  train_command=lambda name: task.command("train", name))
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
         labeled, unlabeled = task.training_sets(cfg)
@@ -191,7 +192,7 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     """The config to ``command`` (evaluate/predict) with, and where it came from.
 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
-    model, normalisation, sizes and seed (which decides ACDC's test patients) are used; otherwise
+    model, normalisation, sizes and seed (which may decide the test set) are used; otherwise
     (official checkpoints store none) the task's built-in default. A checkpoint whose stored
     config names another task is refused first, naming the command that reads it. ``pretrained``
     is always None: the checkpoint holds every weight, so no pretrained file is read, nor built
@@ -201,7 +202,7 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     trained_by = stored.get("task") if stored is not None else None
     if trained_by is not None and trained_by != task.name:
         raise CheckpointError(f"checkpoint {checkpoint} was trained by the {trained_by} task, not {task.name}; "
-                              f"use python -m tasks.{trained_by}.{command}")
+                              f"use {task.command(command, trained_by)}")
     if config is not None:
         cfg, source = load_config(config, overrides, schema=task.config_class, **values), str(config)
     elif stored is None:
@@ -222,7 +223,7 @@ def evaluate_main(task, argv, doc: str) -> dict:
     from unimatch.distributed import cleanup, setup_distributed
     from unimatch.inference import Predictor
 
-    parser = eval_parser(f"python -m tasks.{task.name}.evaluate", doc.splitlines()[0])
+    parser = eval_parser(task.command("evaluate"), doc.splitlines()[0])
     task.add_evaluate_arguments(parser)
     args = parser.parse_args(argv)
     refuse_existing([args.json, args.csv], args.overwrite)
@@ -250,7 +251,7 @@ def predict_main(task, argv, doc: str):
     loaded, then every input predicted through one :class:`Predictor`."""
     from unimatch.inference import Predictor
 
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}.predict", description=doc.splitlines()[0],
+    parser = argparse.ArgumentParser(prog=task.command("predict"), description=doc.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model_arguments(parser)
     task.add_predict_arguments(parser)

@@ -224,14 +224,14 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     amp: str = "none"
-    # speed (unimatch/precision.py): how the maths runs. channels_last is opt-in: on the ACDC demo
-    # it turned UniMatch's gain into a loss (docs/benchmarks.md, "channels_last and the ACDC demo")
+    # speed (unimatch/precision.py): how the maths runs. channels_last is opt-in: on the demo of
+    # 3-D volumes it turned UniMatch's gain into a loss (measured in docs/benchmarks.md)
     channels_last: bool = False
     compile: bool = False
     cpu_allocator: str = "default"
     # intra-op CPU threads of the training process (torch.set_num_threads); None keeps torch's default,
     # one per core. The demos' small models train faster on one thread than on two, which leaves the
-    # other core to the data workers (docs/benchmarks.md, "The natural-image demo")
+    # other core to the data workers (measured in docs/benchmarks.md)
     threads: Optional[int] = None
     # run
     seed: int = 0

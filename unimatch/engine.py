@@ -11,7 +11,6 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,18 +34,10 @@ from unimatch.method import StepSettings, UniMatchStep
 from unimatch.models.architecture import mismatch_causes
 from unimatch.models.backbones import strip_wrappers
 from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
-from unimatch.report import append_json_line, read_json_lines, write_json_lines
+from unimatch.report import EvalResult, append_json_line, read_json_lines, write_json_lines
 from unimatch.run_folder import prepare_run_dir
 
 log = logging.getLogger("unimatch")
-
-
-@dataclass
-class EvalResult:
-    """Scores of one evaluation: ``metrics`` (flat floats, logged) and a human-readable ``table``."""
-    metrics: dict
-    table: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float = 0.9) -> float:

@@ -10,11 +10,10 @@ import torch.nn as nn
 
 from unimatch.config import EVAL_MODES
 from unimatch.distributed import unwrap
-from unimatch.engine import autocast_for
 from unimatch.errors import DataError
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.perturb import Normalizer, to_unit_float
-from unimatch.precision import to_memory_format
+from unimatch.precision import autocast_for, to_memory_format
 
 class Predictor:
     """A model as a function of raw images: uint8 (or [0, 1] float) batches -> float32 logits.
@@ -30,7 +29,7 @@ class Predictor:
     def __init__(self, model: nn.Module, cfg, device: torch.device):
         self.model, self.device = unwrap(model), device
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
-        self.autocast = autocast_for(cfg, device)
+        self.autocast = autocast_for(cfg.amp, device)
         self.channels_last = bool(getattr(cfg, "channels_last", False))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,7 @@ class OhemCrossEntropy(nn.Module):
 
 
 class CrossEntropyDice(nn.Module):
-    """(CE + Dice) / 2, the labelled loss of the official ACDC code."""
+    """(CE + Dice) / 2, the labelled loss of the official medical code."""
 
     def __init__(self, nclass: int, ignore_index: int = IGNORE_INDEX):
         super().__init__()

@@ -1,14 +1,24 @@
-"""Plain-text tables and flat metric dicts, the same for console, logs and JSON."""
+"""Plain-text tables and flat metric dicts, the same for console, logs and JSON, and the result of one
+evaluation (:class:`EvalResult`), which the task hands the training loop."""
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from unimatch import atomic
 from unimatch.config import class_names_or_ids
 from unimatch.metrics.confusion import ConfusionMatrix
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation: ``metrics`` (flat floats, logged) and a human-readable ``table``."""
+    metrics: dict
+    table: str = ""
+    extra: dict = field(default_factory=dict)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

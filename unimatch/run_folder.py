@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from unimatch import atomic
 from unimatch.checkpoint import load_checkpoint
@@ -74,10 +75,12 @@ def describe_changes(changes: dict) -> str:
     return "; ".join(f"{key}: {before!r} stored, {now!r} now" for key, (before, now) in changes.items())
 
 
-def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) -> dict:
+def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False,
+                    train_command: Callable[[str], str] | None = None) -> dict:
     """The training settings in which ``cfg`` differs from the run already in ``save_dir``
     (:func:`unimatch.config.training_differences`); raises :class:`ConfigError` when there are any
-    and ``allow_changes`` is False, or when the run is another task's.
+    and ``allow_changes`` is False, or when the run is another task's (named with its command,
+    ``train_command(task name)``, when given: :meth:`unimatch.task.Task.command`).
 
     Called before anything in the run folder is written (config, split, logs), so a rerun with
     another command never continues weights trained under other settings, nor rewrites the
@@ -88,8 +91,9 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
         return {}
     changes = training_differences(stored, cfg)
     if "task" in changes:  # not a change of settings: another task's weights, whatever the flag says
-        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task "
-                          f"(python -m tasks.{stored['task']}.train), not {cfg.task}; choose another --save-dir")
+        command = f" ({train_command(stored['task'])})" if train_command is not None else ""
+        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task{command}, "
+                          f"not {cfg.task}; choose another --save-dir")
     if changes and not allow_changes:
         raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings "
                           f"({describe_changes(changes)}; from {source.name}); resuming would continue its weights "
@@ -98,7 +102,7 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False) ->
     return changes
 
 
-RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard", "split.json")
+RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "tensorboard")   # and the task's own (Task.run_files)
 
 
 class NewRunFiles:
@@ -106,8 +110,9 @@ class NewRunFiles:
     checkpoint: a run that never trained leaves nothing that looks like a run. Files of an earlier
     run (anything there when the run began) and any folder that holds a checkpoint are never touched."""
 
-    def __init__(self, save_dir: Path, is_main: bool):
+    def __init__(self, save_dir: Path, is_main: bool, task_files: tuple[str, ...] = ()):
         self.save_dir = Path(save_dir)
+        self.names = (*RUN_FILES, *task_files)
         self.created_folder = not self.save_dir.exists()
         self.present = set() if self.created_folder or not self.save_dir.is_dir() else \
             {p.name for p in self.save_dir.iterdir()}
@@ -125,7 +130,7 @@ class NewRunFiles:
                     Path(handler.baseFilename).parent == self.save_dir.resolve():
                 handler.close()
                 log.removeHandler(handler)
-        for name in RUN_FILES:
+        for name in self.names:
             path = self.save_dir / name
             if name in self.present or not path.exists():
                 continue

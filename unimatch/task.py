@@ -1,4 +1,4 @@
-"""The task contract: what one domain (natural images, change detection, ACDC, yours) implements.
+"""The task contract: what one domain (2-D images, bi-temporal pairs, 3-D volumes, yours) implements.
 
 The core's commands (:func:`unimatch.cli.train_main`, :func:`~unimatch.cli.evaluate_main`,
 :func:`~unimatch.cli.predict_main`) drive a :class:`Task`; the core itself never names a dataset.
@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from unimatch.config import Config
 from unimatch.distributed import DistContext
-from unimatch.engine import EvalResult
 from unimatch.inference import Predictor
+from unimatch.report import EvalResult
 
 
 @dataclass
@@ -45,6 +45,19 @@ class Task:
     name: str = ""
     config_class: type = Config
     default_config: Path | None = None   # the built-in synthetic config (no --config, no stored config)
+    run_files: tuple[str, ...] = ()      # files the task writes into the run folder beyond the core's
+                                         # (removed with them when a run fails before it trained)
+
+    def command(self, entry: str, task: str | None = None) -> str:
+        """The shell command of entry point ``entry`` (train, evaluate, predict): ``python -m
+        <package>.<entry>``, the package being the one that defines this task's class. ``task``
+        names another task (whose checkpoint or run folder was given): its package is taken to be
+        this one's sibling of that name, as the task packages sit side by side."""
+        package = type(self).__module__.rpartition(".")[0]
+        if task is not None and task != self.name:
+            parent = package.rpartition(".")[0]
+            package = f"{parent}.{task}" if parent else task
+        return f"python -m {package}.{entry}"
 
     # ---- data and training ---------------------------------------------------------------
     def resolve_data(self, cfg: Config, ctx: DistContext | None = None) -> Config:

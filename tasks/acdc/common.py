@@ -21,11 +21,10 @@ from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
 from unimatch.config import Bounds, Config, above, at_least, load_config
 from unimatch.distributed import DistContext, barrier, main_rank_first
-from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor
 from unimatch.paths import config_path, find_split_file, refuse_existing
-from unimatch.report import write_json
+from unimatch.report import EvalResult, write_json
 from unimatch.task import EvaluationReport, Task
 
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")
@@ -182,6 +181,7 @@ class AcdcTask(Task):
     name = "acdc"
     config_class = AcdcConfig
     default_config = config_path("acdc", "synthetic.yaml")
+    run_files = ("split.json",)   # which patients are in which set (record_split)
 
     def resolve_data(self, cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
         """Fill in ``data_root`` (the synthetic phantom, written once by rank 0, when none is given)

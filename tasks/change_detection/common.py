@@ -17,18 +17,17 @@ from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, stretch_problem
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
-from tasks.natural.pretrain import resolve_pretrained
 from unimatch import atomic
 from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.paths import config_path, find_split_file
-from unimatch.report import format_table
+from unimatch.pretrained import resolve_pretrained
+from unimatch.report import EvalResult, format_table
 from unimatch.task import EvaluationReport, Task
 
 DATASETS = ("synthetic", "whu", "levir", "custom")
@@ -254,7 +253,7 @@ class ChangeDetectionTask(Task):
     def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
         """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
         given), the split files (see :func:`find_split`) and, for ``pretrained: synthetic``, the
-        built-in backbone file (:mod:`tasks.natural.pretrain`)."""
+        built-in backbone file (:mod:`unimatch.pretrained`)."""
         changes = {}
         if not cfg.data_root_given:
             if cfg.dataset != "synthetic":

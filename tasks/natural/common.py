@@ -14,7 +14,6 @@ from tqdm import tqdm
 from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
 from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
 from tasks.natural.palette import overlay, palette_for, save_palette_png
-from tasks.natural.pretrain import resolve_pretrained
 from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
                                      ensure_synthetic_voc)
 from unimatch import atomic
@@ -22,11 +21,11 @@ from unimatch.cli import add_mode_argument, prediction_folder
 from unimatch.config import PROBABILITY, Config, at_least
 from unimatch.data import sharded_eval_loader
 from unimatch.distributed import DistContext, main_rank_first
-from unimatch.engine import EvalResult
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, evaluate_segmentation, predict
 from unimatch.paths import config_path, find_split_file, refuse_existing, refuse_overwriting_inputs
-from unimatch.report import segmentation_report
+from unimatch.pretrained import resolve_pretrained
+from unimatch.report import EvalResult, segmentation_report
 from unimatch.task import EvaluationReport, Task
 
 CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco": COCO_CLASSES,
@@ -97,7 +96,7 @@ class NaturalTask(Task):
     def resolve_data(self, cfg: Config, ctx: DistContext | None = None) -> Config:
         """The synthetic set (written once, by rank 0) when no root is given, otherwise
         ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named; ``pretrained: synthetic``
-        becomes the built-in backbone file (:mod:`tasks.natural.pretrain`)."""
+        becomes the built-in backbone file (:mod:`unimatch.pretrained`)."""
         changes = {}
         root = cfg.data_root
         if not cfg.data_root_given:

@@ -1,118 +1,24 @@
-"""A backbone pretrained on the built-in synthetic source set: the demos' stand-in for ImageNet.
+"""The source set of ``pretrained: synthetic`` (:mod:`unimatch.pretrained`), which this task owns.
 
-Why: the paper's models start from ImageNet weights, and the built-in demos cannot download any.
-On the change-detection demo the pretrained trunk adds 5.5 points of test changed IoU to UniMatch
-and 1.2 to the supervised baseline (docs/benchmarks.md, "The change-detection demo that shows the
-gain").
-The source set (:func:`tasks.natural.synthetic.ensure_synthetic_source`) pairs the demo's shapes
-with other textures, so its classes are not the target's, as ImageNet's classes are not Pascal's.
-
-``pretrained: synthetic`` in a natural-image or change-detection config asks for it. The first
-run trains the task's backbone (same architecture, width and stem) on every source training image
-with the supervised method, through the real ``tasks.natural.train`` entry point in a child
-process, and keeps the trunk's weights under ``data_home()/pretrained/``; later runs reuse the
-file. The checkpoint's ``backbone.*`` keys are stored without the prefix, the layout every
-``pretrained:`` file has (:func:`unimatch.models.backbones.load_backbone_weights`).
+The set (:func:`tasks.natural.synthetic.ensure_synthetic_source`) pairs the demo's shapes with other
+textures, so its classes are not the target's, as ImageNet's classes are not Pascal's; the trunk
+is trained on it through this task's ``train`` entry point. The ``tasks`` package registers
+:data:`SYNTHETIC_SOURCE`, so another task that asks for the trunk never imports this one.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from tasks.natural.synthetic import SOURCE_CLASSES, ensure_synthetic_source
-from unimatch import atomic
-from unimatch.checkpoint import load_checkpoint, save_checkpoint
-from unimatch.distributed import main_rank_first
-from unimatch.errors import CheckpointError
-from unimatch.paths import data_home, write_once
-
-SYNTHETIC_PRETRAINED = "synthetic"   # the ``pretrained:`` value that asks for this backbone
-PRETRAIN_VERSION = 1
-PRETRAIN_EPOCHS = 23                 # 23 x 40 = 920 iterations at batch 8 on the 320 source images
-PRETRAIN_SEED = 0
-# the training settings, pinned so that a change to the natural demo config leaves this file as it is;
-# the loader workers seed the augmentation and the thread count orders the sums, so both are pinned
-# too (at one thread and two workers a fresh run on our 2-core benchmark machine rewrote, in 64 s, the
-# very file the benchmarks in docs/benchmarks.md used: same MD5)
-PRETRAIN_SETTINGS = ("batch_size=8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
-                     "sup_warmup_epochs=0", "num_workers=2", "threads=1")
-BACKBONE_FILE = "backbone.pth"
-EPOCH_LINE = re.compile(r"\] epoch (\d+): mIoU ([0-9.]+)")   # the trainer's end-of-epoch log line
-# what a torchrun parent sets; the child is one plain process
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                   "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+from unimatch.pretrained import SyntheticSource
 
 
-def synthetic_backbone(backbone: str, width: int, deep_stem: bool, root: Path | None = None,
-                       source: Path | None = None, epochs: int = PRETRAIN_EPOCHS) -> Path:
-    """The backbone file for this trunk, trained once (64 s on an idle 2-core CPU for the demo's).
-
-    ``root`` defaults to ``data_home()/pretrained/synthetic-v1-<backbone>-w<width>-<stem>``,
-    ``source`` to the built-in source set; both and ``epochs`` are there for small tests.
-    """
-    parameters = {"version": PRETRAIN_VERSION, "backbone": backbone, "width": int(width),
-                  "deep_stem": bool(deep_stem), "epochs": int(epochs), "seed": PRETRAIN_SEED}
-    if root is None:
-        stem = "deepstem" if deep_stem else "stem7"
-        root = data_home() / "pretrained" / f"synthetic-v{PRETRAIN_VERSION}-{backbone}-w{width}-{stem}"
-    folder = write_once(Path(root), parameters, lambda staging: _pretrain(staging, parameters, source),
-                        what="the built-in synthetic backbone")
-    return folder / BACKBONE_FILE
+def data_arguments(source: Path) -> list[str]:
+    """Every source training image is labelled; its validation images choose ``best.pth``."""
+    return ["--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
+            "--val-split", str(source / "splits" / "val.txt")]
 
 
-def resolve_pretrained(cfg, ctx=None) -> dict:
-    """Config changes that turn ``pretrained: synthetic`` into the backbone file (rank 0 trains it
-    once; the other ranks wait, then read it); none for any other value."""
-    if cfg.pretrained != SYNTHETIC_PRETRAINED:
-        return {}
-    path = main_rank_first(lambda: synthetic_backbone(cfg.backbone, cfg.width, cfg.deep_stem), ctx)
-    return {"pretrained": str(path)}
-
-
-def _pretrain(out: Path, parameters: dict, source: Path | None) -> None:
-    """Supervised training on the source set in a child process; keeps the trunk's weights (and
-    the child's run folder, whose ``best.pth`` they come from)."""
-    source = Path(source) if source is not None else ensure_synthetic_source()
-    run_dir = out / "run"
-    command = [sys.executable, "-m", "tasks.natural.train", "--method", "supervised",
-               "--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
-               "--val-split", str(source / "splits" / "val.txt"), "--epochs", str(parameters["epochs"]),
-               "--seed", str(parameters["seed"]), "--save-dir", str(run_dir), "--no-progress",
-               f"backbone={parameters['backbone']}", f"width={parameters['width']}",
-               f"deep_stem={str(parameters['deep_stem']).lower()}", "pretrained=null",
-               f"class_names=[{', '.join(SOURCE_CLASSES)}]", *PRETRAIN_SETTINGS]
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    started = time.monotonic()
-    print(f"pretraining the backbone on the synthetic source set ({parameters['epochs']} epochs; the child's "
-          f"log is kept as pretrain.log beside the file) ...", file=sys.stderr, flush=True)
-    with open(out / "pretrain.log", "w") as log_file, \
-            tqdm(total=parameters["epochs"], desc="pretraining", unit="epoch", disable=None) as bar:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        try:
-            for line in child.stdout:
-                log_file.write(line)
-                epoch = EPOCH_LINE.search(line)
-                if epoch:
-                    bar.update(int(epoch.group(1)) - bar.n)
-                    bar.set_postfix_str(f"source val mIoU {float(epoch.group(2)):.1f}")
-            finished = child.wait()
-        except BaseException:   # interrupted: the child (not in the scheduler's sight) stops too
-            child.terminate()
-            child.wait()
-            raise
-    if finished != 0:
-        tail = (out / "pretrain.log").read_text().splitlines()[-15:]
-        raise CheckpointError("pretraining the synthetic backbone failed:\n" + "\n".join(tail))
-    checkpoint = load_checkpoint(run_dir / "best.pth")
-    trunk = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
-    save_checkpoint(trunk, out / BACKBONE_FILE)
-    manifest = dict(parameters, source=str(source), source_val_mIoU=round(float(checkpoint["metrics"]["mIoU"]), 2),
-                    seconds=round(time.monotonic() - started))
-    atomic.write_text(out / "meta.json", json.dumps(manifest, indent=2) + "\n")
+SYNTHETIC_SOURCE = SyntheticSource(train_module="tasks.natural.train", ensure=ensure_synthetic_source,
+                                   data_arguments=data_arguments,
+                                   overrides=(f"class_names=[{', '.join(SOURCE_CLASSES)}]",))

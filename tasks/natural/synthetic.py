@@ -53,7 +53,7 @@ SYNTHETIC_CLASSES = (
 SYNTHETIC_NCLASS = len(SYNTHETIC_CLASSES)
 # Which texture (id as in _texture) each class wears. The source set pairs the same shapes with
 # other textures, so its classes are not the demo's: it plays ImageNet to the demo's Pascal
-# (tasks/natural/pretrain.py).
+# (tasks/natural/pretrain.py, unimatch/pretrained.py).
 DEMO_TEXTURES = (0, 1, 2, 3, 4, 5)
 SOURCE_TEXTURES = (0, 2, 3, 4, 5, 1)
 SOURCE_CLASSES = (

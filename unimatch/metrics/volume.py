@@ -3,7 +3,7 @@
 Inputs are integer label arrays of one volume (prediction and ground truth, same shape, any
 axis order as long as ``spacing`` follows it). Each foreground class is scored as a binary
 mask. HD95 and ASD come twice: in millimetres with the voxel spacing, and in voxels (spacing
-1, the unit SSL4MIS and the UniMatch paper report for ACDC).
+1, the unit SSL4MIS and the UniMatch paper report on their cardiac MRI benchmark).
 
 HD95 is medpy's ``hd95``: the 95th percentile of the surface distances of both directions
 pooled. ASD is medpy's ``asd``: the mean distance from the predicted surface to the

@@ -1,4 +1,4 @@
-"""Siamese change-detection models: one shared encoder for both dates, decoded from |f(A) - f(B)|.
+"""Siamese models of bi-temporal pairs: one shared encoder for both dates, decoded from |f(A) - f(B)|.
 
 The input is the two dates stacked on the channel axis, ``x = (N, 2C, H, W)`` (A's C bands then
 B's), so the UniMatch step handles a pair like any image. The backbone runs on A and on B in
