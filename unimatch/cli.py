@@ -127,7 +127,8 @@ def train_main(task, argv, doc: str) -> dict:
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
     from unimatch.engine import Trainer, log, setup_logging
-    from unimatch.run_folder import NewRunFiles, RunFolderBusy, RunLock, check_resumable, describe_changes, prepare_run_dir
+    from unimatch.run_folder import (NewRunFiles, RunFolderBusy, RunLock, check_resumable, describe_changes,
+                                      prepare_run_dir, refuse_another_tasks_run)
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
 
@@ -143,13 +144,14 @@ def train_main(task, argv, doc: str) -> dict:
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
         lock = RunLock.acquire(save_dir) if ctx.is_main else None
+        train_command = lambda name: task.command("train", name)  # noqa: E731
+        refuse_another_tasks_run(save_dir, cfg.task, train_command)
         if lock is not None:
             setup_logging(save_dir, ctx.is_main)
             for note in lock.notes:
                 log.info(note)
         cfg = task.resolve_data(cfg, ctx)
-        changes = check_resumable(save_dir, cfg, args.resume_with_changes,
-                                  train_command=lambda name: task.command("train", name))
+        changes = check_resumable(save_dir, cfg, args.resume_with_changes, train_command)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
         labeled, unlabeled = task.training_sets(cfg)

@@ -75,6 +75,19 @@ def describe_changes(changes: dict) -> str:
     return "; ".join(f"{key}: {before!r} stored, {now!r} now" for key, (before, now) in changes.items())
 
 
+def refuse_another_tasks_run(save_dir: Path, task: str, train_command: Callable[[str], str] | None = None,
+                             stored: dict | None = None) -> None:
+    """A run folder holding another task's run is refused, whatever ``--resume-with-changes`` says:
+    its weights are not this task's. Checked first, before the data (and a pretrained trunk) are
+    prepared, since nothing of them could be used."""
+    if stored is None:
+        stored, _ = stored_run_config(save_dir)
+    if stored is not None and stored.get("task") != task:
+        command = f" ({train_command(stored['task'])})" if train_command is not None else ""
+        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task{command}, "
+                          f"not {task}; choose another --save-dir")
+
+
 def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False,
                     train_command: Callable[[str], str] | None = None) -> dict:
     """The training settings in which ``cfg`` differs from the run already in ``save_dir``
@@ -89,11 +102,8 @@ def check_resumable(save_dir: Path, cfg: Config, allow_changes: bool = False,
     stored, source = stored_run_config(save_dir)
     if stored is None:
         return {}
+    refuse_another_tasks_run(save_dir, cfg.task, train_command, stored)
     changes = training_differences(stored, cfg)
-    if "task" in changes:  # not a change of settings: another task's weights, whatever the flag says
-        command = f" ({train_command(stored['task'])})" if train_command is not None else ""
-        raise ConfigError(f"--save-dir {save_dir} holds a run of the {stored['task']} task{command}, "
-                          f"not {cfg.task}; choose another --save-dir")
     if changes and not allow_changes:
         raise ConfigError(f"--save-dir {save_dir} holds a run trained with other settings "
                           f"({describe_changes(changes)}; from {source.name}); resuming would continue its weights "
