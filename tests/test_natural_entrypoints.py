@@ -135,6 +135,11 @@ def test_predict_writes_masks_and_overlays_and_refuses_overwrite(trained, tmp_pa
     single = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(images[0]), "--output",
                                str(tmp_path / "one"), "--device", "cpu", *TINY])
     assert [p.name for p in single] == [f"{images[0].stem}.png"]
+    # one file is read alone: another file of its folder with the same id (a.jpg beside a.png) is no matter
+    Image.open(images[1]).save(folder / f"{images[0].stem}.png")
+    alone = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(folder / images[0].name),
+                              "--output", str(tmp_path / "alone"), "--device", "cpu", *TINY])
+    assert [p.name for p in alone] == [f"{images[0].stem}.png"]
 
 
 # ---- run set-up errors: one line, exit status 2 -------------------------------------------------
