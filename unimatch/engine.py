@@ -159,7 +159,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, model: nn.Module, labeled_set: Dataset, unlabeled_set: Dataset | None,
                  evaluate: Callable[[nn.Module], EvalResult], ctx: DistContext, save_dir: str | Path,
-                 sup_criterion: nn.Module | None = None, progress: bool = True):
+                 progress: bool = True):
         self.cfg, self.model, self.ctx = cfg, model, ctx
         self.labeled_set, self.unlabeled_set, self.evaluate = labeled_set, unlabeled_set, evaluate
         self.save_dir = Path(save_dir)
@@ -182,7 +182,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
-        criterion = sup_criterion if sup_criterion is not None else build_criterion(cfg.criterion, cfg.nclass)
+        criterion = build_criterion(cfg.criterion, cfg.nclass)
         self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
                                  self.normalizer, cfg.nclass, health=self.health)
