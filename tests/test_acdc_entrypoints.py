@@ -105,7 +105,9 @@ def test_train_writes_checkpoints_metrics_and_the_patient_split(run):
     assert len(records) == 1
     for key in ("mean_dice", "dice/RV", "dice/Myo", "dice/LV", "hd95_mm/LV", "hd95_vox/LV", "asd_mm/LV"):
         assert key in records[0]
-    assert 0.0 <= records[0]["mean_dice"] <= 100.0
+    # the mean over the three structures, and the score best.pth (this epoch's model) was kept for; evaluate
+    # recomputes it from the checkpoint (test_evaluate_reports_the_test_patients_only)
+    assert records[0]["mean_dice"] == pytest.approx(np.mean([records[0][f"dice/{c}"] for c in ("RV", "Myo", "LV")]))
     split = json.loads((run / "split.json").read_text())
     assert len(split["labeled"]) == 1 and len(split["unlabeled"]) == 4
     assert len(split["val"]) == 1 and len(split["test"]) == 2
@@ -113,6 +115,7 @@ def test_train_writes_checkpoints_metrics_and_the_patient_split(run):
     assert len(set(everyone)) == 8
     best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
     assert best["metrics"]["n_cases"] == 2.0  # the validation patient's ED and ES volumes only
+    assert best["metrics"]["mean_dice"] == records[0]["mean_dice"]
 
 
 def test_cases_beyond_the_training_patients_is_one_clear_error(phantom, tmp_path):
