@@ -389,3 +389,56 @@ def test_every_numeric_key_of_every_task_config_has_a_range(monkeypatch):
         assert numeric - checked[schema.__name__] - own_check == set(), f"{schema.__name__}: numeric keys without a range"
         untested = numeric - tested["core"] - tested.get(task, set())
         assert untested == set(), f"{schema.__name__}: keys not in OUT_OF_RANGE"
+
+
+class Lines(list):
+    """Messages of the ``unimatch`` logger, whatever its handlers and propagation."""
+
+    def __enter__(self):
+        import logging
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.append(record.getMessage())
+        logging.getLogger("unimatch").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+        logging.getLogger("unimatch").removeHandler(self.handler)
+
+
+@pytest.mark.parametrize("task, warmup, epochs", [("natural", 4, 30), ("change_detection", 3, 12)])
+def test_a_short_schedule_on_the_command_line_leaves_its_last_epoch_to_the_method(task, warmup, epochs):
+    """--epochs 1 with the demos' warm-up in epochs is not refused: the warm-up shrinks to epochs - 1;
+    the demos at their own length, or any schedule longer than the warm-up, keep it as written."""
+    from tasks.change_detection.common import CDConfig
+    from tasks.natural.common import NaturalConfig
+    from unimatch.paths import config_path
+
+    schema = {"natural": NaturalConfig, "change_detection": CDConfig}[task]
+    path = config_path(task, "synthetic.yaml")
+    with Lines() as lines:
+        assert load_config(path, schema=schema).sup_warmup_epochs == warmup
+        assert load_config(path, schema=schema).epochs == epochs
+        for longer in (epochs, warmup + 1):
+            assert load_config(path, schema=schema, epochs=longer).sup_warmup_epochs == warmup
+            assert load_config(path, [f"epochs={longer}"], schema=schema).sup_warmup_epochs == warmup
+    assert lines == []
+    with Lines() as lines:
+        cfg = load_config(path, schema=schema, epochs=1)
+    assert (cfg.epochs, cfg.sup_warmup_epochs) == (1, 0)
+    assert lines == [f"sup_warmup_epochs {warmup} (from the config) is not less than the 1 epoch(s) given on the "
+                     f"command line: the warm-up is 0 epoch(s), so the last one trains the method"]
+    assert load_config(path, ["epochs=2"], schema=schema).sup_warmup_epochs == 1
+    assert load_config(path, schema=schema, epochs=warmup).sup_warmup_epochs == warmup - 1
+    # both on the command line: taken as given, and a warm-up longer than the schedule is still refused
+    assert load_config(path, [f"sup_warmup_epochs={warmup}"], schema=schema, epochs=warmup).sup_warmup_epochs \
+        == warmup
+    with pytest.raises(ConfigError, match=rf"sup_warmup_epochs: must lie in \[0, epochs=1\], got {warmup}"):
+        load_config(path, [f"sup_warmup_epochs={warmup}"], schema=schema, epochs=1)
+
+
+def test_a_warmup_longer_than_the_schedule_of_one_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 2\nsup_warmup_epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"sup_warmup_epochs: must lie in \[0, epochs=2\], got 3"):
+        load_config(path)

@@ -248,9 +248,30 @@ def test_partner_from_batch_takes_the_previous_image_and_its_weak_prediction():
     assert abs(paper - expected) > 1e-4 * abs(expected)
 
 
-def test_gradient_reaches_the_model_and_not_through_pseudo_labels():
-    step, model, _ = make_step()
+@pytest.mark.parametrize("changes", [{}, {"partner_from_batch": True}, {"dist_align": True, "class_thresh": True}])
+def test_gradient_reaches_the_model_and_not_through_pseudo_labels(changes):
+    step, model, _ = make_step(**changes)
+    seen = []
+    unsup_loss = step.unsup_loss
+
+    def recording(logits, pseudo_label, confidence, ignore_mask, thresholds=None):
+        seen.append((logits, pseudo_label, confidence, thresholds))
+        return unsup_loss(logits, pseudo_label, confidence, ignore_mask, thresholds)
+
+    step.unsup_loss = recording
     loss, _ = step(*batch())
+    # every unlabelled loss (2 strong views, 1 FP stream) learns through its prediction only: its
+    # pseudo-labels, their confidences (the weak and the partner's, mixed in the box) and thresholds
+    # come from detached or no-grad predictions
+    assert len(seen) == 3
+    for logits, pseudo_label, confidence, thresholds in seen:
+        assert logits.requires_grad
+        assert not pseudo_label.requires_grad and not confidence.requires_grad
+        assert pseudo_label.grad_fn is None and confidence.grad_fn is None
+        assert thresholds is None or not thresholds.requires_grad
+    # the partners' forward ran without autograd
+    assert [call["grad"] for call in model.calls] == [True, True] if changes.get("partner_from_batch") \
+        else [call["grad"] for call in model.calls] == [False, True, True]
     loss.backward()
     assert model.conv.weight.grad is not None and model.conv.weight.grad.abs().sum() > 0
 
@@ -370,8 +391,15 @@ def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp
 
 
 def test_step_settings_take_every_config_value_by_name():
-    cfg = Config(method="uniperb", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
-                 loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True)
-    assert StepSettings.from_config(cfg) == StepSettings(
-        strong_views=1, fp_streams=1, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
-        loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True)
+    cfg = Config(method="fixmatch", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
+                 loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
+                 dist_align_momentum=0.9)
+    cfg.validate()
+    # every field differs from its default, so a field from_config forgets fails the comparison
+    changed = StepSettings(
+        strong_views=1, fp_streams=0, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
+        loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
+        dist_align_momentum=0.9)
+    default = StepSettings()
+    assert all(getattr(changed, f.name) != getattr(default, f.name) for f in dataclasses.fields(StepSettings))
+    assert StepSettings.from_config(cfg) == changed

@@ -164,17 +164,28 @@ def test_image_folder_dataset_lists_images_for_prediction(tmp_path):
     image, _ = dataset[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 8, 6)
 
-    root = make_voc(tmp_path / "voc", ["x"])
-    (root / "SegmentationClass" / "x.png").unlink()  # prediction needs no masks
-    listed = ImageFolderDataset(write_lines(tmp_path / "list.txt", ["x"]), root=root)
-    assert listed[0][1] == "x"
-
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "a.png")
     with pytest.raises(DataError, match="share the id 'a'"):
         ImageFolderDataset(folder)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):
         ImageFolderDataset(tmp_path / "empty")
+    with pytest.raises(DataError, match="neither a folder nor an image"):
+        ImageFolderDataset(folder / "notes.txt")
+
+
+def test_one_image_is_read_alone_though_its_folder_holds_another_with_its_id(tmp_path):
+    """a.png beside a.jpg: the folder is refused (their masks would overwrite each other), one file is not."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 6), 200, np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "a.png")
+    with pytest.raises(DataError, match="share the id 'a'"):
+        ImageFolderDataset(folder)
+    one = ImageFolderDataset(folder / "a.png")
+    assert [entry.image for entry in one.entries] == [folder / "a.png"]
+    image, sample_id = one[0]
+    assert sample_id == "a" and image.shape == (3, 4, 4)
 
 
 def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):

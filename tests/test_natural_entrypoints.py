@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +49,27 @@ def test_train_writes_run_directory(trained):
     for name in ("best.pth", "latest.pth", "config.yaml", "metrics.jsonl", "train.log"):
         assert (run / name).is_file(), name
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["epoch"] == 1 and 0.0 <= record["mIoU"] <= 100.0
+    assert record["epoch"] == 1
+    best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
+    assert best["metrics"]["mIoU"] == record["mIoU"]   # one epoch: best.pth is the model this line scored
     assert {"loss", "loss_x", "loss_s", "loss_w_fp", "mask_ratio", "sec_per_iter"} <= set(record)
     assert record["loss_s"] > 0 and record["loss_w_fp"] >= 0
+
+
+def miou_from_pngs(root, predictions, nclass):
+    """mIoU (%) recomputed from the written masks and the val labels: one confusion matrix over the split,
+    255 ignored, a class absent from both counting 0 (the official intersection / (union + 1e-10))."""
+    confusion = np.zeros((nclass, nclass), np.int64)
+    for line in (root / "splits/val.txt").read_text().split("\n"):
+        if not line.strip():
+            continue
+        image, mask = line.split()
+        pred = np.array(Image.open(predictions / f"{Path(image).stem}.png")).astype(np.int64)
+        truth = np.array(Image.open(root / mask)).astype(np.int64)
+        keep = truth != 255
+        confusion += np.bincount(truth[keep] * nclass + pred[keep], minlength=nclass ** 2).reshape(nclass, nclass)
+    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    return 100 * float(np.mean(np.where(union > 0, np.diag(confusion) / np.maximum(union, 1), 0.0)))
 
 
 def test_evaluate_writes_json_and_named_pngs(trained, tmp_path):
@@ -66,15 +85,24 @@ def test_evaluate_writes_json_and_named_pngs(trained, tmp_path):
     mask = np.array(Image.open(preds / f"{val_ids[0]}.png"))
     image = Image.open(root / "JPEGImages" / f"{val_ids[0]}.jpg")
     assert mask.shape == (image.height, image.width) and mask.max() < 6
+    # the score is that of the written masks, and that training recorded for this checkpoint (same mode)
+    nclass = torch.load(run / "best.pth", map_location="cpu", weights_only=False)["config"]["nclass"]
+    assert metrics["mIoU"] == pytest.approx(miou_from_pngs(root, preds, nclass), abs=1e-9)
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["mIoU"] == pytest.approx(record["mIoU"], abs=1e-9)
     with pytest.raises(DataError, match="already holds files"):
         evaluate_cli.main(eval_args(root, run, "--save-predictions", str(preds)))
 
 
-def test_evaluate_modes_and_center_crop_error(trained):
+def test_evaluate_modes_and_center_crop_error(trained, tmp_path):
     root, run = trained
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    nclass = torch.load(run / "best.pth", map_location="cpu", weights_only=False)["config"]["nclass"]
     original = evaluate_cli.main(eval_args(root, run, "--mode", "original"))
-    window = evaluate_cli.main(eval_args(root, run, "--mode", "sliding_window"))
-    assert 0 <= original["mIoU"] <= 100 and 0 <= window["mIoU"] <= 100
+    assert original["mIoU"] == pytest.approx(record["mIoU"], abs=1e-9)   # the demo trains with eval_mode original
+    window = evaluate_cli.main(eval_args(root, run, "--mode", "sliding_window", "--save-predictions",
+                                         str(tmp_path / "window")))
+    assert window["mIoU"] == pytest.approx(miou_from_pngs(root, tmp_path / "window", nclass), abs=1e-9)
     with pytest.raises(DataError, match="smaller than the 64x64 centre crop"):
         evaluate_cli.main(eval_args(root, run, "--mode", "center_crop", overrides=["crop_size=64"]))
 
@@ -135,6 +163,11 @@ def test_predict_writes_masks_and_overlays_and_refuses_overwrite(trained, tmp_pa
     single = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(images[0]), "--output",
                                str(tmp_path / "one"), "--device", "cpu", *TINY])
     assert [p.name for p in single] == [f"{images[0].stem}.png"]
+    # one file is read alone: another file of its folder with the same id (a.jpg beside a.png) is no matter
+    Image.open(images[1]).save(folder / f"{images[0].stem}.png")
+    alone = predict_cli.main(["--checkpoint", str(run / "best.pth"), "--input", str(folder / images[0].name),
+                              "--output", str(tmp_path / "alone"), "--device", "cpu", *TINY])
+    assert [p.name for p in alone] == [f"{images[0].stem}.png"]
 
 
 # ---- run set-up errors: one line, exit status 2 -------------------------------------------------

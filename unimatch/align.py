@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from unimatch.losses import IGNORE_INDEX
+from unimatch.losses import IGNORE_INDEX, confident_and_valid
 
 
 class DistributionAlignment:
@@ -77,7 +77,7 @@ class ClassAdaptiveThreshold:
     def observe(self, labelled_mask: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor,
                 valid: torch.Tensor) -> None:
         self.priors.observe_labels(labelled_mask)
-        confident = (confidence >= self.conf_thresh) & valid
+        confident = confident_and_valid(confidence, self.conf_thresh, valid)
         counts = torch.zeros(self.nclass, device=pseudo_label.device).index_add_(
             0, pseudo_label.flatten(), confident.flatten().float())
         share = counts / valid.sum().clamp_min(1)

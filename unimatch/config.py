@@ -9,6 +9,7 @@ week-long run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import typing
@@ -473,8 +474,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         path = Path(path)
         data.update(_coerce(schema, read_config_file(path, schema), str(path)))
     data.update(_coerce(schema, {k: v for k, v in values.items() if v is not None}, "command line"))
+    given = {k for k, v in values.items() if v is not None}
     for text in overrides:
         keys, value = parse_override(text)
+        given.add(keys[0])
         if len(keys) == 1:
             data.update(_coerce(schema, {keys[0]: value}, f"override {text!r}"))
             continue
@@ -497,9 +500,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
                 raise ConfigError(f"override {text!r}: {k} is not a mapping")
         node[keys[-1]] = value
         data.update(_coerce(schema, {root: current}, f"override {text!r}"))
+    fit_warmup_to_epochs(data, given)
     config = schema(**data)
     config.validate()
     return config
+
+
+def fit_warmup_to_epochs(data: dict, given: set) -> None:
+    """A schedule given on the command line (``--epochs``, ``epochs=``) that a warm-up from the config
+    file (``sup_warmup_epochs``, e.g. the demos' 4 of 30) would fill leaves its last epoch to the
+    method: the warm-up becomes ``epochs - 1`` (said in one log line). Given on the command line
+    too, the warm-up is kept (and validated as it is)."""
+    epochs, warmup = data.get("epochs"), data.get("sup_warmup_epochs")
+    if ("epochs" not in given or "sup_warmup_epochs" in given or not isinstance(epochs, int)
+            or not isinstance(warmup, int) or not 1 <= epochs <= warmup):
+        return
+    data["sup_warmup_epochs"] = epochs - 1
+    logging.getLogger("unimatch").warning(
+        f"sup_warmup_epochs {warmup} (from the config) is not less than the {epochs} epoch(s) given on the "
+        f"command line: the warm-up is {epochs - 1} epoch(s), so the last one trains the method")
 
 
 def save_config(config: Config, path: str | Path) -> None:

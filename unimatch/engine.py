@@ -150,7 +150,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, model: nn.Module, labeled_set: Dataset, unlabeled_set: Dataset | None,
                  evaluate: Callable[[nn.Module], EvalResult], ctx: DistContext, save_dir: str | Path,
-                 sup_criterion: nn.Module | None = None, progress: bool = True):
+                 progress: bool = True):
         self.cfg, self.model, self.ctx = cfg, model, ctx
         self.labeled_set, self.unlabeled_set, self.evaluate = labeled_set, unlabeled_set, evaluate
         self.save_dir = Path(save_dir)
@@ -173,7 +173,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + ctx.rank)
         self.perturbation = StrongPerturbation(PerturbationSettings.from_config(cfg), generator)
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
-        criterion = sup_criterion if sup_criterion is not None else build_criterion(cfg.criterion, cfg.nclass)
+        criterion = build_criterion(cfg.criterion, cfg.nclass)
         self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
                                  self.normalizer, cfg.nclass, health=self.health)
@@ -340,91 +340,121 @@ class Trainer:
 
     def _fit(self) -> dict:
         self.resume()
-        cfg, ctx = self.cfg, self.ctx
         iters_per_epoch = self.epoch_length()
         self.open_records(iters_per_epoch)
-        total_iters = iters_per_epoch * cfg.epochs
         labeled = (RepeatDataset(self.labeled_set, len(self.unlabeled_set))
                    if self.unlabeled_set is not None else self.labeled_set)
-        strong, fp = self.settings.strong_views, self.settings.fp_streams
-        guard = NonFiniteLossGuard(ctx.device, iters_per_epoch, ctx.distributed)
-        log.info(f"method {cfg.method}: {strong} strong stream(s), {fp} feature stream(s); "
-                 f"{len(self.labeled_set)} labelled / {len(self.unlabeled_set) if self.unlabeled_set else 0} "
-                 f"unlabelled samples; {iters_per_epoch} iterations x {cfg.epochs} epochs on {ctx.world_size} "
-                 f"process(es), device {ctx.device}"
+        guard = NonFiniteLossGuard(self.ctx.device, iters_per_epoch, self.ctx.distributed)
+        self.log_plan(iters_per_epoch)
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            warmup = epoch < self.cfg.sup_warmup_epochs and self.unlabeled_needed
+            record = self.train_epoch(epoch, labeled, iters_per_epoch, guard, warmup)
+            if self.health is not None and not warmup:
+                self.record_health(epoch, record)
+            broadcast_buffers(self.model)
+            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+                self.evaluate_epoch(epoch, record)
+            self.end_epoch(epoch, iters_per_epoch, record)
+        return {"best_score": self.best_score, "best_metrics": self.best_metrics}
+
+    def log_plan(self, iters_per_epoch: int) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        log.info(f"method {cfg.method}: {self.settings.strong_views} strong stream(s), {self.settings.fp_streams} "
+                 f"feature stream(s); {len(self.labeled_set)} labelled / "
+                 f"{len(self.unlabeled_set) if self.unlabeled_set else 0} unlabelled samples; {iters_per_epoch} "
+                 f"iterations x {cfg.epochs} epochs on {ctx.world_size} process(es), device {ctx.device}"
                  + (f"; the first {cfg.sup_warmup_epochs} epoch(s) labelled term only (sup_warmup_epochs)"
                     if cfg.sup_warmup_epochs and self.unlabeled_needed else ""))
-        for epoch in range(self.start_epoch, cfg.epochs):
-            self.model.train()
-            warmup = epoch < cfg.sup_warmup_epochs and self.unlabeled_needed
-            streams = [iter(self.loader(labeled, epoch, 0))]
-            if self.unlabeled_needed and not warmup:
-                streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
-                if not cfg.partner_from_batch:  # the CutMix partners: a second pass over the unlabelled set
-                    streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
-            sums: dict[str, float] = {}
-            # the step's stats stay on the device; on CUDA they are read (one sync) only every
-            # log_every iterations, so the host never waits for the GPU inside the loop
-            pending: list = []
-            flush_every = 1 if ctx.device.type != "cuda" else (cfg.log_every or iters_per_epoch)
-            bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
-                       dynamic_ncols=True, leave=False, file=sys.stderr)
-            start = time.perf_counter()
-            for i in bar:
-                self.position = (epoch, i, iters_per_epoch)
-                iteration = epoch * iters_per_epoch + i
-                lr = poly_lr(cfg.lr, iteration, total_iters)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                batches = [self.to_device(next(s)) for s in streams]
-                pending.append((iteration, lr, self.train_iteration(batches, iteration, guard, warmup)))
-                if len(pending) >= flush_every or i + 1 == iters_per_epoch:
-                    stats = self.record_stats(pending, sums)
-                    pending = []
-                    if self.progress:
-                        bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
-                if cfg.log_every and (i + 1) % cfg.log_every == 0:
-                    guard.check()
-                    log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +
-                             " ".join(f"{k} {v / (i + 1):.4f}" for k, v in sums.items()))
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            seconds = time.perf_counter() - start
-            guard.check()
-            bar.close()
-            record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
-                      "sec_per_iter": seconds / iters_per_epoch}
-            record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
-            if self.health is not None and not warmup:
-                health = self.health.summary(cfg.class_names)
-                record.update(health)
-                log.info(f"epoch {epoch + 1} pseudo-labels: {describe(health)}")
-                if self.writer is not None:
-                    for k, v in health.items():
-                        if not math.isnan(v):
-                            self.writer.add_scalar(k, v, epoch + 1)
 
-            last = epoch + 1 == cfg.epochs
-            broadcast_buffers(self.model)
-            if (epoch + 1) % cfg.eval_every == 0 or last:
-                result = self.evaluate(self.model)
-                record.update(result.metrics)
-                score = result.metrics[cfg.select_metric]
-                if result.table:
-                    log.info(f"epoch {epoch + 1} evaluation\n{result.table}")
-                if self.writer is not None:
-                    for k, v in result.metrics.items():
-                        if isinstance(v, (int, float)) and not math.isnan(v):
-                            self.writer.add_scalar(f"eval/{k}", v, epoch + 1)
-                if score > self.best_score:
-                    self.best_score, self.best_metrics = score, dict(result.metrics)
-                    self.save("best.pth", {"model": unwrap(self.model).state_dict(), "epoch": epoch,
-                                           "metrics": result.metrics, "config": cfg.to_dict()})
-                log.info(f"epoch {epoch + 1}: {cfg.select_metric} {score:.4f} "
-                         f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
-            self.position = (epoch, iters_per_epoch, iters_per_epoch)
-            if ctx.is_main:   # before the checkpoint: a run killed between the two drops this line on resume
-                append_json_line(self.save_dir / "metrics.jsonl", record)
-            self.save("latest.pth", self.checkpoint_state(epoch))
-            barrier()
-        return {"best_score": self.best_score, "best_metrics": self.best_metrics}
+    def epoch_streams(self, labeled: Dataset, epoch: int, warmup: bool) -> list:
+        """Iterators over the epoch's batches: labelled, then (unless ``warmup``) unlabelled and CutMix partners."""
+        streams = [iter(self.loader(labeled, epoch, 0))]
+        if self.unlabeled_needed and not warmup:
+            streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
+            if not self.cfg.partner_from_batch:  # the CutMix partners: a second pass over the unlabelled set
+                streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
+        return streams
+
+    def set_lr(self, iteration: int, total_iterations: int) -> float:
+        """The poly learning rate of ``iteration`` on every parameter group (times its ``lr_scale``)."""
+        lr = poly_lr(self.cfg.lr, iteration, total_iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        return lr
+
+    def train_epoch(self, epoch: int, labeled: Dataset, iters_per_epoch: int, guard: NonFiniteLossGuard,
+                    warmup: bool) -> dict:
+        """One epoch's iterations; returns its record: epoch, iterations, s/iter and the mean stats over ranks."""
+        cfg, ctx = self.cfg, self.ctx
+        self.model.train()
+        streams = self.epoch_streams(labeled, epoch, warmup)
+        sums: dict[str, float] = {}
+        # the step's stats stay on the device; on CUDA they are read (one sync) only every
+        # log_every iterations, so the host never waits for the GPU inside the loop
+        pending: list = []
+        flush_every = 1 if ctx.device.type != "cuda" else (cfg.log_every or iters_per_epoch)
+        bar = tqdm(range(iters_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        start = time.perf_counter()
+        for i in bar:
+            self.position = (epoch, i, iters_per_epoch)
+            iteration = epoch * iters_per_epoch + i
+            lr = self.set_lr(iteration, iters_per_epoch * cfg.epochs)
+            batches = [self.to_device(next(s)) for s in streams]
+            pending.append((iteration, lr, self.train_iteration(batches, iteration, guard, warmup)))
+            if len(pending) >= flush_every or i + 1 == iters_per_epoch:
+                stats = self.record_stats(pending, sums)
+                pending = []
+                if self.progress:
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", mask=f"{stats['mask_ratio']:.2f}")
+            if cfg.log_every and (i + 1) % cfg.log_every == 0:
+                guard.check()
+                log.info(f"epoch {epoch + 1} iter {i + 1}/{iters_per_epoch} lr {lr:.5f} " +
+                         " ".join(f"{k} {v / (i + 1):.4f}" for k, v in sums.items()))
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        seconds = time.perf_counter() - start
+        guard.check()
+        bar.close()
+        record = {"epoch": epoch + 1, "iterations": (epoch + 1) * iters_per_epoch,
+                  "sec_per_iter": seconds / iters_per_epoch}
+        record.update({k: all_reduce_mean(v / iters_per_epoch, ctx.device) for k, v in sums.items()})
+        return record
+
+    def record_health(self, epoch: int, record: dict) -> None:
+        """The epoch's pseudo-label health (:mod:`unimatch.health`) into ``record``, the log and TensorBoard."""
+        health = self.health.summary(self.cfg.class_names)
+        record.update(health)
+        log.info(f"epoch {epoch + 1} pseudo-labels: {describe(health)}")
+        if self.writer is not None:
+            for k, v in health.items():
+                if not math.isnan(v):
+                    self.writer.add_scalar(k, v, epoch + 1)
+
+    def evaluate_epoch(self, epoch: int, record: dict) -> None:
+        """Evaluate, add the scores to ``record``; a better ``select_metric`` than so far writes best.pth."""
+        cfg = self.cfg
+        result = self.evaluate(self.model)
+        record.update(result.metrics)
+        score = result.metrics[cfg.select_metric]
+        if result.table:
+            log.info(f"epoch {epoch + 1} evaluation\n{result.table}")
+        if self.writer is not None:
+            for k, v in result.metrics.items():
+                if isinstance(v, (int, float)) and not math.isnan(v):
+                    self.writer.add_scalar(f"eval/{k}", v, epoch + 1)
+        if score > self.best_score:
+            self.best_score, self.best_metrics = score, dict(result.metrics)
+            self.save("best.pth", {"model": unwrap(self.model).state_dict(), "epoch": epoch,
+                                   "metrics": result.metrics, "config": cfg.to_dict()})
+        log.info(f"epoch {epoch + 1}: {cfg.select_metric} {score:.4f} "
+                 f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
+
+    def end_epoch(self, epoch: int, iters_per_epoch: int, record: dict) -> None:
+        """The epoch's line in metrics.jsonl, then latest.pth (in that order: a run killed between the
+        two drops the line on resume, see :meth:`open_records`)."""
+        self.position = (epoch, iters_per_epoch, iters_per_epoch)
+        if self.ctx.is_main:
+            append_json_line(self.save_dir / "metrics.jsonl", record)
+        self.save("latest.pth", self.checkpoint_state(epoch))
+        barrier()

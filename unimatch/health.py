@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from unimatch.losses import IGNORE_INDEX
+from unimatch.losses import IGNORE_INDEX, confident_and_valid
 
 # rows of the count matrix
 CONFIDENT_BY_PREDICTED, PIXELS_BY_TRUE, CONFIDENT_BY_TRUE, CORRECT_BY_TRUE = range(4)
@@ -43,7 +43,7 @@ class PseudoLabelHealth:
         """Add one batch: pseudo-labels (N,H,W), their confidence, the ignore mask (255 = padding) and,
         optionally, the true labels of the same pixels (255 = unknown), used for nothing but these counts."""
         valid = ignore_mask != IGNORE_INDEX
-        confident = (confidence >= conf_thresh) & valid
+        confident = confident_and_valid(confidence, conf_thresh, valid)
         self.valid_pixels += valid.sum()
         self.counts[CONFIDENT_BY_PREDICTED].index_add_(0, pseudo_label.flatten(), confident.flatten().long())
         if label_for_stats is None:

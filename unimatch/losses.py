@@ -13,6 +13,14 @@ from unimatch.data import IGNORE_INDEX
 from unimatch.errors import ConfigError
 
 
+def confident_and_valid(confidence: torch.Tensor, threshold, valid: torch.Tensor) -> torch.Tensor:
+    """The pixels whose pseudo-label counts: ``confidence >= threshold`` (a number, or one threshold
+    per pixel) and ``valid`` (not padding: ``ignore_mask != IGNORE_INDEX``). The unlabelled losses,
+    the mask ratio, :class:`unimatch.health.PseudoLabelHealth` and
+    :class:`unimatch.align.ClassAdaptiveThreshold` all count these."""
+    return (confidence >= threshold) & valid
+
+
 def masked_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor, confidence_mask: torch.Tensor,
                          valid_mask: torch.Tensor) -> torch.Tensor:
     """Pixel CE summed over confident, valid pixels and divided by the number of *valid* pixels.

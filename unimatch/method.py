@@ -32,7 +32,7 @@ import torch.nn as nn
 from unimatch.align import ClassAdaptiveThreshold, DistributionAlignment
 from unimatch.data import IGNORE_INDEX
 from unimatch.health import PseudoLabelHealth
-from unimatch.losses import DiceLoss, masked_cross_entropy
+from unimatch.losses import DiceLoss, confident_and_valid, masked_cross_entropy
 from unimatch.perturb import Normalizer, StrongPerturbation, to_unit_float
 
 
@@ -99,11 +99,12 @@ class UniMatchStep:
 
     def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask, thresholds=None) -> torch.Tensor:
         """``thresholds``: per-class confidence thresholds (``class_thresh``), else ``conf_thresh``."""
-        confident = confidence >= (self.settings.conf_thresh if thresholds is None else thresholds[pseudo_label])
         valid = ignore_mask != IGNORE_INDEX
+        kept = confident_and_valid(confidence, self.settings.conf_thresh if thresholds is None
+                                   else thresholds[pseudo_label], valid)
         if self.dice is not None:
-            return self.dice(logits.float().softmax(1), pseudo_label, ignore=~(confident & valid))
-        return masked_cross_entropy(logits, pseudo_label, confident, valid)
+            return self.dice(logits.float().softmax(1), pseudo_label, ignore=~kept)
+        return masked_cross_entropy(logits, pseudo_label, kept, valid)
 
     def strong_views(self, weak: torch.Tensor, partner: torch.Tensor):
         """``strong_views`` (view, CutMix box) pairs; each view perturbs its own copy of the batch."""
@@ -123,10 +124,7 @@ class UniMatchStep:
         x, y = labeled
         with autocast or torch.autocast("cpu", enabled=False):
             loss_x = self.sup_criterion(self.model(self.normalizer(to_unit_float(x))), y)
-        loss = s.sup_weight * loss_x / s.loss_divisor
-        zero = loss.detach().new_zeros(())
-        return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
-                      "mask_ratio": zero}
+        return labelled_only(s.sup_weight * loss_x / s.loss_divisor, loss_x)
 
     def __call__(self, labeled, unlabeled=None, partner=None, autocast=None):
         """Returns (loss, stats); stats holds detached 0-d tensors (loss, loss_x, loss_s, loss_w_fp,
@@ -140,72 +138,109 @@ class UniMatchStep:
             with autocast:
                 loss_x = self.sup_criterion(self.model(x), y)
             # the official supervised.py trains on the plain labelled loss: no division by 2
-            loss = s.sup_weight * loss_x
-            zero = loss.detach().new_zeros(())
-            return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
-                          "mask_ratio": zero}
+            return labelled_only(s.sup_weight * loss_x, loss_x)
 
+        # the order of the steps below is the order of the random draws: keep it
         x_w_raw, ignore_mask, *label_for_stats = unlabeled
         x_w_raw = to_unit_float(x_w_raw)
-        if s.partner_from_batch:  # opt-in: image i's partner is image i-1 of this batch (no partner forward)
-            x_m_raw, ignore_mask_m = x_w_raw.roll(1, 0), ignore_mask.roll(1, 0)
-        else:
-            x_m_raw, ignore_mask_m = to_unit_float(partner[0]), partner[1]
+        x_m_raw, ignore_mask_m = self.partners(x_w_raw, ignore_mask, partner)
         views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
-
-        if not s.partner_from_batch:
-            with torch.no_grad():
-                was_training = self.model.training
-                self.model.eval()
-                with autocast:
-                    prob_m = self.model(self.normalizer(x_m_raw)).float().softmax(1)
-                conf_m, label_m = prob_m.max(1)
-                self.model.train(was_training)
-
-        n_l = x.shape[0]
+        prob_m = None if s.partner_from_batch else self.partner_probabilities(x_m_raw, autocast)
+        valid = ignore_mask != IGNORE_INDEX
         with autocast:
-            inputs = torch.cat((x, self.normalizer(x_w_raw)))
-            if s.fp_streams:
-                preds, preds_fp = self.model(inputs, need_fp=s.fp_streams)
-                pred_w_fp = preds_fp.view(s.fp_streams, -1, *preds_fp.shape[1:])[:, n_l:]
-            else:
-                preds = self.model(inputs)
-            pred_x, pred_w = preds[:n_l], preds[n_l:]
-            preds_s = (self.model(self.normalizer(torch.cat([v for v, _ in views]))).chunk(len(views))
-                       if views else [])
-
-            prob_w = pred_w.detach().float().softmax(1)
-            if self.align is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
-                self.align.observe_labels(y)
-                self.align.observe_predictions(prob_w, ignore_mask != IGNORE_INDEX)
-                prob_w = self.align(prob_w)
-                if not s.partner_from_batch:
-                    conf_m, label_m = self.align(prob_m).max(1)
-            conf_w, label_w = prob_w.max(1)
-            if s.partner_from_batch:  # the partner's pseudo-label: its own weak (train-mode) prediction
-                conf_m, label_m = conf_w.roll(1, 0), label_w.roll(1, 0)
-            thresholds = None
-            if self.class_thresh is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
-                self.class_thresh.observe(y, label_w, conf_w, ignore_mask != IGNORE_INDEX)
-                thresholds = self.class_thresh.thresholds()
+            pred_x, pred_w, preds_fp, preds_s = self.forward_streams(x, x_w_raw, views)
+            weak, mixed, thresholds = self.pseudo_labels(pred_w, prob_m, y, valid)
             if self.health is not None:
-                self.health.update(label_w, conf_w, ignore_mask, s.conf_thresh, *label_for_stats)
-
+                self.health.update(*weak, ignore_mask, s.conf_thresh, *label_for_stats)
             loss_x = self.sup_criterion(pred_x, y)
-            strong_losses = []
-            for (_, box), pred_s in zip(views, preds_s):
-                label = torch.where(box, label_m, label_w)
-                conf = torch.where(box, conf_m, conf_w)
-                ignore = torch.where(box, ignore_mask_m, ignore_mask)
-                strong_losses.append(self.unsup_loss(pred_s, label, conf, ignore, thresholds))
-            loss_s = torch.stack(strong_losses).mean() if strong_losses else loss_x.new_zeros(())
-            loss_fp = (torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask, thresholds)
-                                    for p in pred_w_fp]).mean()
-                       if s.fp_streams else loss_x.new_zeros(()))
+            zero = loss_x.new_zeros(())
+            loss_s = self.strong_loss(views, preds_s, weak, mixed, ignore_mask, ignore_mask_m, thresholds, zero)
+            loss_fp = self.fp_loss(preds_fp, weak, ignore_mask, thresholds, zero)
 
         strong_weight, fp_weight = s.weights()
         loss = (s.sup_weight * loss_x + strong_weight * loss_s + fp_weight * loss_fp) / s.loss_divisor
-        valid = ignore_mask != IGNORE_INDEX
-        mask_ratio = ((conf_w >= s.conf_thresh) & valid).sum() / valid.sum().clamp_min(1)
+        mask_ratio = confident_and_valid(weak[1], s.conf_thresh, valid).sum() / valid.sum().clamp_min(1)
         return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": loss_s.detach(),
                       "loss_w_fp": loss_fp.detach(), "mask_ratio": mask_ratio}
+
+    def partners(self, x_w_raw, ignore_mask, partner):
+        """The CutMix partners (images in [0, 1], ignore masks): the partner batch or, with the opt-in
+        ``partner_from_batch``, image i-1 of this batch for image i (no partner forward)."""
+        if self.settings.partner_from_batch:
+            return x_w_raw.roll(1, 0), ignore_mask.roll(1, 0)
+        return to_unit_float(partner[0]), partner[1]
+
+    @torch.no_grad()
+    def partner_probabilities(self, x_m_raw, autocast):
+        """Softmax of the partners' no-grad forward in *eval* mode (step 2)."""
+        was_training = self.model.training
+        self.model.eval()
+        with autocast:
+            prob_m = self.model(self.normalizer(x_m_raw)).float().softmax(1)
+        self.model.train(was_training)
+        return prob_m
+
+    def forward_streams(self, x, x_w_raw, views):
+        """(pred_x, pred_w, FP predictions of the weak views or None, strong predictions): one
+        train-mode forward of ``cat(x, x_w)`` with the FP stream(s), then one of ``cat(strong views)``."""
+        s = self.settings
+        n_l = x.shape[0]
+        inputs = torch.cat((x, self.normalizer(x_w_raw)))
+        pred_w_fp = None
+        if s.fp_streams:
+            preds, preds_fp = self.model(inputs, need_fp=s.fp_streams)
+            pred_w_fp = preds_fp.view(s.fp_streams, -1, *preds_fp.shape[1:])[:, n_l:]
+        else:
+            preds = self.model(inputs)
+        preds_s = (self.model(self.normalizer(torch.cat([v for v, _ in views]))).chunk(len(views))
+                   if views else [])
+        return preds[:n_l], preds[n_l:], pred_w_fp, preds_s
+
+    def pseudo_labels(self, pred_w, prob_m, y, valid):
+        """((label_w, conf_w), (label_m, conf_m), thresholds): argmax and max softmax of the weak
+        prediction, detached (no gradient flows through a pseudo-label), and of the partners
+        (``prob_m``, or with ``partner_from_batch`` the weak ones rolled by one image); the per-class
+        thresholds of ``class_thresh``, else None."""
+        prob_w = pred_w.detach().float().softmax(1)
+        if self.align is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+            self.align.observe_labels(y)
+            self.align.observe_predictions(prob_w, valid)
+            prob_w = self.align(prob_w)
+            if prob_m is not None:
+                prob_m = self.align(prob_m)
+        conf_w, label_w = prob_w.max(1)
+        if prob_m is None:  # partner_from_batch: the partner's own weak (train-mode) prediction
+            conf_m, label_m = conf_w.roll(1, 0), label_w.roll(1, 0)
+        else:
+            conf_m, label_m = prob_m.max(1)
+        thresholds = None
+        if self.class_thresh is not None:  # opt-in extension, not the paper's step (unimatch/align.py)
+            self.class_thresh.observe(y, label_w, conf_w, valid)
+            thresholds = self.class_thresh.thresholds()
+        return (label_w, conf_w), (label_m, conf_m), thresholds
+
+    def strong_loss(self, views, preds_s, weak, partner, ignore_mask, ignore_mask_m, thresholds, zero):
+        """Mean unlabelled loss of the strong views; inside each CutMix box the partner's label,
+        confidence and ignore mask are used."""
+        (label_w, conf_w), (label_m, conf_m) = weak, partner
+        losses = []
+        for (_, box), pred_s in zip(views, preds_s):
+            label = torch.where(box, label_m, label_w)
+            conf = torch.where(box, conf_m, conf_w)
+            ignore = torch.where(box, ignore_mask_m, ignore_mask)
+            losses.append(self.unsup_loss(pred_s, label, conf, ignore, thresholds))
+        return torch.stack(losses).mean() if losses else zero
+
+    def fp_loss(self, preds_fp, weak, ignore_mask, thresholds, zero):
+        """Mean unlabelled loss of the FP stream(s) against the weak pseudo-labels."""
+        if preds_fp is None:
+            return zero
+        label_w, conf_w = weak
+        return torch.stack([self.unsup_loss(p, label_w, conf_w, ignore_mask, thresholds) for p in preds_fp]).mean()
+
+
+def labelled_only(loss, loss_x):
+    """(loss, stats) of a step without unlabelled terms: those stats are 0."""
+    zero = loss.detach().new_zeros(())
+    return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_s": zero, "loss_w_fp": zero,
+                  "mask_ratio": zero}

@@ -21,7 +21,6 @@ log = logging.getLogger("unimatch")
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 CPU_ALLOCATORS = ("default", "reuse")

@@ -19,7 +19,7 @@ from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, pr
 from tasks.acdc.splits import case_parts
 from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
-from unimatch.config import Bounds, Config, above, at_least, load_config
+from unimatch.config import Bounds, Config, above, at_least
 from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor
@@ -99,10 +99,6 @@ class AcdcConfig(Config):
             raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 16 (the UNet halves it 4 times)")
         if self.in_channels != 1:
             raise ConfigError(f"in_channels: {self.in_channels}; ACDC images have one channel")
-
-
-def load_acdc_config(path: str | Path | None, overrides=(), **values) -> AcdcConfig:
-    return load_config(path, overrides, schema=AcdcConfig, **values)
 
 
 # ----------------------------------------------------------------------------- data

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -166,7 +166,3 @@ def case_parts(entry: str) -> tuple[str, int, int | None]:
         raise DataError(f"{entry!r} is not an ACDC case name (patientXXX_frameYY[_slice_N])")
     patient, frame, slice_index = match.groups()
     return patient, int(frame), int(slice_index) if slice_index is not None else None
-
-
-def patients_in(entries: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(patient_of(e) for e in entries))

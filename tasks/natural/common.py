@@ -164,11 +164,7 @@ class NaturalTask(Task):
                           help="sliding_window for images much larger than the training crop")
 
     def check_predict_outputs(self, cfg: Config, args) -> ImageFolderDataset:
-        if args.input.is_file():
-            dataset = ImageFolderDataset(args.input.parent)
-            dataset.entries = [e for e in dataset.entries if e.image.name == args.input.name]
-        else:
-            dataset = ImageFolderDataset(args.input)
+        dataset = ImageFolderDataset(args.input)
         if not len(dataset):
             raise DataError(f"{args.input}: no image to predict")
         outputs = [args.output / f"{entry.sample_id}{suffix}" for entry in dataset.entries

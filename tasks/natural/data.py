@@ -285,26 +285,24 @@ class ValDataset(Dataset):
 class ImageFolderDataset(Dataset):
     """Images to predict without labels: ``(image uint8 (3, H, W), sample_id)`` at full resolution.
 
-    Reads either a split file (any supported line format; masks ignored) or every image
-    file directly inside a folder, for the predict entry point.
+    Reads every image file directly inside a folder, or one image file (that file only: another
+    file of its folder with the same id does not matter), for the predict entry point.
     """
 
-    def __init__(self, source: str | os.PathLike, *, dataset: str = "pascal", root: str | os.PathLike | None = None):
+    def __init__(self, source: str | os.PathLike, *, dataset: str = "pascal"):
         source = Path(source)
         if source.is_dir():
             images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
                 raise DataError(f"folder {source} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                                "point to a folder of images or a split file")
-            layout = get_layout(dataset)
-            self.entries = [
-                SplitEntry(path, None, layout.id_for_image(path.name), source, line_number=0, image_rel=path.name)
-                for path in images
-            ]
+                                "point to a folder of images or to one image")
+        elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+            images = [source]
         else:
-            if root is None:
-                raise DataError(f"{source} is not a folder; reading it as a split file needs the data root")
-            self.entries = read_split(source, root, dataset, need_masks=False)
+            raise DataError(f"{source} is neither a folder nor an image file ({', '.join(IMAGE_SUFFIXES)})")
+        layout = get_layout(dataset)
+        self.entries = [SplitEntry(path, None, layout.id_for_image(path.name), path.parent, line_number=0,
+                                   image_rel=path.name) for path in images]
         first_with_id: dict[str, SplitEntry] = {}
         for entry in self.entries:
             other = first_with_id.setdefault(entry.sample_id, entry)

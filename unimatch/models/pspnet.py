@@ -1,4 +1,4 @@
-"""PSPNet head (pyramid pooling) and a single-image PSPNet with the UniMatch FP contract.
+"""PSPNet head (pyramid pooling) and the FP decoding the siamese PSPNet (:mod:`unimatch.models.siamese`) uses.
 
 Module names follow the official UniMatch remote-sensing code (``head.conv5.0`` = pyramid
 pooling with ``conv1..conv4``, ``head.conv5.1/2`` = 3x3 conv + BN, ``head.conv5.5`` = classifier)
@@ -6,13 +6,10 @@ so its released checkpoints load key for key.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unimatch.models.backbones import build_backbone
 from unimatch.models.deeplabv3plus import feature_perturbation, split_fp_logits
 
 POOL_SIZES = (1, 2, 3, 6)
@@ -67,20 +64,3 @@ def split_param_groups(model: nn.Module):
     ids = {id(p) for p in backbone}
     return backbone, [p for p in model.parameters() if id(p) not in ids]
 
-
-class PSPNet(nn.Module):
-    """``model(x) -> logits``; ``model(x, need_fp=True) -> (logits, logits_fp)`` (FP drops channels of c4)."""
-
-    def __init__(self, nclass: int, backbone: str = "resnet50", pretrained=None,
-                 replace_stride_with_dilation: Sequence[bool] = (False, True, True), deep_stem: bool = True,
-                 in_channels: int = 3, width: int = 64, multi_grid: bool = False):
-        super().__init__()
-        self.backbone = build_backbone(backbone, pretrained, replace_stride_with_dilation, deep_stem,
-                                       in_channels, width, multi_grid)
-        self.head = PSPHead(self.backbone.channels[-1], nclass)
-
-    def forward(self, x: torch.Tensor, need_fp: bool | int = False):
-        return decode_with_fp(self.head, self.backbone.base_forward(x)[-1], x.shape[-2:], need_fp)
-
-    def param_groups(self):
-        return split_param_groups(self)
