@@ -1,6 +1,5 @@
 """The training loop (poly LR, LR groups, labelled set repetition, checkpoints, bitwise resume),
 checkpoint loading and the three 2-D inference modes."""
-import json
 from types import SimpleNamespace
 
 import pytest
