@@ -539,7 +539,7 @@ def test_image_and_mask_of_different_sizes_are_refused(tmp_path):
 def test_empty_split_file_and_malformed_lines_are_refused(tmp_path):
     root = make_voc(tmp_path / "voc", ["a"])
     empty = write_lines(tmp_path / "empty.txt", ["", "  "])
-    with pytest.raises(DataError, match="is empty") as error:
+    with pytest.raises(DataError, match="lists nothing") as error:
         UnlabeledDataset("pascal", root, empty, crop_size=8)
     assert str(empty) in str(error.value)
     malformed = write_lines(tmp_path / "three.txt", ["a", "JPEGImages/a.jpg SegmentationClass/a.png extra"])

@@ -131,6 +131,7 @@ def train_main(task, argv, doc: str) -> dict:
                                       prepare_run_dir, refuse_another_tasks_run)
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
+    from unimatch.splits import check_disjoint, configured_lists
 
     parser = train_parser(task.command("train"), doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
@@ -151,6 +152,7 @@ def train_main(task, argv, doc: str) -> dict:
             for note in lock.notes:
                 log.info(note)
         cfg = task.resolve_data(cfg, ctx)
+        check_disjoint(configured_lists(cfg), task.split_key(cfg), cfg.allow_labeled_in_unlabeled)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes, train_command)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)

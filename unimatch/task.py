@@ -23,6 +23,7 @@ from unimatch.config import Config
 from unimatch.distributed import DistContext
 from unimatch.inference import Predictor
 from unimatch.report import EvalResult
+from unimatch.splits import first_field
 
 
 @dataclass
@@ -64,6 +65,11 @@ class Task:
         """``cfg`` with its data paths filled in: the synthetic set (written once, by rank 0, see
         :func:`unimatch.distributed.main_rank_first`) when no ``--data-root`` is given."""
         raise NotImplementedError
+
+    def split_key(self, cfg: Config) -> Callable[[str], str]:
+        """What names the sample of a split-list line, for the overlap check of
+        :func:`unimatch.splits.check_disjoint` (default: its first field)."""
+        return first_field
 
     def training_sets(self, cfg: Config) -> tuple[Dataset, Dataset | None]:
         """(labelled, unlabelled or None) following the data contract (docs/architecture.md)."""

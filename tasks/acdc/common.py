@@ -16,7 +16,7 @@ from tasks.acdc.readers import find_raw_root
 from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.nifti_io import reference_grid, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
-from tasks.acdc.splits import case_parts
+from tasks.acdc.splits import case_parts, patient_of
 from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
 from unimatch.cli import default_save_dir
 from unimatch.config import Bounds, Config, above, at_least
@@ -114,7 +114,7 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
     """The four sets of ``cfg`` (decoded once per process: train and the evaluator share them)."""
     key = (cfg.data_root, cfg.cases, cfg.slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
            cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing),
-           cfg.pseudo_label_accuracy)
+           cfg.pseudo_label_accuracy, cfg.allow_labeled_in_unlabeled)
     if key not in _loaded:
         if cfg.cases is None and not uses_split_files(cfg):
             raise ConfigError("ACDC: give the number of labelled patients with --cases N (or cases=N), or the "
@@ -125,7 +125,8 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
             normalization=cfg.intensity_norm, image_order=cfg.image_order, labeled_list=cfg.labeled_split,
             unlabeled_list=cfg.unlabeled_split, val_list=cfg.val_split, test_list=cfg.test_split,
             h5_spacing=tuple(float(s) for s in cfg.h5_spacing),
-            unlabeled_labels_for_stats=cfg.pseudo_label_accuracy)
+            unlabeled_labels_for_stats=cfg.pseudo_label_accuracy,
+            allow_labeled_in_unlabeled=cfg.allow_labeled_in_unlabeled)
     return _loaded[key]
 
 
@@ -194,6 +195,10 @@ class AcdcTask(Task):
             return ensure_synthetic_acdc(n_patients=cfg.synthetic_patients, image_size=cfg.synthetic_size,
                                          n_slices=tuple(cfg.synthetic_slices), seed=cfg.synthetic_seed)
         return dataclasses.replace(cfg, data_root=str(main_rank_first(write, ctx)))
+
+    def split_key(self, cfg: AcdcConfig):
+        """The patient: a patient's slices and frames belong to one set."""
+        return patient_of
 
     def training_sets(self, cfg: AcdcConfig):
         """(labelled slices, unlabelled slices or None when every training patient is labelled)."""

@@ -12,7 +12,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
-from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
+from tasks.natural.layouts import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES, get_layout,
+                                   parse_split_line)
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
                                      ensure_synthetic_voc)
@@ -26,6 +27,7 @@ from unimatch.inference import Predictor, evaluate_segmentation, predict
 from unimatch.paths import config_path, find_split_file, refuse_existing, refuse_overwriting_inputs
 from unimatch.pretrained import resolve_pretrained
 from unimatch.report import EvalResult, segmentation_report
+from unimatch.splits import first_field
 from unimatch.task import EvaluationReport, Task
 
 CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco": COCO_CLASSES,
@@ -112,6 +114,17 @@ class NaturalTask(Task):
             changes[f"{kind}_split"] = str(folder / f"{kind}.txt") if given is None else find_split_file(given, root)
         changes.update(resolve_pretrained(cfg, ctx))
         return dataclasses.replace(cfg, **changes)
+
+    def split_key(self, cfg: Config):
+        """The sample id, whichever line format names it (``ID``, ``IMAGE`` or ``IMAGE MASK``)."""
+        layout = get_layout(layout_of(cfg))
+
+        def sample_id(line: str) -> str:
+            try:
+                return layout.id_for_image(parse_split_line(line, layout, Path(cfg.data_root))[0])
+            except ValueError:   # a malformed line: the dataset's reader names it
+                return first_field(line)
+        return sample_id
 
     def training_sets(self, cfg: Config):
         """(labelled, unlabelled or None); the unlabelled set is not even read for ``supervised``
