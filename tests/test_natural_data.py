@@ -588,7 +588,13 @@ def test_demo_config_trains_on_plain_scenes_with_8_labelled_images(tmp_path, mon
 
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
     written, trunks = [], []
-    monkeypatch.setattr(synthetic, "_write_dataset", lambda out, parameters: written.append(parameters))
+
+    def write_lists_only(out, parameters):   # resolve_data names the lists the set holds
+        written.append(parameters)
+        (out / "splits").mkdir()
+        for kind in ("labeled", "unlabeled", "val"):
+            (out / "splits" / f"{kind}.txt").write_text("")
+    monkeypatch.setattr(synthetic, "_write_dataset", write_lists_only)
     monkeypatch.setattr(pretrain, "synthetic_backbone",
                         lambda *args: trunks.append(args) or tmp_path / "backbone.pth")
     cfg = load_config(config_path("natural", "synthetic.yaml"), schema=NaturalConfig)

@@ -12,6 +12,7 @@ import torch
 from unimatch.config import EVAL_MODES, METHODS, Config, load_config
 from unimatch.errors import CheckpointError, Interrupted
 from unimatch.paths import prepare_output_dir, refuse_existing
+from unimatch.splits import SPLIT_KINDS
 
 
 # what an interrupted evaluate or predict says of its outputs (each is written atomically)
@@ -196,7 +197,8 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     """The config to ``command`` (evaluate/predict) with, and where it came from.
 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
-    model, normalisation, sizes and seed (which may decide the test set) are used; otherwise
+    model, normalisation, sizes and seed (which may decide the test set) are used, but not its split
+    lists when ``data_root`` is given: the task then finds them under that root; otherwise
     (official checkpoints store none) the task's built-in default. A checkpoint whose stored
     config names another task is refused first, naming the command that reads it. ``pretrained``
     is always None: the checkpoint holds every weight, so no pretrained file is read, nor built
@@ -214,6 +216,8 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
         source = f"{task.default_config} (the checkpoint stores none)"
     else:
         known = {f.name for f in dataclasses.fields(task.config_class)}
+        if values.get("data_root") is not None:   # the stored lists name the training data's files
+            known -= {f"{kind}_split" for kind in SPLIT_KINDS}
         stored = {k: v for k, v in stored.items() if k in known}
         stored.update({k: v for k, v in values.items() if v is not None})
         cfg = load_config(None, overrides, schema=task.config_class, **stored)

@@ -289,13 +289,14 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
 
 
 def build_eval_volumes(root: Path | str, which: str = "val", *, seed: int = 0, normalization: str = "minmax",
-                       list_file: Path | str | None = None,
+                       list_file: Path | str | None = None, patients: Sequence[str] | None = None,
                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> VolumeDataset:
     """The validation or test volumes of an ACDC folder, without reading any training data.
 
     ``which`` (``"val"`` or ``"test"``) picks from the partition ``build_acdc_datasets`` makes
     with the same ``seed`` (its validation and test patients do not depend on ``cases``); a
-    ``list_file`` (an official list such as ``val.txt`` or ``test.txt``) names the volumes instead.
+    ``list_file`` (an official list such as ``val.txt`` or ``test.txt``) names the volumes instead, and
+    ``patients`` (a run's recorded split) the patients.
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -305,6 +306,11 @@ def build_eval_volumes(root: Path | str, which: str = "val", *, seed: int = 0, n
         return VolumeDataset([reader.entry_volume(e, Path(list_file)) for e in read_split_list(list_file)])
     if which not in ("val", "test"):
         raise DataError(f"evaluation set {which!r}: expected 'val', 'test' or an official list file")
-    split = make_patient_split(reader.patients, 1, seed)
-    patients = split.val if which == "val" else split.test
+    if patients is None:
+        split = make_patient_split(reader.patients, 1, seed)
+        patients = split.val if which == "val" else split.test
+    missing = sorted(set(patients) - set(reader.patients))
+    if missing:
+        raise DataError(f"{root} holds no {missing[0]} ({len(missing)} of the {which} patients missing); give the "
+                        "data root the run was trained on, or --split FILE")
     return VolumeDataset([v for p in patients for v in reader.patient_volumes(p)])
