@@ -107,7 +107,6 @@ def phantom(tmp_path_factory):
 
 
 def acdc_partition(phantom: Path, seed: int):
-    from tasks.acdc.data import detect_layout
     from tasks.acdc.readers import find_raw_root
     from tasks.acdc.splits import make_patient_split
 
