@@ -110,7 +110,9 @@ class SegmentationTask2D(Task):
             path = find_split_file(split, cfg.data_root)
         if not Path(path).is_file():
             where = "" if Path(path).is_absolute() else f" (neither in the working folder nor under {cfg.data_root})"
-            raise DataError(f"split file {path} does not exist{where}; give val, test or the path of a split file")
+            what = f"{split} split file" if split in SPLIT_KINDS else "split file"
+            fix = "check its path" if split in SPLIT_KINDS else "give val, test or the path of a split file"
+            raise DataError(f"{what} {path} does not exist{where}; {fix}")
         return str(path)
 
     def training_sets(self, cfg: Config):
