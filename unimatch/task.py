@@ -105,7 +105,7 @@ class Task:
         return {}
 
     def check_predict_outputs(self, cfg: Config, args: argparse.Namespace) -> Any:
-        """Read and check the inputs, refuse existing outputs (:func:`unimatch.cli.refuse_existing`);
+        """Read and check the inputs and guard the outputs (:func:`unimatch.paths.guard_outputs`);
         runs before the model is loaded. Returns what :meth:`predict` needs."""
         return None
 

@@ -21,7 +21,7 @@ from unimatch.cli import add_mode_argument
 from unimatch.config import PROBABILITY, Config, at_least
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor, predict
-from unimatch.paths import config_path, refuse_existing, refuse_overwriting_inputs
+from unimatch.paths import config_path, guard_outputs
 from unimatch.report import EvalResult, segmentation_report
 from unimatch.splits import first_field
 from unimatch.task2d import SegmentationTask2D
@@ -135,8 +135,7 @@ class NaturalTask(SegmentationTask2D):
             raise DataError(f"{args.input}: no image to predict")
         outputs = [args.output / f"{entry.sample_id}{suffix}" for entry in dataset.entries
                    for suffix in ([".png", "_overlay.jpg"] if args.overlay else [".png"])]
-        refuse_overwriting_inputs(outputs, [entry.image for entry in dataset.entries])
-        refuse_existing(outputs, args.overwrite)
+        guard_outputs(outputs, [entry.image for entry in dataset.entries], args.overwrite)
         check_entries(dataset.entries, orient=True, centre_crop=cfg.crop_size if args.mode == "center_crop" else None)
         return dataset
 
