@@ -50,8 +50,6 @@ class TaskSpec:
     def eval_command(self, task: str, run_dir: Path, out: Path) -> list[str]:
         command = [sys.executable, "-m", f"tasks.{task}.evaluate", "--checkpoint", str(run_dir / "best.pth"),
                    "--config", str(run_dir / "config.yaml"), "--json", str(out), "--overwrite"]
-        if task == "natural":  # its evaluate takes a split file; the synthetic set writes splits/test.txt
-            return command + ["--split", str(Path(read_config_value(run_dir, "data_root")) / "splits" / "test.txt")]
         return command + ["--split", "test"]
 
     def test_metrics(self, task: str, payload: dict) -> dict:
@@ -81,11 +79,6 @@ class Run:
     iterations: int = 0
     sec_per_iter: float = math.nan
     wall_s: float = math.nan
-
-
-def read_config_value(run_dir: Path, key: str) -> str:
-    import yaml
-    return yaml.safe_load((run_dir / "config.yaml").read_text())[key]
 
 
 def split_method(entry: str) -> tuple[str, list[str]]:

@@ -136,7 +136,8 @@ def cityscapes_root(work: Path, mask_suffix: str) -> Path:
         label_ids[10:30, 10:30] = 26
         Image.fromarray(label_ids).save(mask)
         lines.append(f"{image.relative_to(root)} {mask.relative_to(root)}\n")
-    (root / "labeled.txt").write_text("".join(lines))
+    (root / "labeled.txt").write_text("".join(lines[:3]))
+    (root / "val.txt").write_text(lines[3])
     return root
 
 
@@ -146,7 +147,7 @@ def cityscapes_train(mask_suffix: str):
 
         root = cityscapes_root(work, mask_suffix)
         return train.main, ["--data-root", str(root), "--labeled-split", str(root / "labeled.txt"),
-                            "--unlabeled-split", str(root / "missing.txt"), "--val-split", str(root / "labeled.txt"),
+                            "--val-split", str(root / "val.txt"),
                             "--save-dir", str(work / "run"), "--method", "supervised", "--epochs", "1",
                             "--batch-size", "2", "--num-workers", "0", "--no-progress", "--device", "cpu",
                             "dataset=cityscapes", "nclass=19", *TINY_2D]
@@ -225,7 +226,8 @@ def pascal_config_without_pretrained_file(base: Path, work: Path):
 def labelled_set_smaller_than_batch(base: Path, work: Path):
     root = copy(base, "voc", work)
     main, argv = natural_train(root, work, "--method", "supervised")
-    argv[argv.index("--unlabeled-split") + 1] = str(root / "splits/none.txt")
+    at = argv.index("--unlabeled-split")
+    del argv[at:at + 2]   # no unlabelled list: the root holds no unlabeled.txt
     argv[argv.index("--batch-size") + 1] = "16"
     return main, argv
 
@@ -264,6 +266,31 @@ def natural_evaluate_on(device: str):
         return evaluate.main, ["--checkpoint", str(base / "natural.pth"), "--data-root", str(base / "voc"),
                                "--device", device]
     return run
+
+
+def natural_splits_changed(change: Callable[[Path], None]):
+    """Training with the split lists of ``splits/`` after ``change(splits folder)``."""
+    def run(base: Path, work: Path):
+        root = copy(base, "voc", work)
+        change(root / "splits")
+        return natural_train(root, work)
+    return run
+
+
+def append_line(target: str, source: str):
+    def change(splits: Path) -> None:
+        with open(splits / target, "a") as handle:
+            handle.write((splits / source).read_text().splitlines()[0] + "\n")
+    return change
+
+
+def natural_evaluate_bom_split(base: Path, work: Path):
+    from tasks.natural import evaluate
+
+    listing = work / "val.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + (base / "voc/splits/val.txt").read_bytes().replace(b"\n", b"\r\n"))
+    return evaluate.main, ["--checkpoint", str(base / "natural.pth"), "--data-root", str(base / "voc"),
+                           "--split", str(listing), "--device", "cpu"]
 
 
 def natural_predict_on(device: str):
@@ -320,7 +347,7 @@ def cd_truncated_geotiff_tile(base: Path, work: Path):
         write_tif(root / "B" / name, rng.integers(0, 256, (3, 96, 48), dtype=np.uint8))
         write_tif(root / "label" / name, (rng.random((1, 96, 48)) < 0.1).astype(np.uint8) * 255)
     (root / "splits").mkdir()
-    for kind, chosen in (("labeled", names[:2]), ("unlabeled", names[2:]), ("val", names[:2])):
+    for kind, chosen in (("labeled", names[:2]), ("unlabeled", names[2:5]), ("val", names[5:])):
         (root / "splits" / f"{kind}.txt").write_text("".join(f"{name}\n" for name in chosen))
     data = (root / "A" / names[0]).read_bytes()
     (root / "A" / names[0]).write_bytes(data[: int(len(data) * 0.8)])
@@ -668,6 +695,14 @@ CASES = [
     Case("natural", "`evaluate --device cuda` on a machine without a GPU", without_cuda(natural_evaluate_on("cuda"))),
     Case("natural", "`predict --device cuda` on a machine without a GPU", without_cuda(natural_predict_on("cuda"))),
     Case("natural", "unknown device (`train --device gpu`)", natural_train_with("--device", "gpu")),
+    Case("natural", "split list saved with a UTF-8 BOM and CRLF line ends (`evaluate --split`; accepted)",
+         natural_evaluate_bom_split),
+    Case("natural", "a line listed twice in the labelled split", natural_splits_changed(
+        append_line("labeled.txt", "labeled.txt"))),
+    Case("natural", "a validation image also listed in the labelled split", natural_splits_changed(
+        append_line("labeled.txt", "val.txt"))),
+    Case("natural", "a labelled image also listed in the unlabelled split (allowed, with a warning line, only "
+         "with `allow_labeled_in_unlabeled: true`)", natural_splits_changed(append_line("unlabeled.txt", "labeled.txt"))),
     Case("change_detection", "truncated PNG tile in `A/` (training, in a DataLoader worker)",
          cd_bad_file(lambda root, name: truncate(root / "A" / name), workers=1)),
     Case("change_detection", "zero-byte tile in `B/`", cd_bad_file(lambda root, name: (root / "B" / name).write_bytes(b""))),

@@ -539,7 +539,7 @@ def test_image_and_mask_of_different_sizes_are_refused(tmp_path):
 def test_empty_split_file_and_malformed_lines_are_refused(tmp_path):
     root = make_voc(tmp_path / "voc", ["a"])
     empty = write_lines(tmp_path / "empty.txt", ["", "  "])
-    with pytest.raises(DataError, match="is empty") as error:
+    with pytest.raises(DataError, match="lists nothing") as error:
         UnlabeledDataset("pascal", root, empty, crop_size=8)
     assert str(empty) in str(error.value)
     malformed = write_lines(tmp_path / "three.txt", ["a", "JPEGImages/a.jpg SegmentationClass/a.png extra"])
@@ -588,7 +588,13 @@ def test_demo_config_trains_on_plain_scenes_with_8_labelled_images(tmp_path, mon
 
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
     written, trunks = [], []
-    monkeypatch.setattr(synthetic, "_write_dataset", lambda out, parameters: written.append(parameters))
+
+    def write_lists_only(out, parameters):   # resolve_data names the lists the set holds
+        written.append(parameters)
+        (out / "splits").mkdir()
+        for kind in ("labeled", "unlabeled", "val"):
+            (out / "splits" / f"{kind}.txt").write_text("")
+    monkeypatch.setattr(synthetic, "_write_dataset", write_lists_only)
     monkeypatch.setattr(pretrain, "synthetic_backbone",
                         lambda *args: trunks.append(args) or tmp_path / "backbone.pth")
     cfg = load_config(config_path("natural", "synthetic.yaml"), schema=NaturalConfig)

@@ -12,6 +12,7 @@ import torch
 from unimatch.config import EVAL_MODES, METHODS, Config, load_config
 from unimatch.errors import CheckpointError, Interrupted
 from unimatch.paths import prepare_output_dir, refuse_existing
+from unimatch.splits import SPLIT_KINDS
 
 
 # what an interrupted evaluate or predict says of its outputs (each is written atomically)
@@ -131,6 +132,7 @@ def train_main(task, argv, doc: str) -> dict:
                                       prepare_run_dir, refuse_another_tasks_run)
     from unimatch.models import build_model
     from unimatch.precision import configure_cpu_allocator, configure_threads, prepare_model
+    from unimatch.splits import check_disjoint, configured_lists
 
     parser = train_parser(task.command("train"), doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
@@ -151,6 +153,7 @@ def train_main(task, argv, doc: str) -> dict:
             for note in lock.notes:
                 log.info(note)
         cfg = task.resolve_data(cfg, ctx)
+        check_disjoint(configured_lists(cfg), task.split_key(cfg), cfg.allow_labeled_in_unlabeled)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes, train_command)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
@@ -194,7 +197,8 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     """The config to ``command`` (evaluate/predict) with, and where it came from.
 
     An explicit ``--config`` wins; otherwise the config stored in our checkpoints, so the run's
-    model, normalisation, sizes and seed (which may decide the test set) are used; otherwise
+    model, normalisation, sizes and seed (which may decide the test set) are used, but not its split
+    lists when ``data_root`` is given: the task then finds them under that root; otherwise
     (official checkpoints store none) the task's built-in default. A checkpoint whose stored
     config names another task is refused first, naming the command that reads it. ``pretrained``
     is always None: the checkpoint holds every weight, so no pretrained file is read, nor built
@@ -212,6 +216,8 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
         source = f"{task.default_config} (the checkpoint stores none)"
     else:
         known = {f.name for f in dataclasses.fields(task.config_class)}
+        if values.get("data_root") is not None:   # the stored lists name the training data's files
+            known -= {f"{kind}_split" for kind in SPLIT_KINDS}
         stored = {k: v for k, v in stored.items() if k in known}
         stored.update({k: v for k, v in values.items() if v is not None})
         cfg = load_config(None, overrides, schema=task.config_class, **stored)

@@ -158,6 +158,8 @@ class Config:
     labeled_split: Optional[str] = None
     unlabeled_split: Optional[str] = None
     val_split: Optional[str] = None
+    # labelled samples also listed as unlabelled: refused unless true (then a warning; unimatch/splits.py)
+    allow_labeled_in_unlabeled: bool = False
     nclass: int = 21
     class_names: Optional[list] = None
     crop_size: int = 321

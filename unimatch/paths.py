@@ -120,6 +120,13 @@ def refuse_overwriting_inputs(outputs, inputs) -> None:
                             "that is not an input (--overwrite never replaces an input)")
 
 
+def guard_outputs(outputs, inputs, overwrite: bool) -> None:
+    """The output check of every ``predict``, before the model is loaded: no output is one of the
+    inputs (:func:`refuse_overwriting_inputs`), and none exists unless ``overwrite``."""
+    refuse_overwriting_inputs(outputs, inputs)
+    refuse_existing(outputs, overwrite)
+
+
 def prepare_output_dir(directory: Path | None, overwrite: bool) -> None:
     """Create a folder for predictions; one that already holds files is refused unless ``--overwrite``."""
     if directory is None:

@@ -23,6 +23,7 @@ from unimatch.config import Config
 from unimatch.distributed import DistContext
 from unimatch.inference import Predictor
 from unimatch.report import EvalResult
+from unimatch.splits import first_field
 
 
 @dataclass
@@ -65,6 +66,11 @@ class Task:
         :func:`unimatch.distributed.main_rank_first`) when no ``--data-root`` is given."""
         raise NotImplementedError
 
+    def split_key(self, cfg: Config) -> Callable[[str], str]:
+        """What names the sample of a split-list line, for the overlap check of
+        :func:`unimatch.splits.check_disjoint` (default: its first field)."""
+        return first_field
+
     def training_sets(self, cfg: Config) -> tuple[Dataset, Dataset | None]:
         """(labelled, unlabelled or None) following the data contract (docs/architecture.md)."""
         raise NotImplementedError
@@ -99,7 +105,7 @@ class Task:
         return {}
 
     def check_predict_outputs(self, cfg: Config, args: argparse.Namespace) -> Any:
-        """Read and check the inputs, refuse existing outputs (:func:`unimatch.cli.refuse_existing`);
+        """Read and check the inputs and guard the outputs (:func:`unimatch.paths.guard_outputs`);
         runs before the model is loaded. Returns what :meth:`predict` needs."""
         return None
 

@@ -5,6 +5,7 @@ training sets, the per-volume evaluation (:mod:`tasks.acdc.evaluation`) and NIfT
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,9 +17,9 @@ from tasks.acdc.readers import find_raw_root
 from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.nifti_io import reference_grid, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
-from tasks.acdc.splits import case_parts
+from tasks.acdc.splits import case_parts, patient_of
 from tasks.acdc.synthetic import PhantomParams, ensure_synthetic_acdc
-from unimatch.cli import default_save_dir
+from unimatch.cli import checkpoint_config, default_save_dir
 from unimatch.config import Bounds, Config, above, at_least
 from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.errors import ConfigError, DataError
@@ -114,7 +115,7 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
     """The four sets of ``cfg`` (decoded once per process: train and the evaluator share them)."""
     key = (cfg.data_root, cfg.cases, cfg.slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
            cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing),
-           cfg.pseudo_label_accuracy)
+           cfg.pseudo_label_accuracy, cfg.allow_labeled_in_unlabeled)
     if key not in _loaded:
         if cfg.cases is None and not uses_split_files(cfg):
             raise ConfigError("ACDC: give the number of labelled patients with --cases N (or cases=N), or the "
@@ -125,7 +126,8 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
             normalization=cfg.intensity_norm, image_order=cfg.image_order, labeled_list=cfg.labeled_split,
             unlabeled_list=cfg.unlabeled_split, val_list=cfg.val_split, test_list=cfg.test_split,
             h5_spacing=tuple(float(s) for s in cfg.h5_spacing),
-            unlabeled_labels_for_stats=cfg.pseudo_label_accuracy)
+            unlabeled_labels_for_stats=cfg.pseudo_label_accuracy,
+            allow_labeled_in_unlabeled=cfg.allow_labeled_in_unlabeled)
     return _loaded[key]
 
 
@@ -139,8 +141,23 @@ def write_split(cfg: AcdcConfig, sets: ACDCDatasets) -> Path:
     return path
 
 
-def eval_volumes(cfg: AcdcConfig, which: str) -> VolumeDataset:
-    """``val``, ``test`` (the partition of ``cfg``, or its list files) or a list file's volumes."""
+def run_patients(cfg: AcdcConfig, which: str, checkpoint: Path) -> tuple[dict, str]:
+    """How to pick the run's own ``val``/``test`` patients, and where they come from: the
+    ``split.json`` beside the checkpoint when it records this data root, else the partition of the
+    seed stored in the checkpoint (a ``--config`` of another seed would pick other patients)."""
+    record = Path(checkpoint).parent / "split.json"
+    if record.is_file():
+        split = json.loads(record.read_text())
+        if which in split and Path(split.get("data_root", "")).resolve() == Path(cfg.data_root).resolve():
+            return {"patients": split[which]}, f"the {which} patients recorded in {record}"
+    stored = checkpoint_config(checkpoint) or {}
+    seed = stored.get("seed", cfg.seed)
+    return {"seed": seed}, f"the {which} patients of seed {seed} (the {'checkpoint' if 'seed' in stored else 'config'}'s)"
+
+
+def eval_volumes(cfg: AcdcConfig, which: str, checkpoint: Path) -> tuple[VolumeDataset, str]:
+    """``val``, ``test`` (the config's list files, else the run's own patients) or a list file's
+    volumes, and a line saying which."""
     spacing = tuple(float(s) for s in cfg.h5_spacing)
     common = dict(seed=cfg.seed, normalization=cfg.intensity_norm, h5_spacing=spacing)
     if which in ("val", "test"):
@@ -149,12 +166,13 @@ def eval_volumes(cfg: AcdcConfig, which: str) -> VolumeDataset:
             if list_file is None:
                 raise ConfigError("--split test: the model was trained with official list files but no test list; "
                                   "pass the list with --split FILE (or test_split=FILE)")
-            return build_eval_volumes(cfg.data_root, which, list_file=list_file, **common)
-        return build_eval_volumes(cfg.data_root, which, **common)
+            return build_eval_volumes(cfg.data_root, which, list_file=list_file, **common), f"the list {list_file}"
+        chosen, source = run_patients(cfg, which, checkpoint)
+        return build_eval_volumes(cfg.data_root, which, **{**common, **chosen}), source
     which = find_split_file(which, cfg.data_root)
     if not Path(which).is_file():
         raise DataError(f"--split {which}: not 'val', 'test' or an existing list file")
-    return build_eval_volumes(cfg.data_root, which, list_file=which, **common)
+    return build_eval_volumes(cfg.data_root, which, list_file=which, **common), f"the list {which}"
 
 
 def prediction_writer(cfg: AcdcConfig, directory: Path, case_ids: list[str], overwrite: bool):
@@ -195,6 +213,10 @@ class AcdcTask(Task):
                                          n_slices=tuple(cfg.synthetic_slices), seed=cfg.synthetic_seed)
         return dataclasses.replace(cfg, data_root=str(main_rank_first(write, ctx)))
 
+    def split_key(self, cfg: AcdcConfig):
+        """The patient: a patient's slices and frames belong to one set."""
+        return patient_of
+
     def training_sets(self, cfg: AcdcConfig):
         """(labelled slices, unlabelled slices or None when every training patient is labelled)."""
         sets = load_datasets(cfg)
@@ -222,7 +244,7 @@ class AcdcTask(Task):
     # ---- evaluate ------------------------------------------------------------------------
     def evaluate(self, predictor: Predictor, cfg: AcdcConfig, ctx: DistContext, args) -> EvaluationReport:
         split = args.split or "val"
-        volumes = eval_volumes(cfg, split)
+        volumes, source = eval_volumes(cfg, split, args.checkpoint)
         writer = None
         if args.save_predictions is not None:
             writer = prediction_writer(cfg, args.save_predictions, [item.case_id for item in volumes.items],
@@ -230,8 +252,9 @@ class AcdcTask(Task):
             barrier()
         result = evaluate_volumes(predictor, volumes, cfg, ctx, writer)
         name = split if split in ("val", "test") else Path(split).name
-        record = {"split": split, "data_root": str(cfg.data_root), "slice_size": cfg.slice_size, **result.record()}
-        return EvaluationReport(f"{args.checkpoint} on {split} of {cfg.data_root}", result.table(name),
+        record = {"split": split, "split_source": source, "data_root": str(cfg.data_root),
+                  "slice_size": cfg.slice_size, **result.record()}
+        return EvaluationReport(f"{args.checkpoint} on {split} of {cfg.data_root} ({source})", result.table(name),
                                 result.metrics(), record, result.per_case_rows(),
                                 {"metrics": result.metrics(), "cases": [case_id for case_id, _ in result.per_case]})
 

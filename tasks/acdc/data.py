@@ -245,7 +245,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
                         labeled_list: Path | str | None = None, unlabeled_list: Path | str | None = None,
                         val_list: Path | str | None = None, test_list: Path | str | None = None,
                         h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                        unlabeled_labels_for_stats: bool = False) -> ACDCDatasets:
+                        unlabeled_labels_for_stats: bool = False,
+                        allow_labeled_in_unlabeled: bool = False) -> ACDCDatasets:
     """Labelled, unlabelled, validation and test sets of an ACDC folder (either layout).
 
     Either ``cases`` (labelled training patients; partition from ``tasks.acdc.splits`` with
@@ -254,7 +255,8 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
     The labelled set is not repeated here: the engine repeats it to the unlabelled length (the
     official ``nsample``, :class:`unimatch.data.RepeatDataset`).
     ``unlabeled_labels_for_stats`` also reads the unlabelled patients' labels, for the pseudo-label
-    statistics only (:class:`UnlabeledSlices`).
+    statistics only (:class:`UnlabeledSlices`). ``allow_labeled_in_unlabeled``: see
+    :func:`tasks.acdc.splits.split_from_lists`.
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -264,7 +266,7 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
     if any(p is not None for p in lists + (test_list,)):
         if any(p is None for p in lists):
             raise DataError("ACDC split lists: give labeled_list, unlabeled_list and val_list together")
-        listed = split_from_lists(labeled_list, unlabeled_list, val_list, test_list)
+        listed = split_from_lists(labeled_list, unlabeled_list, val_list, test_list, allow_labeled_in_unlabeled)
         split = listed.patients
         labeled = reader.entry_slices(listed.labeled, True, Path(labeled_list))
         unlabeled = reader.entry_slices(listed.unlabeled, unlabeled_labels_for_stats, Path(unlabeled_list))
@@ -287,13 +289,14 @@ def build_acdc_datasets(root: Path | str, cases: int | None = None, *, slice_siz
 
 
 def build_eval_volumes(root: Path | str, which: str = "val", *, seed: int = 0, normalization: str = "minmax",
-                       list_file: Path | str | None = None,
+                       list_file: Path | str | None = None, patients: Sequence[str] | None = None,
                        h5_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> VolumeDataset:
     """The validation or test volumes of an ACDC folder, without reading any training data.
 
     ``which`` (``"val"`` or ``"test"``) picks from the partition ``build_acdc_datasets`` makes
     with the same ``seed`` (its validation and test patients do not depend on ``cases``); a
-    ``list_file`` (an official list such as ``val.txt`` or ``test.txt``) names the volumes instead.
+    ``list_file`` (an official list such as ``val.txt`` or ``test.txt``) names the volumes instead, and
+    ``patients`` (a run's recorded split) the patients.
     """
     root = Path(root)
     if normalization not in NORMALIZATIONS:
@@ -303,6 +306,11 @@ def build_eval_volumes(root: Path | str, which: str = "val", *, seed: int = 0, n
         return VolumeDataset([reader.entry_volume(e, Path(list_file)) for e in read_split_list(list_file)])
     if which not in ("val", "test"):
         raise DataError(f"evaluation set {which!r}: expected 'val', 'test' or an official list file")
-    split = make_patient_split(reader.patients, 1, seed)
-    patients = split.val if which == "val" else split.test
+    if patients is None:
+        split = make_patient_split(reader.patients, 1, seed)
+        patients = split.val if which == "val" else split.test
+    missing = sorted(set(patients) - set(reader.patients))
+    if missing:
+        raise DataError(f"{root} holds no {missing[0]} ({len(missing)} of the {which} patients missing); give the "
+                        "data root the run was trained on, or --split FILE")
     return VolumeDataset([v for p in patients for v in reader.patient_volumes(p)])

@@ -17,7 +17,7 @@ from tasks.acdc.readers import normalize_intensity
 from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.inference import Predictor
-from unimatch.paths import refuse_existing, refuse_overwriting_inputs
+from unimatch.paths import guard_outputs
 
 # RV red, Myo green, LV blue (class ids 1, 2, 3)
 OVERLAY_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 80], [70, 110, 240]], dtype=np.float32)
@@ -76,8 +76,7 @@ def plan_predictions(args) -> list[tuple[NiftiVolume, Path, list[Path]]]:
     if duplicates:
         raise DataError(f"{args.input}: several inputs would write {duplicates[0]}; predict them separately")
     outputs = [p for _, label, pngs in plan for p in [label, *pngs]]
-    refuse_overwriting_inputs(outputs, [volume.path for volume, _, _ in plan])
-    refuse_existing(outputs, args.overwrite)
+    guard_outputs(outputs, [volume.path for volume, _, _ in plan], args.overwrite)
     return plan
 
 

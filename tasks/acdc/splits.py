@@ -31,6 +31,7 @@ from typing import Iterable
 import numpy as np
 
 from unimatch.errors import DataError
+from unimatch.splits import check_disjoint, read_split_lines
 
 LITERATURE_VAL = tuple(f"patient{i:03d}" for i in (2, 19, 28, 30, 39, 45, 78, 82, 85, 87))
 LITERATURE_TEST = tuple(f"patient{i:03d}" for i in (1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75,
@@ -108,25 +109,17 @@ def make_patient_split(patients: Iterable[str], cases: int, seed: int = 0,
 
 
 def read_split_list(path: Path | str) -> list[str]:
-    """Entries of an official list file, stripped, blank lines skipped.
+    """Entries of an official list file (:func:`unimatch.splits.read_split_lines`).
 
     Each entry must name an ACDC case (``...patientXXX_frameYY[_slice_N][.h5]``); otherwise a
     DataError names the file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        entry = line.strip()
-        if not entry:
-            continue
+    for number, entry in read_split_lines(path):
         if _ENTRY.match(entry) is None:
             raise DataError(f"{path}, line {number}: {entry!r} is not an ACDC entry such as "
                             "'data/slices/patient099_frame01_slice_1.h5' or 'data/patient028_frame01.h5'")
         entries.append(entry)
-    if not entries:
-        raise DataError(f"{path}: split file lists no cases")
     return entries
 
 
@@ -142,21 +135,17 @@ class ListSplit:
 
 
 def split_from_lists(labeled: Path | str, unlabeled: Path | str, val: Path | str,
-                     test: Path | str | None = None) -> ListSplit:
-    """Read the official list files; a patient listed in two of them is a DataError naming both."""
+                     test: Path | str | None = None, allow_labeled_in_unlabeled: bool = False) -> ListSplit:
+    """Read the official list files; a patient listed in two of them is a DataError naming both
+    (:func:`unimatch.splits.check_disjoint`), a labelled one among the unlabelled lists only a
+    warning with ``allow_labeled_in_unlabeled``."""
     paths = {"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test}
+    check_disjoint(paths, patient_of, allow_labeled_in_unlabeled)
     entries: dict[str, list[str]] = {name: read_split_list(p) if p is not None else [] for name, p in paths.items()}
-    owner: dict[str, str] = {}
-    for name, listed in entries.items():
-        for entry in listed:
-            patient = patient_of(entry)
-            if owner.get(patient, name) != name:
-                raise DataError(f"{paths[name]}: {patient} ({entry}) is also in {paths[owner[patient]]}; "
-                                "a patient must be in one set only")
-            owner[patient] = name
     by_set = {name: tuple(dict.fromkeys(patient_of(e) for e in listed)) for name, listed in entries.items()}
+    unlabeled_patients = tuple(p for p in by_set["unlabeled"] if p not in by_set["labeled"])
     return ListSplit(*(tuple(entries[n]) for n in ("labeled", "unlabeled", "val", "test")),
-                     patients=PatientSplit(by_set["labeled"], by_set["unlabeled"], by_set["val"], by_set["test"]))
+                     patients=PatientSplit(by_set["labeled"], unlabeled_patients, by_set["val"], by_set["test"]))
 
 
 def case_parts(entry: str) -> tuple[str, int, int | None]:

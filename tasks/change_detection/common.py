@@ -3,7 +3,6 @@ implementation of :class:`unimatch.task.Task`: the config, data resolution, the 
 their report, evaluation, and whole-scene prediction."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -11,27 +10,22 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, stretch_problem
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from unimatch import atomic
-from unimatch.cli import add_mode_argument, prediction_folder
+from unimatch.cli import add_mode_argument
 from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
-from unimatch.data import sharded_eval_loader
-from unimatch.distributed import DistContext, main_rank_first
-from unimatch.errors import ConfigError, DataError
-from unimatch.inference import Predictor, evaluate_segmentation
+from unimatch.errors import ConfigError
+from unimatch.inference import Predictor
 from unimatch.metrics.confusion import ConfusionMatrix
-from unimatch.paths import config_path, find_split_file
-from unimatch.pretrained import resolve_pretrained
+from unimatch.paths import config_path
 from unimatch.report import EvalResult, format_table
-from unimatch.task import EvaluationReport, Task
+from unimatch.task2d import SegmentationTask2D
 
 DATASETS = ("synthetic", "whu", "levir", "custom")
-SPLIT_KINDS = ("labeled", "unlabeled", "val", "test")
 # name in the metrics dict -> row label of the table; all in % (kappa x 100), as papers report them
 CHANGE_METRICS = {
     "changed_IoU": "changed IoU",
@@ -158,61 +152,17 @@ def change_report(confusion: ConfusionMatrix, class_names=None, column: str = "s
 
 
 # ---- data ----------------------------------------------------------------------------------
-def find_split(cfg: CDConfig, kind: str, given: Optional[str]) -> Optional[Path]:
-    """A split file: ``given`` as a path (or, if relative and absent, under the data root), else
-    ``<root>/splits/<kind>.txt`` or ``<root>/<kind>.txt``; None when there is none."""
-    root = Path(cfg.data_root)
-    if given:
-        return Path(find_split_file(given, root))
-    for candidate in (root / "splits" / f"{kind}.txt", root / f"{kind}.txt"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def required_split(cfg: CDConfig, kind: str) -> str:
-    path = getattr(cfg, f"{kind}_split")
-    if path is None:
-        flag = f"--{kind}-split" if kind != "test" else "--split FILE (or test_split=FILE)"
-        raise ConfigError(f"no {kind} split: {cfg.data_root} has no splits/{kind}.txt or {kind}.txt; give {flag}")
-    if not Path(path).is_file():
-        where = "" if Path(path).is_absolute() else f" (neither in the working folder nor under {cfg.data_root})"
-        raise DataError(f"{kind} split file {path} does not exist{where}")
-    return path
-
-
 def pair_options(cfg: CDConfig) -> dict:
     return dict(bands=tuple(cfg.bands), stretch=cfg.stretch, class_values=tuple(cfg.class_values))
 
 
-def split_path(cfg: CDConfig, split: Optional[str]) -> str:
-    """``val``/``test`` (the config's lists) or a split file's path; default ``val``."""
-    if split in (None, "val", "test"):
-        return required_split(cfg, split or "val")
-    split = find_split_file(split, cfg.data_root)
-    if not Path(split).is_file():
-        raise DataError(f"split file {split} does not exist (give val, test or the path of a split file)")
-    return split
+def augment_options(cfg: CDConfig) -> dict:
+    return dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range),
+                **pair_options(cfg))
 
 
-def eval_loader(cfg: CDConfig, ctx: DistContext, split: Optional[str] = None) -> DataLoader:
-    dataset = EvalPairs(cfg.data_root, split_path(cfg, split), **pair_options(cfg))
-    return sharded_eval_loader(dataset, cfg, ctx, cfg.eval_batch_size)
-
-
-def evaluate_model(predictor: Predictor, cfg: CDConfig, loader: DataLoader, mode: Optional[str] = None,
-                   on_prediction=None, column: str = "score %") -> EvalResult:
-    """Change scores over ``loader``, the confusion matrix summed over every rank."""
-    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
-                                      on_prediction)
-    metrics, table = change_report(confusion, cfg.report_class_names(), column)
-    return EvalResult(metrics, table, {"confusion": confusion.matrix.cpu().tolist()})
-
-
-def mask_writer(directory: Optional[Path], class_values):
+def mask_writer(directory: Path, class_values):
     """A callback writing each prediction as ``<tile stem>.png`` in the label encoding (0/255)."""
-    if directory is None:
-        return None
     lookup = np.asarray(class_values, np.uint8 if max(class_values) < 256 else np.uint16)
 
     def write(sample_id, pred, mask):
@@ -245,65 +195,44 @@ def parse_stretch(text: str | None):
     return parsed if len(parsed) == 2 else parsed[0]
 
 
-class ChangeDetectionTask(Task):
+class ChangeDetectionTask(SegmentationTask2D):
     name = "change_detection"
     config_class = CDConfig
     default_config = config_path("change_detection", "synthetic.yaml")
+    item_unit = "tiles"
+    data_root_holds = "the folder holding A/, B/ and label/"
 
-    def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
-        """Fill in the data root (the built-in synthetic set, written once by rank 0, when none is
-        given), the split files (see :func:`find_split`) and, for ``pretrained: synthetic``, the
-        built-in backbone file (:mod:`unimatch.pretrained`)."""
-        changes = {}
-        if not cfg.data_root_given:
-            if cfg.dataset != "synthetic":
-                raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding A/, B/ and label/)")
-            def write():
-                return ensure_synthetic_cd(no_change_share=cfg.synthetic_no_change_share,
-                                           change_rate=tuple(cfg.synthetic_change_rate),
-                                           building_side=tuple(cfg.synthetic_building_side))
-            changes["data_root"] = str(main_rank_first(write, ctx))
-        cfg = dataclasses.replace(cfg, **changes)
-        for kind in SPLIT_KINDS:
-            key = f"{kind}_split"
-            path = find_split(cfg, kind, getattr(cfg, key))
-            changes[key] = None if path is None else str(path)
-        changes.update(resolve_pretrained(cfg, ctx))
-        return dataclasses.replace(cfg, **changes)
+    def synthetic_root(self, cfg: CDConfig) -> Path:
+        return ensure_synthetic_cd(no_change_share=cfg.synthetic_no_change_share,
+                                   change_rate=tuple(cfg.synthetic_change_rate),
+                                   building_side=tuple(cfg.synthetic_building_side))
 
-    def training_sets(self, cfg: CDConfig):
-        """(labelled, unlabelled or None). ``supervised`` still reads the unlabelled list when there
-        is one, so its epochs have as many iterations as the semi-supervised runs."""
-        augment = dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range),
-                       **pair_options(cfg))
-        labeled = LabeledPairs(cfg.data_root, required_split(cfg, "labeled"), seed=cfg.seed, **augment)
-        if cfg.unlabeled_split is None and cfg.method == "supervised":
-            return labeled, None
-        return labeled, UnlabeledPairs(cfg.data_root, required_split(cfg, "unlabeled"), seed=cfg.seed + 1, **augment,
-                                       label_for_stats=cfg.pseudo_label_accuracy)
+    def labeled_set(self, cfg: CDConfig, split_file: str) -> LabeledPairs:
+        return LabeledPairs(cfg.data_root, split_file, seed=cfg.seed, **augment_options(cfg))
 
-    def val_evaluator(self, cfg: CDConfig, ctx: DistContext):
-        loader = eval_loader(cfg, ctx, "val")
-        return lambda model: evaluate_model(Predictor(model, cfg, ctx.device), cfg, loader, column="val %")
+    def unlabeled_set(self, cfg: CDConfig, split_file: str) -> UnlabeledPairs:
+        return UnlabeledPairs(cfg.data_root, split_file, seed=cfg.seed + 1, **augment_options(cfg),
+                              label_for_stats=cfg.pseudo_label_accuracy)
 
-    # ---- evaluate ------------------------------------------------------------------------
+    def eval_set(self, cfg: CDConfig, split_file: str) -> EvalPairs:
+        return EvalPairs(cfg.data_root, split_file, **pair_options(cfg))
+
+    def eval_batch_size(self, cfg: CDConfig) -> int:
+        return cfg.eval_batch_size
+
+    def scores(self, confusion: ConfusionMatrix, cfg: CDConfig, column: str) -> EvalResult:
+        metrics, table = change_report(confusion, cfg.report_class_names(), column)
+        return EvalResult(metrics, table, {"confusion": confusion.matrix.cpu().tolist()})
+
+    def check_eval_inputs(self, dataset: EvalPairs, cfg: CDConfig, mode: str, saving: bool) -> None:
+        if saving:
+            dataset.check_every_pair()
+
+    def mask_writer(self, cfg: CDConfig, directory: Path, overwrite: bool):
+        return mask_writer(directory, cfg.class_values)
+
     def add_evaluate_arguments(self, parser) -> None:
         add_mode_argument(parser, help="default: the config's eval_mode (whole tiles)")
-
-    def evaluate(self, predictor: Predictor, cfg: CDConfig, ctx: DistContext, args) -> EvaluationReport:
-        split_name = args.split or "val"
-        split_file = split_path(cfg, split_name)
-        loader = eval_loader(cfg, ctx, split_file)
-        if args.save_predictions is not None:
-            loader.dataset.check_every_pair()
-        writer = mask_writer(prediction_folder(args.save_predictions, args.overwrite, ctx), cfg.class_values)
-        mode = args.mode or cfg.eval_mode
-        column = f"{split_name} %" if split_name in ("val", "test") else "score %"
-        result = evaluate_model(predictor, cfg, loader, mode, writer, column=column)
-        summary = {"split": split_name, "split_file": str(split_file), "tiles": len(loader.dataset), "mode": mode}
-        return EvaluationReport(f"{args.checkpoint} on {split_file} ({len(loader.dataset)} tiles, mode {mode})",
-                                result.table, result.metrics, {**summary, "metrics": result.metrics, **result.extra},
-                                [{**summary, **result.metrics}])
 
     # ---- predict -------------------------------------------------------------------------
     def add_predict_arguments(self, parser) -> None:

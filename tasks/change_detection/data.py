@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, check_stretch, read_label, read_pair
 from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
+from unimatch.splits import read_split_lines
 
 
 class PairAugment:
@@ -63,19 +64,6 @@ class PairAugment:
                 out["mask"])
 
 
-def read_split(split_file: str | Path) -> list[tuple[int, str]]:
-    """(line number, name) of each non-blank line of a split file."""
-    split_file = Path(split_file)
-    try:
-        lines = split_file.read_text().splitlines()
-    except OSError as error:
-        raise DataError(f"cannot read split file {split_file}: {error}") from error
-    entries = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
-    if not entries:
-        raise DataError(f"split file {split_file} lists no files; write one file name per line")
-    return entries
-
-
 class PairDataset(Dataset):
     """Names of a split file, checked to exist in each needed folder when the dataset is built."""
 
@@ -89,7 +77,7 @@ class PairDataset(Dataset):
         self.stretch = stretch
         self.class_values = tuple(class_values)
         self.folders = folders if need_labels else folders[:2]
-        entries = read_split(split_file)
+        entries = read_split_lines(split_file)
         for folder in self.folders:
             if not (self.root / folder).is_dir():
                 raise DataError(f"{self.root} has no {folder}/ folder; a change-detection root holds A/, B/ and label/")

@@ -50,7 +50,7 @@ from tasks.change_detection.raster_io import (DEFAULT_BANDS, check_bands, check_
 from unimatch import atomic
 from unimatch.errors import DataError
 from unimatch.finite import require_finite
-from unimatch.paths import refuse_existing, refuse_overwriting_inputs
+from unimatch.paths import guard_outputs
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 PALETTE = [(0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
@@ -245,8 +245,7 @@ def predict_scene(before_path: str | Path, after_path: str | Path, out_path: str
     if fmt is None:
         raise DataError(f"output {out_path} must end in .tif, .tiff or .png")
     outputs = [out_path] + ([probability_png_path(out_path)] if fmt == "PNG" and write_probability else [])
-    refuse_overwriting_inputs(outputs, [before_path, after_path])
-    refuse_existing(outputs, overwrite)
+    guard_outputs(outputs, [before_path, after_path], overwrite)
     if not out_path.parent.is_dir():
         raise DataError(f"output folder {out_path.parent} does not exist")
     if is_geotiff(before_path) != is_geotiff(after_path):

@@ -2,7 +2,6 @@
 implementation of :class:`unimatch.task.Task`."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,21 +11,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
-from tasks.natural.layouts import CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES
+from tasks.natural.layouts import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES, get_layout,
+                                   parse_split_line)
 from tasks.natural.palette import overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
                                      ensure_synthetic_voc)
 from unimatch import atomic
-from unimatch.cli import add_mode_argument, prediction_folder
+from unimatch.cli import add_mode_argument
 from unimatch.config import PROBABILITY, Config, at_least
-from unimatch.data import sharded_eval_loader
-from unimatch.distributed import DistContext, main_rank_first
 from unimatch.errors import ConfigError, DataError
-from unimatch.inference import Predictor, evaluate_segmentation, predict
-from unimatch.paths import config_path, find_split_file, refuse_existing, refuse_overwriting_inputs
-from unimatch.pretrained import resolve_pretrained
+from unimatch.inference import Predictor, predict
+from unimatch.paths import config_path, guard_outputs
 from unimatch.report import EvalResult, segmentation_report
-from unimatch.task import EvaluationReport, Task
+from unimatch.splits import first_field
+from unimatch.task2d import SegmentationTask2D
 
 CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco": COCO_CLASSES,
                "synthetic": SYNTHETIC_CLASSES}
@@ -68,92 +66,60 @@ def layout_of(cfg: Config) -> str:
     return "pascal" if cfg.dataset == "synthetic" else cfg.dataset
 
 
-def val_loader(cfg: Config, ctx: DistContext, split: str | Path | None = None):
-    dataset = ValDataset(layout_of(cfg), cfg.data_root, split or cfg.val_split, nclass=cfg.nclass)
-    return sharded_eval_loader(dataset, cfg, ctx)
-
-
-def evaluate_model(predictor: Predictor, cfg: Config, loader, mode: str | None = None,
-                   on_prediction=None) -> EvalResult:
-    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
-                                      on_prediction)
-    metrics, table = segmentation_report(confusion, cfg.report_class_names())
-    return EvalResult(metrics, table)
-
-
-def synthetic_root(cfg: Config) -> Path:
-    """The built-in set that the config's ``synthetic_*`` keys describe, written once."""
-    style = SceneStyle(cfg.synthetic_class_hue_probability, cfg.synthetic_class_hue_spread, cfg.synthetic_clutter)
-    return ensure_synthetic_voc(n_images=cfg.synthetic_images, labeled_fraction=cfg.synthetic_labeled_fraction,
-                                style=style)
-
-
-class NaturalTask(Task):
+class NaturalTask(SegmentationTask2D):
     name = "natural"
     config_class = NaturalConfig
     default_config = config_path("natural", "synthetic.yaml")
+    data_root_holds = "the folder holding its images"
 
-    def resolve_data(self, cfg: Config, ctx: DistContext | None = None) -> Config:
-        """The synthetic set (written once, by rank 0) when no root is given, otherwise
-        ``<root>/{labeled,unlabeled,val}.txt`` unless splits are named; ``pretrained: synthetic``
-        becomes the built-in backbone file (:mod:`unimatch.pretrained`)."""
-        changes = {}
-        root = cfg.data_root
-        if not cfg.data_root_given:
-            if cfg.dataset != "synthetic":
-                raise ConfigError(f"dataset {cfg.dataset!r} needs --data-root (the folder holding its images)")
-            root = main_rank_first(lambda: synthetic_root(cfg), ctx)
-            changes["data_root"] = str(root)
-            folder = Path(root) / "splits"
-        else:
-            folder = Path(root)
-        for kind in ("labeled", "unlabeled", "val"):
-            given = getattr(cfg, f"{kind}_split")
-            changes[f"{kind}_split"] = str(folder / f"{kind}.txt") if given is None else find_split_file(given, root)
-        changes.update(resolve_pretrained(cfg, ctx))
-        return dataclasses.replace(cfg, **changes)
+    def synthetic_root(self, cfg: Config) -> Path:
+        """The built-in set that the config's ``synthetic_*`` keys describe, written once."""
+        style = SceneStyle(cfg.synthetic_class_hue_probability, cfg.synthetic_class_hue_spread, cfg.synthetic_clutter)
+        return ensure_synthetic_voc(n_images=cfg.synthetic_images, labeled_fraction=cfg.synthetic_labeled_fraction,
+                                    style=style)
 
-    def training_sets(self, cfg: Config):
-        """(labelled, unlabelled or None); the unlabelled set is not even read for ``supervised``
-        unless it sets the epoch length (same number of iterations as the semi-supervised runs)."""
-        layout = layout_of(cfg)
-        labeled = LabeledDataset(layout, cfg.data_root, cfg.labeled_split, cfg.crop_size, nclass=cfg.nclass,
-                                 seed=cfg.seed)
-        unlabeled = None
-        if cfg.unlabeled_split and Path(cfg.unlabeled_split).is_file():
-            unlabeled = UnlabeledDataset(layout, cfg.data_root, cfg.unlabeled_split, cfg.crop_size, seed=cfg.seed + 1,
-                                         label_for_stats=cfg.pseudo_label_accuracy, nclass=cfg.nclass)
-        elif cfg.method != "supervised":
-            raise ConfigError(f"method {cfg.method!r} needs an unlabelled split; {cfg.unlabeled_split} does not exist")
-        return labeled, unlabeled
+    def split_folders(self, root: Path, kind: str, synthetic: bool) -> list[Path]:
+        """The built-in set keeps its lists in ``splits/``; a given root its training lists at the top
+        (the lists of other labelled fractions are named), and ``val``/``test`` there or in ``splits/``."""
+        if synthetic:
+            return [root / "splits"]
+        return [root] if kind in ("labeled", "unlabeled") else [root, root / "splits"]
 
-    def val_evaluator(self, cfg: Config, ctx: DistContext):
-        loader = val_loader(cfg, ctx)
-        return lambda model: evaluate_model(Predictor(model, cfg, ctx.device), cfg, loader)
+    def split_key(self, cfg: Config):
+        """The sample id, whichever line format names it (``ID``, ``IMAGE`` or ``IMAGE MASK``)."""
+        layout = get_layout(layout_of(cfg))
 
-    # ---- evaluate ------------------------------------------------------------------------
-    def add_evaluate_arguments(self, parser) -> None:
-        add_mode_argument(parser)
+        def sample_id(line: str) -> str:
+            try:
+                return layout.id_for_image(parse_split_line(line, layout, Path(cfg.data_root))[0])
+            except ValueError:   # a malformed line: the dataset's reader names it
+                return first_field(line)
+        return sample_id
 
-    def evaluate(self, predictor: Predictor, cfg: Config, ctx: DistContext, args) -> EvaluationReport:
-        split = find_split_file(args.split, cfg.data_root) or cfg.val_split
-        loader = val_loader(cfg, ctx, split)
-        mode = args.mode or cfg.eval_mode
-        if args.save_predictions is not None or mode == "center_crop":
-            check_entries(loader.dataset.entries, nclass=cfg.nclass,
-                          centre_crop=cfg.crop_size if mode == "center_crop" else None)
-        writer = None
-        directory = prediction_folder(args.save_predictions, args.overwrite, ctx)
-        if directory is not None:
-            palette = palette_for(cfg.dataset)
+    def labeled_set(self, cfg: Config, split_file: str) -> LabeledDataset:
+        return LabeledDataset(layout_of(cfg), cfg.data_root, split_file, cfg.crop_size, nclass=cfg.nclass,
+                              seed=cfg.seed)
 
-            def writer(sample_id, pred, mask):
-                save_palette_png(pred.cpu().numpy(), directory / f"{sample_id}.png", palette, overwrite=args.overwrite)
-        result = evaluate_model(predictor, cfg, loader, mode, writer)
-        summary = {"split": str(split), "mode": mode}
-        return EvaluationReport(f"{args.checkpoint} on {split} ({len(loader.dataset)} images, mode {mode})",
-                                result.table, result.metrics, {**summary, "metrics": result.metrics},
-                                [{**summary, **result.metrics}])
+    def unlabeled_set(self, cfg: Config, split_file: str) -> UnlabeledDataset:
+        return UnlabeledDataset(layout_of(cfg), cfg.data_root, split_file, cfg.crop_size, seed=cfg.seed + 1,
+                                label_for_stats=cfg.pseudo_label_accuracy, nclass=cfg.nclass)
+
+    def eval_set(self, cfg: Config, split_file: str) -> ValDataset:
+        return ValDataset(layout_of(cfg), cfg.data_root, split_file, nclass=cfg.nclass)
+
+    def scores(self, confusion, cfg: Config, column: str) -> EvalResult:
+        return EvalResult(*segmentation_report(confusion, cfg.report_class_names()))
+
+    def check_eval_inputs(self, dataset: ValDataset, cfg: Config, mode: str, saving: bool) -> None:
+        if saving or mode == "center_crop":
+            check_entries(dataset.entries, nclass=cfg.nclass, centre_crop=cfg.crop_size if mode == "center_crop" else None)
+
+    def mask_writer(self, cfg: Config, directory: Path, overwrite: bool):
+        palette = palette_for(cfg.dataset)
+
+        def write(sample_id, pred, mask):
+            save_palette_png(pred.cpu().numpy(), directory / f"{sample_id}.png", palette, overwrite=overwrite)
+        return write
 
     # ---- predict -------------------------------------------------------------------------
     def add_predict_arguments(self, parser) -> None:
@@ -169,8 +135,7 @@ class NaturalTask(Task):
             raise DataError(f"{args.input}: no image to predict")
         outputs = [args.output / f"{entry.sample_id}{suffix}" for entry in dataset.entries
                    for suffix in ([".png", "_overlay.jpg"] if args.overlay else [".png"])]
-        refuse_overwriting_inputs(outputs, [entry.image for entry in dataset.entries])
-        refuse_existing(outputs, args.overwrite)
+        guard_outputs(outputs, [entry.image for entry in dataset.entries], args.overwrite)
         check_entries(dataset.entries, orient=True, centre_crop=cfg.crop_size if args.mode == "center_crop" else None)
         return dataset
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 from tasks.natural.synthetic import SYNTHETIC_CLASSES
 from unimatch.errors import DataError
+from unimatch.splits import read_split_lines
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -214,35 +215,28 @@ def read_split(
         raise DataError(f"data root {root} (used by split file {split_file}) is not a directory; "
                         "check --data-root")
     entries = []
-    with open(split_file, encoding="utf-8") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                image_rel, mask_rel = parse_split_line(line, layout, root)
-            except ValueError as error:
-                raise DataError(f"{split_file}:{line_number}: the line {line!r} {error}; fix or remove it") from None
-            image = root / image_rel
-            if not image.is_file():
+    for line_number, line in read_split_lines(split_file):
+        try:
+            image_rel, mask_rel = parse_split_line(line, layout, root)
+        except ValueError as error:
+            raise DataError(f"{split_file}:{line_number}: the line {line!r} {error}; fix or remove it") from None
+        image = root / image_rel
+        if not image.is_file():
+            raise DataError(
+                f"{split_file}:{line_number}: image file {image} does not exist; check the data root "
+                f"({root}) and the {dataset} layout, or remove the line"
+            )
+        mask = None
+        if need_masks:
+            mask = root / mask_rel
+            if layout.name == "cityscapes" and mask.name.endswith("_labelIds.png"):
+                raise DataError(f"{split_file}:{line_number}: mask {mask} holds Cityscapes label ids, not the "
+                                f"train ids UniMatch trains on; {CITYSCAPES_TRAIN_IDS_HOWTO}")
+            if not mask.is_file():
                 raise DataError(
-                    f"{split_file}:{line_number}: image file {image} does not exist; check the data root "
+                    f"{split_file}:{line_number}: mask file {mask} does not exist; check the data root "
                     f"({root}) and the {dataset} layout, or remove the line"
                 )
-            mask = None
-            if need_masks:
-                mask = root / mask_rel
-                if layout.name == "cityscapes" and mask.name.endswith("_labelIds.png"):
-                    raise DataError(f"{split_file}:{line_number}: mask {mask} holds Cityscapes label ids, not the "
-                                    f"train ids UniMatch trains on; {CITYSCAPES_TRAIN_IDS_HOWTO}")
-                if not mask.is_file():
-                    raise DataError(
-                        f"{split_file}:{line_number}: mask file {mask} does not exist; check the data root "
-                        f"({root}) and the {dataset} layout, or remove the line"
-                    )
-            entries.append(SplitEntry(image, mask, layout.id_for_image(image_rel), split_file, line_number,
-                                      image_rel, mask_rel))
-    if not entries:
-        raise DataError(f"split file {split_file} is empty; it must list at least one sample "
-                        "(see `python -m tasks.natural.make_splits`)")
+        entries.append(SplitEntry(image, mask, layout.id_for_image(image_rel), split_file, line_number,
+                                  image_rel, mask_rel))
     return entries
