@@ -44,13 +44,18 @@ _ENTRY = re.compile(r"^(?:.*/)?(patient\d{3})_frame(\d{2})(?:_slice_(\d+))?(?:\.
 
 
 @dataclass(frozen=True)
-class PatientSplit:
-    """Patient ids (``patientXXX``) of each set; no patient is in two sets."""
+class FourSets:
+    """What each of the four sets holds: the labelled, unlabelled, validation and test entries."""
 
     labeled: tuple[str, ...]
     unlabeled: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PatientSplit(FourSets):
+    """Patient ids (``patientXXX``) of each set; no patient is in two sets."""
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -124,13 +129,9 @@ def read_split_list(path: Path | str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ListSplit:
+class ListSplit(FourSets):
     """Entries read from official list files, with the patient-level partition they imply."""
 
-    labeled: tuple[str, ...]
-    unlabeled: tuple[str, ...]
-    val: tuple[str, ...]
-    test: tuple[str, ...]
     patients: PatientSplit
 
 
