@@ -40,10 +40,9 @@ SYNTHETIC_PRETRAINED = "synthetic"   # the ``pretrained:`` value that asks for t
 PRETRAIN_VERSION = 1
 PRETRAIN_EPOCHS = 23                 # 23 x 40 = 920 iterations at batch 8 on the 320 source images
 PRETRAIN_SEED = 0
-# the training settings, pinned so that a change to the source owner's demo config leaves this file as it is;
-# the loader workers seed the augmentation and the thread count orders the sums, so both are pinned
-# too (at one thread and two workers a fresh run on our 2-core benchmark machine rewrote, in 64 s, the
-# very file the benchmarks in docs/benchmarks.md used: same MD5)
+# the training settings, pinned so that a change to the source owner's demo config leaves the trunk as
+# it is; the loader workers seed the augmentation and the thread count orders the sums, so both are
+# pinned too
 PRETRAIN_SETTINGS = ("batch_size=8", "crop_size=64", "lr=0.02", "lr_multi=1.0", "sup_weight=1.0",
                      "sup_warmup_epochs=0", "num_workers=2", "threads=1")
 BACKBONE_FILE = "backbone.pth"

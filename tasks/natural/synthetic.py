@@ -9,7 +9,7 @@ a CPU. :class:`SceneStyle` sets how busy the background is: the default clutter 
 blobs, a fifth of them wearing an object texture, and lines) makes a set where a few labelled
 images do not saturate the model but the teacher stays unsure of the objects; the demo config
 uses ``plain`` clutter (1-3 plain blobs) with 8 labelled images, where the unlabelled images
-measurably help (docs/benchmarks.md, "The natural-image demo").
+measurably help (docs/benchmarks.md, "Natural images: 8 labelled images").
 
 On disk (read by :mod:`tasks.natural.data` exactly like Pascal VOC)::
 
