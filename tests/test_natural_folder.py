@@ -75,7 +75,8 @@ def run_readme(tmp_path: Path, root: Path, *train_overrides: str) -> dict:
     photos.mkdir()
     for path in sorted((root / "images").iterdir())[-3:]:
         (photos / path.name).write_bytes(path.read_bytes())
-    places = {"my_images": root, "runs/my_images": tmp_path / "run", "runs/my_images/best.pth": tmp_path / "run/best.pth",
+    places = {"my_images": root, "runs/my_images": tmp_path / "run",
+              "runs/my_images/best.pth": tmp_path / "run/best.pth",
               "my_images_test.json": tmp_path / "test.json", "new_photos/": photos, "new_masks/": tmp_path / "masks",
               "configs/natural/folder.yaml": REPO / "configs/natural/folder.yaml"}
     results = []

@@ -144,7 +144,8 @@ def make_splits(
     pool = training_pool(dataset, data_root, Path(source_split) if source_split is not None else None)
     unique_pool = list(dict.fromkeys(pool))
     with_masks = [pair for pair in unique_pool if (data_root / pair[1]).is_file()]
-    n_val, n_test = (parse_count(str(value), len(with_masks), flag) for value, flag in ((val, "--val"), (test, "--test")))
+    n_val = parse_count(str(val), len(with_masks), "--val")
+    n_test = parse_count(str(test), len(with_masks), "--test")
     count = parse_num_labeled(str(num_labeled), len(unique_pool) - n_val - n_test)
     if len(with_masks) < n_val + n_test + count:
         raise DataError(
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", choices=sorted(LAYOUTS),
                         help="the layout; default: folder when the data root holds images/, else required")
-    parser.add_argument("--data-root", required=True, help="dataset root (holds JPEGImages/, leftImg8bit/, images/, ...)")
+    parser.add_argument("--data-root", required=True,
+                        help="dataset root (holds JPEGImages/, leftImg8bit/, images/, ...)")
     labeled = parser.add_mutually_exclusive_group(required=True)
     labeled.add_argument("--num-labeled", help="labelled count (92) or fraction of the pool (1/16)")
     labeled.add_argument("--labeled-fraction", type=float, help="labelled fraction of the pool (0.25)")
