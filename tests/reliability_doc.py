@@ -277,6 +277,45 @@ def natural_splits_changed(change: Callable[[Path], None]):
     return run
 
 
+FOLDER_PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+
+
+def own_images_train(bad_mask: np.ndarray):
+    """Training on a folder of your own images (README, "Your own images": images/ + masks/, 3 classes)
+    whose first labelled mask is ``bad_mask``: (H, W) class ids, or (H, W, 3) colours of ``FOLDER_PALETTE``."""
+    def run(base: Path, work: Path):
+        from tasks.natural import train
+        from tasks.natural.make_splits import make_splits
+
+        root = work / "my_images"
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        rng = np.random.default_rng(0)
+        colours = bad_mask.ndim == 3
+        for index in range(8):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / f"images/p{index}.jpg")
+            if index < 6:
+                ids = np.zeros((40, 40), np.uint8)
+                ids[10:30, 5:20], ids[5:15, 25:35] = 1, 2
+                Image.fromarray(np.asarray(FOLDER_PALETTE, np.uint8)[ids] if colours else ids).save(
+                    root / f"masks/p{index}.png")
+        make_splits("folder", root, 2, 0, root, val=2)
+        labelled = first_line(root / "labeled.txt")
+        Image.fromarray(bad_mask).save(root / f"masks/{Path(labelled).stem}.png")
+        palette = ["palette=" + str(FOLDER_PALETTE).replace(" ", "")] if colours else []
+        return train.main, ["--config", str(REPO / "configs/natural/folder.yaml"), "--data-root", str(root),
+                            "--save-dir", str(work / "run"), "--epochs", "1", "--batch-size", "2",
+                            "--num-workers", "0", "--no-progress", "--device", "cpu", *TINY_2D, *palette]
+    return run
+
+
+def mask_drawn_in(colour: tuple[int, int, int]) -> np.ndarray:
+    mask = np.zeros((40, 40, 3), np.uint8)
+    mask[10:30, 5:20] = FOLDER_PALETTE[1]
+    mask[2:4, 2:4] = colour
+    return mask
+
+
 def append_line(target: str, source: str):
     def change(splits: Path) -> None:
         with open(splits / target, "a") as handle:
@@ -668,6 +707,10 @@ CASES = [
     Case("natural", "zero-byte mask", natural_bad_file(lambda root, sample: (
         root / f"SegmentationClass/{sample}.png").write_bytes(b""))),
     Case("natural", "Pascal mask holding the value 200", natural_bad_file(mask_of_value(200))),
+    Case("natural", "own images (`dataset: folder`, `palette`): an RGB mask drawing a colour that is no class's",
+         own_images_train(mask_drawn_in((255, 255, 255)))),
+    Case("natural", "own images (`dataset: folder`): a mask holding the value 3 with `nclass: 3`",
+         own_images_train(np.full((40, 40), 3, np.uint8))),
     Case("natural", "mask of another size than its image", natural_bad_file(
         lambda root, sample: Image.fromarray(np.zeros((7, 9), np.uint8)).save(root / f"SegmentationClass/{sample}.png"))),
     Case("natural", "Cityscapes `*_gtFine_labelIds.png` named in the split file", cityscapes_train("_gtFine_labelIds.png")),

@@ -1,7 +1,10 @@
-"""The natural-image task (Pascal VOC, Cityscapes, COCO, the synthetic VOC-layout default) as an
-implementation of :class:`unimatch.task.Task`."""
+"""The natural-image task (Pascal VOC, Cityscapes, COCO, a folder of your own images, the synthetic
+VOC-layout default) as an implementation of :class:`unimatch.task.Task`."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -11,9 +14,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from tasks.natural.data import ImageFolderDataset, LabeledDataset, UnlabeledDataset, ValDataset, check_entries
-from tasks.natural.layouts import (CITYSCAPES_CLASSES, COCO_CLASSES, PASCAL_CLASSES, get_layout,
-                                   parse_split_line)
-from tasks.natural.palette import overlay, palette_for, save_palette_png
+from tasks.natural.layouts import (CITYSCAPES_CLASSES, COCO_CLASSES, LAYOUTS, PASCAL_CLASSES, get_layout,
+                                   is_folder_layout, parse_split_line)
+from tasks.natural.palette import class_colours, overlay, palette_for, save_palette_png
 from tasks.natural.synthetic import (DEFAULT_LABELED_FRACTION, DEFAULT_N_IMAGES, SYNTHETIC_CLASSES, SceneStyle,
                                      ensure_synthetic_voc)
 from unimatch import atomic
@@ -42,6 +45,10 @@ class NaturalConfig(Config):
     synthetic_class_hue_probability: float = SceneStyle.class_hue_probability
     synthetic_class_hue_spread: float = SceneStyle.class_hue_spread
     synthetic_clutter: str = SceneStyle.clutter
+    # colour masks: the [R, G, B] colour of each class, class 0 first (``[[0,0,0],[128,0,0],...]``);
+    # an RGB mask is read by these colours (any other colour is refused) and predictions are drawn in
+    # them; None: masks are index PNGs (values = class ids, 255 = ignore)
+    palette: Optional[list] = None
 
     def default_class_names(self) -> Optional[tuple]:
         return CLASS_NAMES.get(self.dataset)
@@ -57,13 +64,53 @@ class NaturalConfig(Config):
             "synthetic_class_hue_probability": PROBABILITY,
             "synthetic_class_hue_spread": at_least(0.0),
         })
+        if self.palette is not None:
+            self.check_palette()
+
+    def check_palette(self) -> None:
+        """One distinct 8-bit [R, G, B] colour per class."""
+        colours = self.palette
+        if not isinstance(colours, list) or len(colours) != self.nclass or not all(
+                isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in colours):
+            raise ConfigError(f"palette must list one [R, G, B] colour (0..255) per class, {self.nclass} in all "
+                              f"(nclass); got {colours!r}")
+        if len({tuple(c) for c in colours}) != len(colours):
+            raise ConfigError(f"palette gives one colour to two classes: {colours!r}")
 
 
 def layout_of(cfg: Config) -> str:
     """The on-disk layout: the synthetic set is written in the Pascal VOC layout."""
-    if cfg.dataset not in CLASS_NAMES:
-        raise ConfigError(f"dataset: {cfg.dataset!r} is not one of {sorted(CLASS_NAMES)}")
+    if cfg.dataset not in LAYOUTS:
+        raise ConfigError(f"dataset: {cfg.dataset!r} is not one of {sorted(LAYOUTS)}")
     return "pascal" if cfg.dataset == "synthetic" else cfg.dataset
+
+
+def with_folder_layout(cfg: Config, ctx=None) -> Config:
+    """``dataset: folder`` when the config says so, or when a given root has the folder layout and the
+    config names no dataset of its own (the synthetic default); one line says which."""
+    if not cfg.data_root_given:
+        return cfg
+    if cfg.dataset == "folder":
+        reason = "from the config"
+    elif cfg.dataset == "synthetic" and is_folder_layout(Path(cfg.data_root)):
+        reason = f"detected: {cfg.data_root} holds images/ and none of the VOC, Cityscapes or COCO folders"
+        cfg = dataclasses.replace(cfg, dataset="folder")
+    else:
+        return cfg
+    line = (f"dataset: folder ({reason}); images/ + masks/, {cfg.nclass} classes, masks as "
+            f"{'colours of palette' if cfg.palette else 'class ids'}")
+    log = logging.getLogger("unimatch")
+    if log.handlers:        # a training run: its console and train.log
+        log.info(line)
+    elif ctx is None or ctx.is_main:
+        print(line, file=sys.stderr)
+    return cfg
+
+
+def mask_palette(cfg: Config) -> np.ndarray:
+    """The colours predicted masks are drawn in: the config's palette, else the dataset's convention."""
+    return class_colours(cfg.palette) if cfg.palette else palette_for(cfg.dataset)
 
 
 class NaturalTask(SegmentationTask2D):
@@ -85,6 +132,9 @@ class NaturalTask(SegmentationTask2D):
             return [root / "splits"]
         return [root] if kind in ("labeled", "unlabeled") else [root, root / "splits"]
 
+    def resolve_data(self, cfg: Config, ctx=None) -> Config:
+        return super().resolve_data(with_folder_layout(cfg, ctx), ctx)
+
     def split_key(self, cfg: Config):
         """The sample id, whichever line format names it (``ID``, ``IMAGE`` or ``IMAGE MASK``)."""
         layout = get_layout(layout_of(cfg))
@@ -98,24 +148,25 @@ class NaturalTask(SegmentationTask2D):
 
     def labeled_set(self, cfg: Config, split_file: str) -> LabeledDataset:
         return LabeledDataset(layout_of(cfg), cfg.data_root, split_file, cfg.crop_size, nclass=cfg.nclass,
-                              seed=cfg.seed)
+                              seed=cfg.seed, colours=cfg.palette)
 
     def unlabeled_set(self, cfg: Config, split_file: str) -> UnlabeledDataset:
         return UnlabeledDataset(layout_of(cfg), cfg.data_root, split_file, cfg.crop_size, seed=cfg.seed + 1,
-                                label_for_stats=cfg.pseudo_label_accuracy, nclass=cfg.nclass)
+                                label_for_stats=cfg.pseudo_label_accuracy, nclass=cfg.nclass, colours=cfg.palette)
 
     def eval_set(self, cfg: Config, split_file: str) -> ValDataset:
-        return ValDataset(layout_of(cfg), cfg.data_root, split_file, nclass=cfg.nclass)
+        return ValDataset(layout_of(cfg), cfg.data_root, split_file, nclass=cfg.nclass, colours=cfg.palette)
 
     def scores(self, confusion, cfg: Config, column: str) -> EvalResult:
         return EvalResult(*segmentation_report(confusion, cfg.report_class_names()))
 
     def check_eval_inputs(self, dataset: ValDataset, cfg: Config, mode: str, saving: bool) -> None:
         if saving or mode == "center_crop":
-            check_entries(dataset.entries, nclass=cfg.nclass, centre_crop=cfg.crop_size if mode == "center_crop" else None)
+            check_entries(dataset.entries, nclass=cfg.nclass, colours=cfg.palette,
+                          centre_crop=cfg.crop_size if mode == "center_crop" else None)
 
     def mask_writer(self, cfg: Config, directory: Path, overwrite: bool):
-        palette = palette_for(cfg.dataset)
+        palette = mask_palette(cfg)
 
         def write(sample_id, pred, mask):
             save_palette_png(pred.cpu().numpy(), directory / f"{sample_id}.png", palette, overwrite=overwrite)
@@ -140,7 +191,7 @@ class NaturalTask(SegmentationTask2D):
         return dataset
 
     def predict(self, predictor: Predictor, cfg: Config, args, dataset: ImageFolderDataset) -> list[Path]:
-        palette = palette_for(cfg.dataset)
+        palette = mask_palette(cfg)
         args.output.mkdir(parents=True, exist_ok=True)
         written = []
         with predictor.evaluating():

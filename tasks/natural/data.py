@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from tasks.natural.layouts import (CITYSCAPES_TRAIN_IDS_HOWTO, IMAGE_SUFFIXES, SplitEntry, get_layout,
                                    looks_like_cityscapes_label_ids, read_split)
+from tasks.natural.palette import ids_of_colours
 from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
 from unimatch.inference import center_crop_box
@@ -65,17 +66,30 @@ def to_rgb8(image: Image.Image, path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) uint8 class ids from a palette or grayscale PNG, checked against ``nclass`` and the image size."""
+def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int], colours=None) -> np.ndarray:
+    """(H, W) uint8 class ids from a palette or grayscale PNG, checked against ``nclass`` and the image size.
+
+    With ``colours`` (the config's ``palette``: class ``i`` drawn in ``colours[i]``) an RGB mask is
+    read by its colours, and a colour that is no class's is refused; index PNGs are read as ids.
+    """
     try:
         with Image.open(entry.mask) as mask_image:
-            mask = np.asarray(mask_image)
+            mask = np.asarray(mask_image.convert("RGB") if colours and mask_image.mode in ("RGB", "RGBA")
+                              else mask_image)
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{entry.where()}: cannot decode mask {entry.mask} ({error}); {entry.remedy()}") from None
+    if mask.ndim == 3 and colours:
+        mask, unknown = ids_of_colours(mask, colours)
+        if unknown is not None:
+            raise DataError(
+                f"{entry.where()}: mask {entry.mask} holds the colour {list(unknown)}, which is no class's colour "
+                f"in palette ({len(colours)} colours); fix the mask or add the colour to palette"
+            )
     if mask.ndim != 2:
         raise DataError(
             f"{entry.where()}: mask {entry.mask} has shape {mask.shape}; expected a single-channel PNG of class "
-            "ids (palette 'P' or grayscale 'L'), not a colour rendering; convert it to class ids"
+            "ids (palette 'P' or grayscale 'L'), not a colour rendering; convert it to class ids, or give the "
+            "colour of each class as palette in the config"
         )
     if mask.shape != tuple(image_shape):
         raise DataError(
@@ -98,14 +112,14 @@ def load_mask(entry: SplitEntry, nclass: int, image_shape: tuple[int, int]) -> n
 
 
 def check_entries(entries: list[SplitEntry], *, nclass: int | None = None, centre_crop: int | None = None,
-                  orient: bool = False) -> None:
+                  orient: bool = False, colours=None) -> None:
     """Decode every image (and, with ``nclass``, check its mask) once, and with ``centre_crop``
     check that it holds the crop, so a bad file stops a command before it writes its first output
     rather than after it wrote some."""
     for entry in entries:
         image = load_image(entry, orient=orient)
         if nclass is not None:
-            load_mask(entry, nclass, image.shape[:2])
+            load_mask(entry, nclass, image.shape[:2], colours)
         if centre_crop is not None:
             center_crop_box(image.shape[0], image.shape[1], centre_crop, str(entry.image))
 
@@ -206,17 +220,20 @@ class _SplitViews(WeakViewDataset):
 class LabeledDataset(_SplitViews):
     """Labelled training images: ``(image uint8 (3, c, c), mask int64 (c, c))`` after the weak view.
 
-    ``nclass`` defaults to the dataset's class count (21 Pascal, 19 Cityscapes, 81 COCO).
+    ``nclass`` defaults to the dataset's class count (21 Pascal, 19 Cityscapes, 81 COCO); ``colours``
+    reads colour masks (:func:`load_mask`).
     """
 
     def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
-                 nclass: int | None = None, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0):
+                 nclass: int | None = None, scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0,
+                 colours=None):
         super().__init__(dataset, root, split_file, crop_size, True, scale_range, seed)
         self.nclass = nclass if nclass is not None else self.layout.nclass
+        self.colours = colours
 
     def view(self, entry: SplitEntry, rng) -> tuple[torch.Tensor, torch.Tensor]:
         image = load_image(entry)
-        view = self.pipeline(image=image, mask=load_mask(entry, self.nclass, image.shape[:2]))
+        view = self.pipeline(image=image, mask=load_mask(entry, self.nclass, image.shape[:2], self.colours))
         return _image_tensor(view["image"]), _mask_tensor(view["mask"])
 
 
@@ -232,10 +249,11 @@ class UnlabeledDataset(_SplitViews):
 
     def __init__(self, dataset: str, root: str | os.PathLike, split_file: str | os.PathLike, crop_size: int, *,
                  scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0, label_for_stats: bool = False,
-                 nclass: int | None = None):
+                 nclass: int | None = None, colours=None):
         super().__init__(dataset, root, split_file, crop_size, label_for_stats, scale_range, seed)
         self.label_for_stats = label_for_stats
         self.nclass = nclass if nclass is not None else self.layout.nclass
+        self.colours = colours
 
     def view(self, entry: SplitEntry, rng):
         image = load_image(entry)
@@ -244,7 +262,7 @@ class UnlabeledDataset(_SplitViews):
             return _image_tensor(view["image"]), _mask_tensor(view["mask"])
         # one mask carries both: the label's own ignore value moves to 254, so 255 marks padding only
         # (the ignore mask must not depend on the label, which would leak it into the loss)
-        label = load_mask(entry, self.nclass, image.shape[:2])
+        label = load_mask(entry, self.nclass, image.shape[:2], self.colours)
         moved = np.where(label == IGNORE_INDEX, IGNORE_INDEX - 1, label).astype(np.uint8)
         view = self.pipeline(image=image, mask=moved)
         padded = view["mask"] == IGNORE_INDEX
@@ -267,9 +285,11 @@ class ValDataset(Dataset):
         split_file: str | os.PathLike,
         *,
         nclass: int | None = None,
+        colours=None,
     ):
         self.layout = get_layout(dataset)
         self.nclass = nclass if nclass is not None else self.layout.nclass
+        self.colours = colours
         self.entries = read_split(split_file, root, dataset, need_masks=True)
 
     def __len__(self) -> int:
@@ -278,7 +298,7 @@ class ValDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         entry = self.entries[index]
         image = load_image(entry)
-        mask = load_mask(entry, self.nclass, image.shape[:2])
+        mask = load_mask(entry, self.nclass, image.shape[:2], self.colours)
         return _image_tensor(image), _mask_tensor(mask), entry.sample_id
 
 

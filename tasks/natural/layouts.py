@@ -6,6 +6,9 @@ Layouts (paths relative to the data root), as the official ``dataset/semi.py`` r
 * Cityscapes: ``leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` and
   ``gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png`` (train ids, 19 classes)
 * COCO: ``train2017/<id>.jpg`` / ``val2017/<id>.jpg`` and ``masks/<id>.png`` (81 classes)
+* your own images (``folder``): ``images/<id>.<jpg|png|tif>`` and ``masks/<id>.png`` (class ids, or
+  colours of the config's ``palette``); an image without a mask is unlabelled material; classes
+  from the config (``nclass``, ``class_names``)
 
 Split-file lines (one sample per line; blank lines are skipped):
 
@@ -129,6 +132,43 @@ def _cityscapes_id(image: str) -> str:
     return name[: -len(_CITYSCAPES_IMAGE_SUFFIX)] if name.endswith(_CITYSCAPES_IMAGE_SUFFIX) else Path(name).stem
 
 
+FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"
+
+
+def _folder_paths(sample_id: str, root: Path) -> tuple[str, str]:
+    candidates = [f"{FOLDER_IMAGES}/{sample_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+    image = next((c for c in candidates if (root / c).is_file()), candidates[0])
+    return image, f"{FOLDER_MASKS}/{sample_id}.png"
+
+
+def _folder_mask(image: str) -> str:
+    return f"{FOLDER_MASKS}/{_stem(image)}.png"
+
+
+def is_folder_layout(root: Path) -> bool:
+    """``root/images/`` without the folders of the named layouts: the generic layout of your own images."""
+    named = ("JPEGImages", "leftImg8bit", "train2017")
+    return (root / FOLDER_IMAGES).is_dir() and not any((root / folder).is_dir() for folder in named)
+
+
+def folder_images(root: Path) -> list[str]:
+    """Root-relative paths of the images directly in ``root/images/``, sorted; two files of one id refused."""
+    folder = root / FOLDER_IMAGES
+    if not folder.is_dir():
+        raise DataError(f"{root} has no {FOLDER_IMAGES}/ folder; the folder layout is ROOT/{FOLDER_IMAGES}/ "
+                        f"(+ ROOT/{FOLDER_MASKS}/); check --data-root")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); check --data-root")
+    seen: dict[str, Path] = {}
+    for path in images:
+        other = seen.setdefault(path.stem, path)
+        if other is not path:
+            raise DataError(f"{other} and {path} share the id {path.stem!r}, and one mask name "
+                            f"({FOLDER_MASKS}/{path.stem}.png); rename one of the images")
+    return [path.relative_to(root).as_posix() for path in images]
+
+
 def _coco_paths(sample_id: str, root: Path) -> tuple[str, str]:
     candidates = [f"train2017/{sample_id}.jpg", f"val2017/{sample_id}.jpg"]
     image = next((c for c in candidates if (root / c).is_file()), candidates[0])
@@ -143,13 +183,15 @@ LAYOUTS: dict[str, Layout] = {
     "pascal": Layout("pascal", PASCAL_CLASSES, _pascal_paths, _pascal_mask, _stem),
     "cityscapes": Layout("cityscapes", CITYSCAPES_CLASSES, _cityscapes_paths, _cityscapes_mask, _cityscapes_id),
     "coco": Layout("coco", COCO_CLASSES, _coco_paths, _coco_mask, _stem),
+    # your own images: the classes come from the config (nclass, class_names)
+    "folder": Layout("folder", (), _folder_paths, _folder_mask, _stem),
     # The synthetic default dataset is stored exactly like Pascal VOC.
     "synthetic": Layout("synthetic", SYNTHETIC_CLASSES, _pascal_paths, _pascal_mask, _stem),
 }
 
 
 def get_layout(dataset: str) -> Layout:
-    """The :class:`Layout` of a dataset name (``pascal``, ``cityscapes``, ``coco``, ``synthetic``)."""
+    """The :class:`Layout` of a dataset name (``pascal``, ``cityscapes``, ``coco``, ``synthetic``, ``folder``)."""
     try:
         return LAYOUTS[dataset]
     except KeyError:

@@ -52,6 +52,27 @@ def palette_for(dataset: str) -> np.ndarray:
     return cityscapes_palette() if dataset == "cityscapes" else voc_palette()
 
 
+def class_colours(colours) -> np.ndarray:
+    """(256, 3) uint8 palette whose first entries are ``colours`` (one [R, G, B] per class, the
+    config's ``palette``) and whose rest is the VOC map: how masks of such a dataset are read and written."""
+    palette = voc_palette()
+    palette[: len(colours)] = np.asarray(colours, dtype=np.uint8)
+    return palette
+
+
+def ids_of_colours(rgb: np.ndarray, colours) -> tuple[np.ndarray, tuple[int, int, int] | None]:
+    """(H, W) uint8 class ids of an (H, W, 3) colour mask whose class ``i`` is drawn in ``colours[i]``,
+    and the first colour (in R, G, B order) that is no class's, or None."""
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    known = {(int(r) << 16) | (int(g) << 8) | int(b): index for index, (r, g, b) in enumerate(colours)}
+    present, inverse = np.unique(codes, return_inverse=True)
+    for code in present.tolist():
+        if code not in known:
+            return np.zeros(rgb.shape[:2], np.uint8), (code >> 16, (code >> 8) & 255, code & 255)
+    ids = np.asarray([known[code] for code in present.tolist()], dtype=np.uint8)
+    return ids[inverse.reshape(rgb.shape[:2])], None
+
+
 def _as_index_mask(mask) -> np.ndarray:
     """A (H, W) uint8 array of class ids from a numpy array or torch tensor; refuses out-of-range ids."""
     array = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
