@@ -115,17 +115,22 @@ class PairDataset(Dataset):
             if self.need_labels:
                 self.read_mask(name, image_a.shape[1:])
 
-    def label_encoding(self, values: np.ndarray) -> tuple[int, ...]:
-        """The configured class values; in the split_folders layout a binary file of 0/1 reads as
-        0/1 when the config keeps the 0/255 default (both encodings ship with that layout)."""
-        if self.layout == "split_folders" and self.class_values == BINARY_ENCODINGS[0] and values.max(initial=0) <= 1:
-            return BINARY_ENCODINGS[1]
-        return self.class_values
+    def label_encoding(self, values: np.ndarray, path: Path) -> tuple[int, ...]:
+        """The configured class values; in the split_folders layout, under the 0/255 default, a file
+        of 0/1 reads as 0/1 (both encodings ship with that layout)."""
+        if self.layout != "split_folders" or self.class_values != BINARY_ENCODINGS[0]:
+            return self.class_values
+        present = set(np.unique(values).tolist())
+        for encoding in BINARY_ENCODINGS:
+            if present <= set(encoding):
+                return encoding
+        raise DataError(f"label {path} has pixel values {sorted(present)[:10]}; labels must be 0/255 or 0/1 "
+                        f"(unchanged/changed): re-export it in one of them, or remove its pair")
 
     def read_mask(self, name: str, shape) -> np.ndarray:
         path = self.paths(name)[2]
         values = read_label_values(path)
-        mask = encode_classes(values, path, self.label_encoding(values))
+        mask = encode_classes(values, path, self.label_encoding(values, path))
         if mask.shape != tuple(shape):
             raise DataError(f"label {path} is {mask.shape[1]}x{mask.shape[0]} but its images are "
                             f"{shape[1]}x{shape[0]}; a label must cover its pair pixel for pixel: re-export it "
