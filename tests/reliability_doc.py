@@ -396,6 +396,51 @@ def cd_truncated_geotiff_tile(base: Path, work: Path):
     return main, argv
 
 
+def cd_split_folders(work: Path) -> Path:
+    """The split-folders layout (``ROOT/{train,val}/{A,B,label}``, 0/255 labels): 6 train and 2 val pairs."""
+    rng = np.random.default_rng(0)
+    root = work / "pairs"
+    for split, count in (("train", 6), ("val", 2)):
+        for folder in ("A", "B", "label"):
+            (root / split / folder).mkdir(parents=True)
+        for i in range(count):
+            for folder in ("A", "B"):
+                Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / split / folder / f"{i}.png")
+            Image.fromarray(((rng.random((48, 48)) < 0.1) * 255).astype(np.uint8)).save(root / split / "label" / f"{i}.png")
+    return root
+
+
+def cd_split_folders_label_7(base: Path, work: Path):
+    """Training on the split-folders layout after make_splits, a labelled label holding 7."""
+    from tasks.change_detection import make_splits
+
+    root = cd_split_folders(work)
+    with contextlib.redirect_stdout(io.StringIO()):
+        make_splits.write_splits(root, 0.5, seed=0)
+    entry = first_line(root / "splits/50%/labeled.txt")
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(root / "train/label" / entry.split("/", 1)[1])
+    from unimatch.paths import config_path
+
+    main, argv = cd_train(root, work)   # with the config the README names for this layout (no val list)
+    return main, ["--config", str(config_path("change_detection", "levir.yaml")),
+                  *[arg.replace("20%", "50%") for arg in argv]]
+
+
+def cd_make_splits(argv: list[str]) -> None:
+    """``python -m tasks.change_detection.make_splits``: its ``__main__`` exits with what ``main`` returns."""
+    from tasks.change_detection import make_splits
+
+    status = make_splits.main(argv)
+    if status:
+        sys.exit(status)
+
+
+def cd_split_folders_a_without_b(base: Path, work: Path):
+    root = cd_split_folders(work)
+    (root / "train/B/3.png").unlink()
+    return cd_make_splits, ["--data-root", str(root), "--fraction", "0.5"]
+
+
 def cd_predict(base: Path, before: Path, after: Path, out: Path, *extra: str):
     from tasks.change_detection import predict
 
@@ -758,6 +803,10 @@ CASES = [
     Case("change_detection", "grayscale A", cd_bad_file(
         lambda root, name: Image.open(root / "A" / name).convert("L").save(root / "A" / name))),
     Case("change_detection", "truncated GeoTIFF tile (training)", cd_truncated_geotiff_tile),
+    Case("change_detection", "split-folders layout (`train/`, `val/`): a label holding the value 7 (training)",
+         cd_split_folders_label_7),
+    Case("change_detection", "split-folders layout: a `train/A/` tile without its `train/B/` tile (`make_splits`)",
+         cd_split_folders_a_without_b),
     Case("change_detection", "`evaluate --save-predictions` with the last tile truncated (nothing is written)",
          cd_evaluate_with_a_bad_last_tile),
     Case("change_detection", "`predict` with a truncated GeoTIFF (nothing is written)", cd_truncated_geotiff),

@@ -271,7 +271,7 @@ def test_unlabeled_dataset_never_opens_labels(tmp_path, monkeypatch):
     def no_labels(*args, **kwargs):
         raise AssertionError("an unlabelled dataset opened a label")
 
-    monkeypatch.setattr(data, "read_label", no_labels)
+    monkeypatch.setattr(data, "read_label_values", no_labels)
     image, ignore = UnlabeledPairs(root, root / "list.txt", crop_size=16)[0]
     assert image.shape == (6, 16, 16) and (ignore == 0).all()
 

@@ -108,7 +108,7 @@ class SegmentationTask2D(Task):
                 raise ConfigError(f"no {split} split: there is no {looked}; give {flag}")
         else:
             path = find_split_file(split, cfg.data_root)
-        if not Path(path).is_file():
+        if not Path(path).exists():   # a list file, or a folder a task reads as one split
             where = "" if Path(path).is_absolute() else f" (neither in the working folder nor under {cfg.data_root})"
             what = f"{split} split file" if split in SPLIT_KINDS else "split file"
             fix = "check its path" if split in SPLIT_KINDS else "give val, test or the path of a split file"

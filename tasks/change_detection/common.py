@@ -12,18 +12,20 @@ import torch
 from PIL import Image
 
 from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
+from tasks.change_detection.layout import describe_layout, detect_layout, is_split_folder
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, stretch_problem
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from unimatch import atomic
 from unimatch.cli import add_mode_argument
 from unimatch.config import PROBABILITY, Bounds, Config, above, at_least, class_names_or_ids
+from unimatch.distributed import DistContext
 from unimatch.errors import ConfigError
 from unimatch.inference import Predictor
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.paths import config_path
 from unimatch.report import EvalResult, format_table
-from unimatch.task2d import SegmentationTask2D
+from unimatch.task2d import EVALUATION_SPLITS, SegmentationTask2D
 
 DATASETS = ("synthetic", "whu", "levir", "custom")
 # name in the metrics dict -> row label of the table; all in % (kappa x 100), as papers report them
@@ -64,6 +66,8 @@ class CDConfig(Config):
     nadir_augment: bool = False
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
+    # the folder tree of --data-root: auto (detected), flat (ROOT/{A,B,label}) or split_folders (ROOT/{train,val,test}/{A,B,label}); tasks/change_detection/layout.py
+    layout: str = "auto"
     # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
     synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
     synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
@@ -153,7 +157,8 @@ def change_report(confusion: ConfusionMatrix, class_names=None, column: str = "s
 
 # ---- data ----------------------------------------------------------------------------------
 def pair_options(cfg: CDConfig) -> dict:
-    return dict(bands=tuple(cfg.bands), stretch=cfg.stretch, class_values=tuple(cfg.class_values))
+    return dict(bands=tuple(cfg.bands), stretch=cfg.stretch, class_values=tuple(cfg.class_values),
+                layout=detect_layout(cfg.data_root, cfg.layout))
 
 
 def augment_options(cfg: CDConfig) -> dict:
@@ -200,12 +205,28 @@ class ChangeDetectionTask(SegmentationTask2D):
     config_class = CDConfig
     default_config = config_path("change_detection", "synthetic.yaml")
     item_unit = "tiles"
-    data_root_holds = "the folder holding A/, B/ and label/"
+    data_root_holds = "the folder holding A/, B/ and label/, or train/, val/ and test/ each holding them"
 
     def synthetic_root(self, cfg: CDConfig) -> Path:
         return ensure_synthetic_cd(no_change_share=cfg.synthetic_no_change_share,
                                    change_rate=tuple(cfg.synthetic_change_rate),
                                    building_side=tuple(cfg.synthetic_building_side))
+
+    def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
+        """The base's resolution, then (for a given root) one line saying which folder tree it is read as."""
+        given = cfg.data_root_given
+        cfg = super().resolve_data(cfg, ctx)
+        if given and (ctx is None or ctx.is_main):
+            print(describe_layout(cfg.data_root, detect_layout(cfg.data_root, cfg.layout), cfg.layout))
+        return cfg
+
+    def default_split(self, root: Path, kind: str, synthetic: bool) -> str | None:
+        """``<kind>.txt`` as every 2-D task, else (split_folders layout) the folder ``ROOT/val`` or
+        ``ROOT/test`` itself: every pair in it."""
+        listed = super().default_split(root, kind, synthetic)
+        if listed is None and kind in EVALUATION_SPLITS and is_split_folder(root / kind):
+            return str(root / kind)
+        return listed
 
     def labeled_set(self, cfg: CDConfig, split_file: str) -> LabeledPairs:
         return LabeledPairs(cfg.data_root, split_file, seed=cfg.seed, **augment_options(cfg))

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, check_stretch, read_label, read_pair
+from tasks.change_detection.layout import BINARY_ENCODINGS, PAIR_FOLDERS, folder_entries, is_split_folder, pair_paths
+from tasks.change_detection.raster_io import (DEFAULT_BANDS, DEFAULT_CLASS_VALUES, check_stretch, encode_classes,
+                                              read_label_values, read_pair)
 from unimatch.data import IGNORE_INDEX, WeakViewDataset, reseed_pipeline
 from unimatch.errors import DataError
 from unimatch.splits import read_split_lines
@@ -65,47 +67,70 @@ class PairAugment:
 
 
 class PairDataset(Dataset):
-    """Names of a split file, checked to exist in each needed folder when the dataset is built."""
+    """The pairs of a split list (or of a split folder, :mod:`tasks.change_detection.layout`), each
+    checked to have its files when the dataset is built."""
 
     def __init__(self, root: str | Path, split_file: str | Path, bands: Sequence[int] = DEFAULT_BANDS,
                  stretch="percentile", class_values: Sequence[int] = DEFAULT_CLASS_VALUES,
-                 folders: tuple[str, str, str] = ("A", "B", "label"), need_labels: bool = True):
+                 layout: str = "flat", need_labels: bool = True):
         check_stretch(stretch)
         self.root = Path(root)
         self.split_file = Path(split_file)
         self.bands = tuple(bands)
         self.stretch = stretch
         self.class_values = tuple(class_values)
-        self.folders = folders if need_labels else folders[:2]
-        entries = read_split_lines(split_file)
-        for folder in self.folders:
-            if not (self.root / folder).is_dir():
-                raise DataError(f"{self.root} has no {folder}/ folder; a change-detection root holds A/, B/ and label/")
-        for number, name in entries:
-            for folder in self.folders:
-                if not (self.root / folder / name).is_file():
-                    raise DataError(f"{self.root / folder / name} is missing: it is named on line {number} of "
-                                    f"{self.split_file} and every pair needs {', '.join(f + '/' for f in self.folders)}")
+        self.layout = layout
+        self.need_labels = need_labels
+        needed = PAIR_FOLDERS if need_labels else PAIR_FOLDERS[:2]
+        if is_split_folder(self.split_file):
+            entries = [(f"pair {number}", entry) for number, entry in enumerate(folder_entries(self.split_file), 1)]
+        else:
+            entries = [(f"line {number}", entry) for number, entry in read_split_lines(split_file)]
+        if layout == "flat":
+            for folder in needed:
+                if not (self.root / folder).is_dir():
+                    raise DataError(f"{self.root} has no {folder}/ folder; a change-detection root holds A/, B/ and label/")
+        for where, name in entries:
+            for path in self.paths(name)[:len(needed)]:
+                if not path.is_file():
+                    raise DataError(f"{path} is missing: it is named on {where} of {self.split_file} and every "
+                                    f"pair needs {', '.join(f + '/' for f in needed)}")
         self.names = [name for _, name in entries]
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        return pair_paths(self.root, self.layout, name)
+
     def read_images(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(self.root / self.folders[0] / name, self.root / self.folders[1] / name,
-                         self.bands, self.stretch)
+        path_a, path_b, _ = self.paths(name)
+        return read_pair(path_a, path_b, self.bands, self.stretch)
 
     def check_every_pair(self) -> None:
         """Read every pair (and label) once, so a bad file stops a command before it writes its first
         output rather than after it wrote some."""
         for name in self.names:
             image_a, _ = self.read_images(name)
-            if len(self.folders) == 3:
+            if self.need_labels:
                 self.read_mask(name, image_a.shape[1:])
 
+    def label_encoding(self, values: np.ndarray, path: Path) -> tuple[int, ...]:
+        """The configured class values; in the split_folders layout, under the 0/255 default, a file
+        of 0/1 reads as 0/1 (both encodings ship with that layout)."""
+        if self.layout != "split_folders" or self.class_values != BINARY_ENCODINGS[0]:
+            return self.class_values
+        present = set(np.unique(values).tolist())
+        for encoding in BINARY_ENCODINGS:
+            if present <= set(encoding):
+                return encoding
+        raise DataError(f"label {path} has pixel values {sorted(present)[:10]}; labels must be 0/255 or 0/1 "
+                        f"(unchanged/changed): re-export it in one of them, or remove its pair")
+
     def read_mask(self, name: str, shape) -> np.ndarray:
-        path = self.root / self.folders[2] / name
-        mask = read_label(path, self.class_values)
+        path = self.paths(name)[2]
+        values = read_label_values(path)
+        mask = encode_classes(values, path, self.label_encoding(values, path))
         if mask.shape != tuple(shape):
             raise DataError(f"label {path} is {mask.shape[1]}x{mask.shape[0]} but its images are "
                             f"{shape[1]}x{shape[0]}; a label must cover its pair pixel for pixel: re-export it "

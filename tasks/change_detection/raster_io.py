@@ -292,7 +292,12 @@ def encode_classes(values: np.ndarray, path, class_values: Sequence[int] = DEFAU
 
 
 def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VALUES) -> np.ndarray:
-    """Label image as int64 (H, W) class ids. RGB labels are accepted when their channels agree."""
+    """Label image as int64 (H, W) class ids."""
+    return encode_classes(read_label_values(path), path, class_values)
+
+
+def read_label_values(path: str | Path) -> np.ndarray:
+    """The pixel values of a label image, int64 (H, W). RGB labels are accepted when their channels agree."""
     path = Path(path)
     if is_geotiff(path):
         with open_raster(path) as src:
@@ -313,4 +318,4 @@ def read_label(path: str | Path, class_values: Sequence[int] = DEFAULT_CLASS_VAL
             values = values[..., 0]
     if not np.issubdtype(values.dtype, np.integer):
         raise DataError(f"label {path} holds {values.dtype} values; labels must be integer class values")
-    return encode_classes(values.astype(np.int64), path, class_values)
+    return values.astype(np.int64)
