@@ -292,22 +292,22 @@ OUT_OF_RANGE = [
     ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
     ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
     ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
-    ("core", "dist_align_momentum", "1"), ("core", "color_jitter_p", "1.5"),
+    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"), ("core", "color_jitter_p", "1.5"),
     ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
     ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
     ("core", "cutmix_ratio", "[0, 3]"), ("core", "channel_group_size", "0"), ("core", "epochs", "0"),
     ("core", "batch_size", "0"), ("core", "lr", "-1"), ("core", "lr_multi", "0"), ("core", "momentum", "-1"),
     ("core", "weight_decay", "-0.0001"), ("core", "threads", "0"), ("core", "seed", "-1"),
     ("core", "eval_every", "0"), ("core", "num_workers", "-1"), ("core", "log_every", "-1"),
-    ("core", "eval_batch_size", "0"),
+    ("core", "eval_batch_size", "0"), ("core", "eval_window", "0"),
     ("natural", "synthetic_images", "2"), ("natural", "synthetic_labeled_fraction", "1.5"),
     ("natural", "synthetic_class_hue_probability", "-0.1"), ("natural", "synthetic_class_hue_spread", "-1"),
     ("change_detection", "bands", "[0, 1, 2]"), ("change_detection", "stretch", "0"),
     ("change_detection", "class_values", "[-1, 255]"), ("change_detection", "scale_range", "[1.2, 0.8]"),
     ("change_detection", "synthetic_no_change_share", "1.5"),
     ("change_detection", "synthetic_change_rate", "[0.8, 0.2]"),
-    ("change_detection", "synthetic_building_side", "[0, 20]"),
-    ("acdc", "cases", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
+    ("change_detection", "synthetic_building_side", "[0, 20]"), ("change_detection", "predict_window", "0"),
+    ("acdc", "cases", "0"), ("acdc", "slice_size", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
     ("acdc", "synthetic_patients", "0"), ("acdc", "synthetic_size", "0"), ("acdc", "synthetic_slices", "[0, 3]"),
     ("acdc", "synthetic_seed", "-1"),
 ]
@@ -442,3 +442,113 @@ def test_a_warmup_longer_than_the_schedule_of_one_file_is_refused(tmp_path):
     path.write_text("epochs: 2\nsup_warmup_epochs: 3\n")
     with pytest.raises(ConfigError, match=r"sup_warmup_epochs: must lie in \[0, epochs=2\], got 3"):
         load_config(path)
+
+
+# ---- one meaning per key -----------------------------------------------------------------------
+def _shipped_configs():
+    return sorted(CONFIG_DIR.glob("*/*.yaml"))
+
+
+def _shipped_schema(path):
+    return _task_schemas()[path.parent.name]
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_windows_and_the_slice_size_default_to_crop_size_as_before(path):
+    """eval_window, predict_window and ACDC's slice_size are crop_size unless set: the official
+    configs (which know only crop_size) evaluate, predict and resize as they did."""
+    cfg = load_config(path, schema=_shipped_schema(path))
+    sizes = {name: getattr(cfg, name) for name in ("effective_eval_window", "effective_predict_window",
+                                                   "effective_slice_size") if hasattr(cfg, name)}
+    assert sizes and set(sizes.values()) == {cfg.crop_size}
+    assert load_config(overrides=["crop_size=97"]).effective_eval_window == 97
+    assert load_config(overrides=["crop_size=97", "eval_window=512"]).effective_eval_window == 512
+
+
+def test_the_evaluation_window_is_eval_window_and_the_training_crop_stays_crop_size(monkeypatch):
+    import tasks.natural.common as natural
+
+    seen = {}
+
+    def evaluate_segmentation(predictor, loader, nclass, mode, window, on_prediction=None):
+        seen["window"] = window
+        raise StopIteration
+
+    monkeypatch.setattr(natural, "evaluate_segmentation", evaluate_segmentation)
+    cfg = load_config(overrides=["crop_size=64", "eval_window=96", "eval_mode=sliding_window"],
+                      schema=natural.NaturalConfig)
+    with pytest.raises(StopIteration):
+        natural.evaluate_model(None, cfg, loader=None)
+    assert seen["window"] == 96 and cfg.crop_size == 64
+
+
+def test_a_scene_is_predicted_in_predict_window_and_evaluated_in_eval_window(monkeypatch, tmp_path):
+    import argparse
+
+    import tasks.change_detection.common as cd
+
+    seen = {}
+    monkeypatch.setattr(cd, "predict_scene", lambda *a, window, overlap, **k: seen.update(window=window,
+                                                                                           overlap=overlap))
+
+    def evaluate_segmentation(predictor, loader, nclass, mode, window, on_prediction=None):
+        seen["eval"] = window
+        raise StopIteration
+
+    monkeypatch.setattr(cd, "evaluate_segmentation", evaluate_segmentation)
+    cfg = load_config(overrides=["crop_size=96", "predict_window=256", "eval_window=128"], schema=cd.CDConfig)
+    args = argparse.Namespace(window=None, overlap=None, before=tmp_path / "a.tif", after=tmp_path / "b.tif",
+                              out=tmp_path / "c.tif", probability=False, overwrite=False, no_progress=True,
+                              batch_size=1)
+    cd.TASK.predict(None, cfg, args, None)
+    assert seen == {"window": 256, "overlap": 64}
+    with pytest.raises(StopIteration):
+        cd.evaluate_model(None, cfg, loader=None)
+    assert seen["eval"] == 128
+
+
+def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(monkeypatch):
+    import tasks.acdc.common as acdc
+
+    sizes = []
+    monkeypatch.setattr(acdc, "build_acdc_datasets", lambda *a, slice_size, **k: sizes.append(slice_size))
+    monkeypatch.setattr(acdc, "_loaded", {})
+    acdc.load_datasets(load_config(overrides=["crop_size=64", "cases=1"], schema=acdc.AcdcConfig))
+    acdc.load_datasets(load_config(overrides=["crop_size=64", "slice_size=128", "cases=1"], schema=acdc.AcdcConfig))
+    assert sizes == [64, 128]
+    with pytest.raises(ConfigError, match="^slice_size: 72 must be a multiple of 16"):
+        load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
+
+
+NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size")
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_run_saved_before_the_new_keys_resumes(path):
+    """A config.yaml written before eval_window, class_thresh_momentum, predict_window and
+    slice_size existed has no differences from the same config loaded now."""
+    from unimatch.config import training_differences
+
+    cfg = load_config(path, schema=_shipped_schema(path))
+    stored = {k: v for k, v in cfg.to_dict().items() if k not in NEW_KEYS}
+    assert len(stored) < len(cfg.to_dict())
+    assert training_differences(stored, cfg) == {}
+
+
+def test_class_thresh_momentum_of_a_run_saved_before_it_existed_is_its_dist_align_momentum():
+    from unimatch.config import training_differences
+
+    stored = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9"]).to_dict()
+    del stored["class_thresh_momentum"]
+    now = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9"])
+    assert training_differences(stored, now) == {"class_thresh_momentum": (0.9, 0.99)}
+    same = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9", "class_thresh_momentum=0.9"])
+    assert training_differences(stored, same) == {}
+
+
+def test_predict_window_does_not_shape_the_weights():
+    from tasks.change_detection.common import CDConfig
+    from unimatch.config import training_differences
+
+    stored = load_config(schema=CDConfig).to_dict()
+    assert training_differences(stored, load_config(overrides=["predict_window=512"], schema=CDConfig)) == {}

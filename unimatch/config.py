@@ -126,7 +126,7 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "sup_weight": at_least(0.0), "strong_weight": at_least(0.0), "fp_weight": at_least(0.0),
     "loss_divisor": above(0.0),
     "sup_warmup_epochs": at_least(0),
-    "dist_align_momentum": MOMENTUM,
+    "dist_align_momentum": MOMENTUM, "class_thresh_momentum": MOMENTUM,
     "color_jitter_p": PROBABILITY, "grayscale_p": PROBABILITY, "blur_p": PROBABILITY, "cutmix_p": PROBABILITY,
     "color_jitter": at_least(0.0, count=4),                  # brightness, contrast, saturation, hue
     "blur_sigma": above(0.0, count=2, ordered=True),
@@ -141,6 +141,7 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "num_workers": at_least(0),             # 0: load in the training process
     "log_every": at_least(0),               # 0: no periodic logging
     "eval_batch_size": COUNT,
+    "eval_window": COUNT,
 }
 
 
@@ -160,7 +161,7 @@ class Config:
     val_split: Optional[str] = None
     nclass: int = 21
     class_names: Optional[list] = None
-    crop_size: int = 321
+    crop_size: int = 321      # the side of the training crops (the official meaning of the key)
     in_channels: int = 3
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
@@ -181,10 +182,14 @@ class Config:
     conf_thresh: float = 0.95
     strong_views: Optional[int] = None
     fp_streams: Optional[int] = None
-    sup_weight: float = 1.0
-    strong_weight: Optional[float] = None
-    fp_weight: float = 0.5
-    loss_divisor: float = 2.0
+    # the loss (unimatch/method.py): (sup_weight L_sup + strong_weight L_strong + fp_weight L_fp) / loss_divisor,
+    # the paper's (1, 0.5, 0.5) / 2; strong_weight null is the method's share (0.5, or 1.0 without an FP
+    # stream). ``method: supervised`` trains on sup_weight L_sup, not divided (the official supervised.py),
+    # so sup_weight 2 under a semi-supervised method weighs L_sup as the supervised baseline's 1
+    sup_weight: float = 1.0      # weight of the labelled loss L_sup (divided by loss_divisor unless supervised)
+    strong_weight: Optional[float] = None   # weight of the strong-view losses, their mean over the views
+    fp_weight: float = 0.5       # weight of the feature-perturbation loss
+    loss_divisor: float = 2.0    # divides the weighted sum, the supervised warm-up's sup_weight L_sup too
     # not in the paper (off in every official config): the first ``sup_warmup_epochs`` epochs train
     # the labelled term of the loss alone (unlabelled terms weighted 0, unlabelled data not loaded),
     # so that a from-scratch teacher is confident on the minority classes before its pseudo-labels
@@ -193,10 +198,11 @@ class Config:
     # not in the paper (off in every official config): distribution alignment of the pseudo-labels
     # (unimatch/align.py), for a teacher that under-predicts the minority classes
     dist_align: bool = False
-    dist_align_momentum: float = 0.99   # also the momentum of class_thresh's running shares
+    dist_align_momentum: float = 0.99   # of the running class distributions that dist_align divides by
     # not in the paper (off in every official config): per-class confidence thresholds from each
     # class's running confident share over its labelled frequency (unimatch/align.py)
     class_thresh: bool = False
+    class_thresh_momentum: float = 0.99   # of class_thresh's running shares
     # not in the paper (off in every official config): take each image's CutMix partner and its
     # pseudo-label from the previous image of the same unlabelled batch, instead of a second batch
     # predicted in eval mode. Saves the partner's loading and forward pass; the partner's
@@ -242,6 +248,9 @@ class Config:
     log_every: int = 20
     select_metric: Optional[str] = None
     eval_mode: str = "original"
+    # the side of the window of the center_crop and sliding_window eval modes (and of natural-image
+    # predict in those modes); null: crop_size, the official evaluation's window
+    eval_window: Optional[int] = None
     eval_batch_size: int = 1
 
     # ---- derived values -------------------------------------------------------------
@@ -250,6 +259,11 @@ class Config:
         """False when no dataset was named: no ``data_root``, or the official YAML's
         ``Your/.../Path`` placeholder; the task then uses its built-in synthetic set."""
         return self.data_root is not None and not str(self.data_root).startswith("Your/")
+
+    @property
+    def effective_eval_window(self) -> int:
+        """``eval_window``, or ``crop_size`` when it is null (the official evaluation's window)."""
+        return self.crop_size if self.eval_window is None else self.eval_window
 
     @property
     def streams(self) -> tuple[int, int]:
@@ -319,19 +333,25 @@ class Config:
 
 
 # Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
-# where the run folder is, how many images one evaluation batch holds, how often to evaluate. A run
-# may be resumed with other values of these; every other key must equal the stored one (see
-# ``training_differences``), because the weights in the run folder were trained under it.
-NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every"})
+# where the run folder is, how many images one evaluation batch holds, how often to evaluate, the
+# window of change detection's whole-scene prediction. A run may be resumed with other values of
+# these; every other key must equal the stored one (see ``training_differences``), because the
+# weights in the run folder were trained under it.
+NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every",
+                               "predict_window"})
+# key -> the key whose value it had before it got a name of its own: a run saved before the split
+# was trained with that key's value
+SPLIT_OFF_FROM = {"class_thresh_momentum": "dist_align_momentum"}
 
 
 def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
     """``key -> (stored value, value now)`` for every key of ``config`` outside
     :data:`NON_TRAINING_KEYS` whose value differs from the one in ``stored`` (a run's saved config).
 
-    A key ``stored`` lacks (a run saved before the key existed) counts as its default, the value
-    that run was trained with; stored keys ``config`` does not know are ignored (``task`` tells
-    runs of another task apart).
+    A key ``stored`` lacks (a run saved before the key existed) counts as the value that run was
+    trained with: the stored value of the key it was split off from (:data:`SPLIT_OFF_FROM`), else
+    its default; stored keys ``config`` does not know are ignored (``task`` tells runs of another
+    task apart).
     """
     def plain(value):
         if isinstance(value, dict):
@@ -344,6 +364,8 @@ def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, A
             continue
         if f.name in stored:
             before = stored[f.name]
+        elif SPLIT_OFF_FROM.get(f.name) in stored:
+            before = stored[SPLIT_OFF_FROM[f.name]]
         else:
             before = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         now = getattr(config, f.name)

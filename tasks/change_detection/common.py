@@ -70,10 +70,17 @@ class CDConfig(Config):
     nadir_augment: bool = False
     scale_range: list = field(default_factory=lambda: [0.8, 1.2])
     test_split: Optional[str] = None
+    # the side of the windows a whole scene is predicted in (predict's --window); null: crop_size
+    predict_window: Optional[int] = None
     # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
     synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
     synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
     synthetic_building_side: list = field(default_factory=lambda: list(SyntheticSpec.building_side))
+
+    @property
+    def effective_predict_window(self) -> int:
+        """``predict_window``, or ``crop_size`` when it is null (the window of the official tiles)."""
+        return self.crop_size if self.predict_window is None else self.predict_window
 
     def select_metric_keys(self) -> list[str]:
         return list(CHANGE_METRICS)
@@ -84,6 +91,7 @@ class CDConfig(Config):
             "bands": at_least(1, whole=True),              # 1-based band numbers
             "class_values": at_least(0, whole=True),       # pixel values of the label files
             "scale_range": above(0.0, count=2, ordered=True),
+            "predict_window": at_least(1, whole=True),
             "synthetic_no_change_share": PROBABILITY,
             "synthetic_change_rate": Bounds(0.0, 1.0, count=2, ordered=True),
             "synthetic_building_side": at_least(1, count=2, whole=True, ordered=True),   # pixels
@@ -203,7 +211,7 @@ def eval_loader(cfg: CDConfig, ctx: DistContext, split: Optional[str] = None) ->
 def evaluate_model(predictor: Predictor, cfg: CDConfig, loader: DataLoader, mode: Optional[str] = None,
                    on_prediction=None, column: str = "score %") -> EvalResult:
     """Change scores over ``loader``, the confusion matrix summed over every rank."""
-    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
+    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.effective_eval_window,
                                       on_prediction)
     metrics, table = change_report(confusion, cfg.report_class_names(), column)
     return EvalResult(metrics, table, {"confusion": confusion.matrix.cpu().tolist()})
@@ -310,7 +318,7 @@ class ChangeDetectionTask(Task):
         parser.add_argument("--before", type=Path, required=True, help="scene of the first date (A)")
         parser.add_argument("--after", type=Path, required=True, help="scene of the second date (B), same grid as A")
         parser.add_argument("--out", type=Path, required=True, help="output .tif/.tiff (georeferenced) or .png")
-        parser.add_argument("--window", type=int, help="window side in pixels (default: the config's crop_size)")
+        parser.add_argument("--window", type=int, help="window side in pixels (default: the config's predict_window)")
         parser.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default: window / 4)")
         parser.add_argument("--bands", help="1-based bands of each date, e.g. 1,2,3 (default: the config's bands)")
         parser.add_argument("--stretch", help="'percentile' or a divisor for non-8-bit data, or one for each date as "
@@ -323,7 +331,7 @@ class ChangeDetectionTask(Task):
         return {"bands": parse_bands(args.bands), "stretch": parse_stretch(args.stretch)}
 
     def predict(self, predictor: Predictor, cfg: CDConfig, args, plan) -> Path:
-        window = args.window or cfg.crop_size
+        window = args.window or cfg.effective_predict_window
         overlap = window // 4 if args.overlap is None else args.overlap
 
         def probabilities(batch: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def val_loader(cfg: Config, ctx: DistContext, split: str | Path | None = None):
 
 def evaluate_model(predictor: Predictor, cfg: Config, loader, mode: str | None = None,
                    on_prediction=None) -> EvalResult:
-    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
+    confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.effective_eval_window,
                                       on_prediction)
     metrics, table = segmentation_report(confusion, cfg.report_class_names())
     return EvalResult(metrics, table)
@@ -141,7 +141,7 @@ class NaturalTask(Task):
         mode = args.mode or cfg.eval_mode
         if args.save_predictions is not None or mode == "center_crop":
             check_entries(loader.dataset.entries, nclass=cfg.nclass,
-                          centre_crop=cfg.crop_size if mode == "center_crop" else None)
+                          centre_crop=cfg.effective_eval_window if mode == "center_crop" else None)
         writer = None
         directory = prediction_folder(args.save_predictions, args.overwrite, ctx)
         if directory is not None:
@@ -171,7 +171,8 @@ class NaturalTask(Task):
                    for suffix in ([".png", "_overlay.jpg"] if args.overlay else [".png"])]
         refuse_overwriting_inputs(outputs, [entry.image for entry in dataset.entries])
         refuse_existing(outputs, args.overwrite)
-        check_entries(dataset.entries, orient=True, centre_crop=cfg.crop_size if args.mode == "center_crop" else None)
+        check_entries(dataset.entries, orient=True,
+                      centre_crop=cfg.effective_eval_window if args.mode == "center_crop" else None)
         return dataset
 
     def predict(self, predictor: Predictor, cfg: Config, args, dataset: ImageFolderDataset) -> list[Path]:
@@ -182,7 +183,7 @@ class NaturalTask(Task):
             for i in tqdm(range(len(dataset)), desc="predict", unit="image"):
                 image, sample_id = dataset[i]
                 scores, origin = predict(predictor.forward, predictor.normalize(image.unsqueeze(0)), args.mode,
-                                         cfg.crop_size, cfg.nclass, sample_id)
+                                         cfg.effective_eval_window, cfg.nclass, sample_id)
                 pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
                 written.append(save_palette_png(pred, args.output / f"{sample_id}.png", palette, overwrite=True))
                 if args.overlay:
