@@ -292,7 +292,8 @@ OUT_OF_RANGE = [
     ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
     ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
     ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
-    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"), ("core", "color_jitter_p", "1.5"),
+    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"),
+    ("core", "color_jitter_p", "1.5"),
     ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
     ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
     ("core", "cutmix_ratio", "[0, 3]"), ("core", "channel_group_size", "0"), ("core", "epochs", "0"),
@@ -552,3 +553,81 @@ def test_predict_window_does_not_shape_the_weights():
 
     stored = load_config(schema=CDConfig).to_dict()
     assert training_differences(stored, load_config(overrides=["predict_window=512"], schema=CDConfig)) == {}
+
+
+# ---- keys nothing reads ------------------------------------------------------------------------
+@pytest.mark.parametrize("task, overrides, message", [
+    ("acdc", ["backbone=resnet50"], "backbone: 'resnet50' is not read: model unet does not use it (used by "
+                                    "deeplabv3plus, siamese_deeplabv3plus, siamese_pspnet); leave it out, "
+                                    "or at its default 'resnet101'"),
+    ("acdc", ["pretrained=pretrained/resnet50.pth"], "^pretrained: .* model unet does not use it"),
+    ("acdc", ["dilations=[12, 24, 36]"], "^dilations: .* model unet does not use it"),
+    ("acdc", ["replace_stride_with_dilation=[false, true, true]"],
+     "^replace_stride_with_dilation: .* model unet does not use it"),
+    ("natural", ["feature_channels=[8, 16, 32, 64, 128]"],
+     r"^feature_channels: \[8, 16, 32, 64, 128\] is not read: model deeplabv3plus does not use it \(used by unet\)"),
+    ("change_detection", ["model=siamese_pspnet", "dilations=[2, 4, 6]"],
+     "^dilations: .* model siamese_pspnet does not use it"),
+    ("natural", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: natural images are evaluated one at a time"),
+    ("acdc", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: ACDC evaluates whole volumes"),
+    ("acdc", ["eval_mode=sliding_window"], "^eval_mode: 'sliding_window' is not read: ACDC evaluates whole volumes"),
+    ("acdc", ["eval_window=128"], "^eval_window: 128 is not read"),
+])
+def test_a_key_the_model_or_task_does_not_read_is_refused_in_one_line(task, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides, schema=_task_schemas()[task])
+    text = str(error.value)
+    assert "\n" not in text
+    assert text == message if not message.startswith("^") else re.match(message, text), text
+
+
+def test_an_unread_key_in_a_yaml_file_is_refused_and_one_at_its_default_is_accepted(tmp_path):
+    from tasks.acdc.common import AcdcConfig
+
+    official = tmp_path / "acdc.yaml"   # the official medical config, plus the default backbone
+    official.write_text("dataset: acdc\nnclass: 4\ncrop_size: 256\ndata_root: Your/ACDC/Path\nepochs: 300\n"
+                        "batch_size: 12\nlr: 0.01\nconf_thresh: 0.95\nbackbone: resnet101\n")
+    assert load_config(official, schema=AcdcConfig).effective_slice_size == 256
+    official.write_text(official.read_text().replace("resnet101", "resnet50"))
+    with pytest.raises(ConfigError, match="^backbone: 'resnet50' is not read: model unet"):
+        load_config(official, schema=AcdcConfig)
+
+
+def test_a_key_a_model_is_said_not_to_read_leaves_the_built_model_as_it_is():
+    """The registry's ``reads`` is the truth: changing any other model key builds the same weights."""
+    import torch
+
+    from unimatch.models import MODEL_KEYS, MODELS, build_model, model_keys_not_read
+
+    other_values = {"backbone": "resnet18", "pretrained": "no/such/file.pth", "deep_stem": False, "width": 4,
+                    "multi_grid": True, "replace_stride_with_dilation": [False, True, True], "dilations": [2, 4, 6],
+                    "reduce_channels": 4, "decoder_channels": 8, "feature_channels": [2, 4, 4, 8, 8]}
+    assert set(other_values) == set(MODEL_KEYS)
+    tiny = {"deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16),
+            "siamese_deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16,
+                                          in_channels=6),
+            "siamese_pspnet": dict(backbone="tiny", width=8, in_channels=6),
+            "unet": dict(feature_channels=[4, 8, 8, 16, 16], in_channels=1, mean=[0.0], std=[1.0])}
+    for name in MODELS:
+        base = Config(model=name, nclass=2, **tiny[name])
+        torch.manual_seed(0)
+        expected = build_model(base).state_dict()
+        for key in model_keys_not_read(name):
+            torch.manual_seed(0)
+            got = build_model(dataclasses.replace(base, **{key: other_values[key]})).state_dict()
+            assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), (name, key)
+
+
+def test_a_checkpoints_stored_key_its_run_never_read_is_left_out_when_evaluating(tmp_path):
+    """A run of an earlier version could store eval_batch_size: 4 for natural images (never read);
+    evaluating its checkpoint must not stop on it."""
+    import torch
+
+    from tasks.natural.common import TASK
+    from unimatch.cli import inference_config
+
+    stored = load_config(schema=TASK.config_class).to_dict()
+    stored["eval_batch_size"] = 4
+    torch.save({"config": stored}, tmp_path / "best.pth")
+    cfg, _ = inference_config(TASK, None, tmp_path / "best.pth")
+    assert cfg.eval_batch_size == 1 and cfg.model == stored["model"]

@@ -289,6 +289,22 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def keys_not_read(self) -> dict[str, str]:
+        """key -> why this config's run never reads it: the chosen model's (``unimatch.models.MODELS``);
+        a task's config adds the keys the task has no use for. Setting one is refused (``validate``)."""
+        from unimatch.models import model_keys_not_read
+        return model_keys_not_read(self.model)
+
+    def refuse_keys_not_read(self) -> None:
+        """A key that nothing reads set to other than its default is an error: the run would
+        silently ignore it (``backbone: resnet50`` with ``model: unet`` trains the UNet)."""
+        defaults = {f.name: field_default(f) for f in dataclasses.fields(self)}
+        for key, why in self.keys_not_read().items():
+            value = getattr(self, key)
+            if value != defaults[key]:
+                raise ConfigError(f"{key}: {value!r} is not read: {why}; leave it out, or at its default "
+                                  f"{defaults[key]!r}")
+
     def check_bounds(self, bounds: dict[str, Bounds]) -> None:
         """Each key of ``bounds`` holds numbers within its :class:`Bounds`. None passes where the key
         may be null, a string where the key may be one (its own check reads it: ``stretch: percentile``)."""
@@ -302,7 +318,12 @@ class Config:
                 raise ConfigError(f"{key}: {problem}")
 
     def validate(self) -> None:
+        from unimatch.models import MODELS
+
         self.check_bounds(NUMBER_BOUNDS)
+        if self.model not in MODELS:
+            raise ConfigError(f"model: {self.model!r} is not one of {', '.join(MODELS)}")
+        self.refuse_keys_not_read()
         if self.method not in METHODS:
             raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
         if self.unsup_loss not in ("ce", "dice"):
@@ -344,6 +365,11 @@ NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir"
 SPLIT_OFF_FROM = {"class_thresh_momentum": "dist_align_momentum"}
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of config field ``f`` (a fresh copy for a list or mapping)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
     """``key -> (stored value, value now)`` for every key of ``config`` outside
     :data:`NON_TRAINING_KEYS` whose value differs from the one in ``stored`` (a run's saved config).
@@ -367,7 +393,7 @@ def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, A
         elif SPLIT_OFF_FROM.get(f.name) in stored:
             before = stored[SPLIT_OFF_FROM[f.name]]
         else:
-            before = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            before = field_default(f)
         now = getattr(config, f.name)
         if plain(before) != plain(now):
             differences[f.name] = (before, now)

@@ -81,6 +81,10 @@ class AcdcConfig(Config):
     def default_class_names(self) -> tuple:
         return ACDC_CLASSES
 
+    def keys_not_read(self) -> dict[str, str]:
+        why = "ACDC evaluates whole volumes, one at a time, every slice resized to slice_size"
+        return {**super().keys_not_read(), **{key: why for key in ("eval_mode", "eval_window", "eval_batch_size")}}
+
     def select_metric_keys(self) -> list[str]:
         """Dice only: the engine keeps the checkpoint with the highest score, and a distance would
         pick the worst."""

@@ -48,6 +48,9 @@ class NaturalConfig(Config):
     def default_class_names(self) -> Optional[tuple]:
         return CLASS_NAMES.get(self.dataset)
 
+    def keys_not_read(self) -> dict[str, str]:
+        return {**super().keys_not_read(), "eval_batch_size": "natural images are evaluated one at a time"}
+
     def select_metric_keys(self) -> list[str]:
         return ["mIoU", "OA"] + [f"IoU/{name}" for name in self.report_class_names()]
 
