@@ -631,3 +631,65 @@ def test_a_checkpoints_stored_key_its_run_never_read_is_left_out_when_evaluating
     torch.save({"config": stored}, tmp_path / "best.pth")
     cfg, _ = inference_config(TASK, None, tmp_path / "best.pth")
     assert cfg.eval_batch_size == 1 and cfg.model == stored["model"]
+
+
+# ---- sections ----------------------------------------------------------------------------------
+def test_every_key_of_every_task_config_is_in_exactly_one_section():
+    from unimatch.config import SECTIONS
+
+    for schema in _task_schemas().values():
+        fields = [f.name for f in dataclasses.fields(schema)]
+        listed = [key for klass in schema.__mro__ for keys in vars(klass).get("section_keys", {}).values()
+                  for key in keys]
+        assert sorted(listed) == sorted(fields), schema.__name__
+        assert set(schema.key_sections().values()) <= set(SECTIONS)
+        assert not set(SECTIONS) & set(fields), "a section named like a key would hide that key"
+
+
+def _grouped(flat: dict, schema) -> dict:
+    home = schema.key_sections()
+    grouped: dict = {}
+    for key, value in flat.items():
+        grouped.setdefault(home[key], {})[key] = value
+    return grouped
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_file_in_sections_loads_as_the_same_flat_config(path, tmp_path):
+    from unimatch.config import flatten_sections
+
+    schema = _shipped_schema(path)
+    flat = flatten_sections(schema, yaml.safe_load(path.read_text()), str(path))
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(flat))
+    (tmp_path / "grouped.yaml").write_text(yaml.safe_dump(_grouped(flat, schema)))
+    expected = load_config(tmp_path / "flat.yaml", schema=schema)
+    assert load_config(tmp_path / "grouped.yaml", schema=schema) == expected == load_config(path, schema=schema)
+
+
+def test_sections_and_flat_keys_mix_and_overrides_may_name_the_section(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("nclass: 6\nnetwork:\n  backbone: resnet18\n  dilations: [2, 4, 6]\n"
+                    "training:\n  lr: 0.04\n  criterion: {name: OHEM, kwargs: {ignore_index: 255}}\n")
+    cfg = load_config(path, ["network.width=16", "training.criterion.kwargs.thresh=0.6", "lr=0.02"])
+    assert (cfg.nclass, cfg.backbone, cfg.dilations, cfg.width, cfg.lr) == (6, "resnet18", [2, 4, 6], 16, 0.02)
+    assert cfg.criterion == {"name": "OHEM", "kwargs": {"ignore_index": 255, "thresh": 0.6}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training:\n  backbone: resnet50\n", r"bad.yaml: backbone belongs in section network, not training$"),
+    ("network:\n  backbon: resnet50\n", r"bad.yaml: unknown config key network.backbon. Valid keys in network: model, "),
+    ("network: resnet50\n", r"bad.yaml: section network must be a mapping of its keys \(model, backbone, "),
+    ("lr: 0.1\ntraining:\n  lr: 0.2\n", r"bad.yaml: lr is given twice \(again as training.lr\)$"),
+])
+def test_a_key_in_the_wrong_section_is_one_error_naming_its_section(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "\n" not in str(error.value) and re.search(message, str(error.value)), str(error.value)
+
+
+def test_an_override_under_the_wrong_section_names_its_section():
+    with pytest.raises(ConfigError, match=r"^override 'training.backbone=resnet50': backbone belongs in section "
+                                          r"network, not training$"):
+        load_config(overrides=["training.backbone=resnet50"])

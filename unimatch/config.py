@@ -4,7 +4,15 @@ The keys follow the official UniMatch YAML files (``nclass``, ``crop_size``, ``l
 ``criterion: {name, kwargs}``, ``conf_thresh`` ...) so users can bring theirs. Tasks extend
 :class:`Config` with their own fields (a dataclass subclass); any other key is an error that
 lists the valid ones, because a misspelt key silently falling back to a default costs a
-week-long run.
+week-long run. For the same reason a key that the chosen model or task never reads is refused
+when set off its default (:meth:`Config.keys_not_read`).
+
+A file may list its keys flat, as the official files do, or grouped in the sections of
+:data:`SECTIONS` (``network: {model: unet, feature_channels: [...]}``); an override may name
+the section too (``network.backbone=resnet50``). Sections are flattened on load: the config, the
+saved ``config.yaml`` and the checkpoints' copies are flat. Each key belongs to one section
+(``section_keys`` of :class:`Config` and of each task's config); a key under another section is
+an error naming its own.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
@@ -32,6 +40,17 @@ METHODS = {
     "supervised": (0, 0),
 }
 EVAL_MODES = ("original", "center_crop", "sliding_window")
+# the sections a config file may group its keys in, as a user thinks of them; none is a key name
+# (``model`` and ``method`` are keys of the official files)
+SECTIONS = {
+    "data": "the dataset, its splits, classes, sizes and normalisation",
+    "network": "the model and its backbone",
+    "training": "the method, its losses and thresholds, the schedule and optimiser, the seed",
+    "perturbation": "the augmentation of the training views",
+    "evaluation": "the validation metric, evaluation and prediction windows",
+    "speed": "how the maths and the loading run (same numbers up to rounding)",
+    "run": "logging, statistics and the run folder",
+}
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -152,6 +171,23 @@ def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]
 
 @dataclass
 class Config:
+    # section -> its keys of this class (a task's config lists its own keys the same way)
+    section_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("task", "dataset", "data_root", "labeled_split", "unlabeled_split", "val_split", "nclass",
+                 "class_names", "crop_size", "in_channels", "mean", "std"),
+        "network": ("model", "backbone", "deep_stem", "width", "reduce_channels", "decoder_channels",
+                    "feature_channels", "pretrained", "replace_stride_with_dilation", "multi_grid", "dilations"),
+        "training": ("method", "conf_thresh", "strong_views", "fp_streams", "sup_weight", "strong_weight",
+                     "fp_weight", "loss_divisor", "sup_warmup_epochs", "dist_align", "dist_align_momentum",
+                     "class_thresh", "class_thresh_momentum", "partner_from_batch", "criterion", "unsup_loss",
+                     "epochs", "batch_size", "lr", "lr_multi", "momentum", "weight_decay", "seed"),
+        "perturbation": ("color_jitter_p", "color_jitter", "grayscale_p", "blur_p", "blur_sigma", "cutmix_p",
+                         "cutmix_area", "cutmix_ratio", "channel_group_size"),
+        "evaluation": ("select_metric", "eval_mode", "eval_window", "eval_batch_size", "eval_every"),
+        "speed": ("amp", "channels_last", "compile", "cpu_allocator", "threads", "num_workers"),
+        "run": ("save_dir", "log_every", "pseudo_label_accuracy"),
+    }
+
     # data (a task's config subclass sets ``task``, ``select_metric`` and its defaults)
     task: Optional[str] = None
     dataset: str = "synthetic"
@@ -288,6 +324,15 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def key_sections(cls) -> dict[str, str]:
+        """key -> the section it belongs to, from ``section_keys`` of this class and its bases."""
+        sections = {}
+        for klass in reversed(cls.__mro__):
+            for section, keys in vars(klass).get("section_keys", {}).items():
+                sections.update(dict.fromkeys(keys, section))
+        return sections
 
     def keys_not_read(self) -> dict[str, str]:
         """key -> why this config's run never reads it: the chosen model's (``unimatch.models.MODELS``);
@@ -469,6 +514,40 @@ def _coerce(schema: type, values: dict, source: str) -> dict:
     return out
 
 
+def flatten_sections(schema: type, values: dict, source: str) -> dict:
+    """``values`` (a config file's top level) with the keys of each section of :data:`SECTIONS`
+    moved to the top level. A key under the wrong section, a key given twice (flat and in a
+    section) and a section that is not a mapping are errors."""
+    home = schema.key_sections()
+    flat: dict = {}
+
+    def add(key: str, value: Any, where: str) -> None:
+        if key in flat:
+            raise ConfigError(f"{source}: {key} is given twice (again as {where})")
+        flat[key] = value
+
+    for key, value in values.items():
+        if key not in SECTIONS:
+            add(key, value, key)
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: section {key} must be a mapping of its keys "
+                              f"({', '.join(k for k, s in home.items() if s == key)})")
+        for inner, inner_value in value.items():
+            check_section(home, key, inner, source)
+            add(inner, inner_value, f"{key}.{inner}")
+    return flat
+
+
+def check_section(home: dict[str, str], section: str, key: str, source: str) -> None:
+    """``key`` belongs in ``section`` (``home``: key -> section), or one error naming where it belongs."""
+    if key not in home:
+        raise ConfigError(f"{source}: unknown config key {section}.{key}. Valid keys in {section}: "
+                          f"{', '.join(k for k, s in home.items() if s == section)}")
+    if home[key] != section:
+        raise ConfigError(f"{source}: {key} belongs in section {home[key]}, not {section}")
+
+
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """PyYAML's problem (``mapping values are not allowed here``) on one line, without its
     several-line excerpt of the text."""
@@ -520,11 +599,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data: dict = {}
     if path is not None:
         path = Path(path)
-        data.update(_coerce(schema, read_config_file(path, schema), str(path)))
+        data.update(_coerce(schema, flatten_sections(schema, read_config_file(path, schema), str(path)), str(path)))
     data.update(_coerce(schema, {k: v for k, v in values.items() if v is not None}, "command line"))
     given = {k for k, v in values.items() if v is not None}
     for text in overrides:
         keys, value = parse_override(text)
+        if keys[0] in SECTIONS and len(keys) > 1:
+            check_section(schema.key_sections(), keys[0], keys[1], f"override {text!r}")
+            keys = keys[1:]
         given.add(keys[0])
         if len(keys) == 1:
             data.update(_coerce(schema, {keys[0]: value}, f"override {text!r}"))
@@ -535,10 +617,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             _coerce(schema, {root: None}, f"override {text!r}")
         current = data.get(root)
         if current is None:
-            if default.default_factory is not dataclasses.MISSING:
-                current = default.default_factory()
-            else:
-                current = {} if default.default is None else default.default
+            current = field_default(default)
+            if current is None:
+                current = {}
         if not isinstance(current, dict):
             raise ConfigError(f"override {text!r}: {root} is not a mapping")
         node = current

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -41,6 +41,9 @@ class AcdcConfig(Config):
     is the voxel size assumed for the preprocessed ``.h5`` volumes, which store none.
     ``synthetic_*`` describe the phantom written when no ``data_root`` is given.
     """
+    section_keys: ClassVar[dict] = {"data": ("slice_size", "cases", "test_split", "intensity_norm", "image_order",
+                                             "h5_spacing", "synthetic_patients", "synthetic_size", "synthetic_slices",
+                                             "synthetic_seed")}
     task: str = "acdc"
     dataset: str = "synthetic"
     nclass: int = 4

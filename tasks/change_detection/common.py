@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import numpy as np
 import torch
@@ -50,6 +50,12 @@ class CDConfig(Config):
     """The core config plus what a bi-temporal dataset needs; defaults follow the official
     remote-sensing UniMatch (siamese DeepLabV3+, 256 crops, lr 0.02 for head and backbone alike)."""
 
+    section_keys: ClassVar[dict] = {
+        "data": ("bands", "stretch", "class_values", "test_split", "synthetic_no_change_share", "synthetic_change_rate",
+                 "synthetic_building_side"),
+        "perturbation": ("nadir_augment", "scale_range"),
+        "evaluation": ("predict_window",),
+    }
     task: str = "change_detection"
     dataset: str = "synthetic"
     nclass: int = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from PIL import Image
@@ -36,6 +36,9 @@ CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco
 class NaturalConfig(Config):
     """:class:`unimatch.config.Config` with the natural-image defaults (the official Pascal ones)."""
 
+    section_keys: ClassVar[dict] = {"data": ("synthetic_images", "synthetic_labeled_fraction",
+                                             "synthetic_class_hue_probability", "synthetic_class_hue_spread",
+                                             "synthetic_clutter")}
     task: str = "natural"
     select_metric: str = "mIoU"
     # the built-in synthetic set (tasks/natural/synthetic.py): its size, labelled share and scenes
