@@ -40,17 +40,11 @@ METHODS = {
     "supervised": (0, 0),
 }
 EVAL_MODES = ("original", "center_crop", "sliding_window")
-# the sections a config file may group its keys in, as a user thinks of them; none is a key name
-# (``model`` and ``method`` are keys of the official files)
-SECTIONS = {
-    "data": "the dataset, its splits, classes, sizes and normalisation",
-    "network": "the model and its backbone",
-    "training": "the method, its losses and thresholds, the schedule and optimiser, the seed",
-    "perturbation": "the augmentation of the training views",
-    "evaluation": "the validation metric, evaluation and prediction windows",
-    "speed": "how the maths and the loading run (same numbers up to rounding)",
-    "run": "logging, statistics and the run folder",
-}
+# the sections a config file may group its keys in, as a user thinks of them: the dataset; the model;
+# the method, its losses, schedule and seed; the augmentation of the training views; the validation
+# metric and the evaluation and prediction windows; how the maths and the loading run; logging and
+# the run folder. None is a key name (``model`` and ``method`` are keys of the official files).
+SECTIONS = ("data", "network", "training", "perturbation", "evaluation", "speed", "run")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -219,8 +213,8 @@ class Config:
     strong_views: Optional[int] = None
     fp_streams: Optional[int] = None
     # the loss (unimatch/method.py): (sup_weight L_sup + strong_weight L_strong + fp_weight L_fp) / loss_divisor,
-    # the paper's (1, 0.5, 0.5) / 2; strong_weight null is the method's share (0.5, or 1.0 without an FP
-    # stream). ``method: supervised`` trains on sup_weight L_sup, not divided (the official supervised.py),
+    # the paper's (1, 0.5, 0.5) / 2 (StepSettings.weights: strong_weight null is 1 - fp_weight, 1 without an
+    # FP stream). ``method: supervised`` trains on sup_weight L_sup, undivided (the official supervised.py),
     # so sup_weight 2 under a semi-supervised method weighs L_sup as the supervised baseline's 1
     sup_weight: float = 1.0      # weight of the labelled loss L_sup (divided by loss_divisor unless supervised)
     strong_weight: Optional[float] = None   # weight of the strong-view losses, their mean over the views
