@@ -158,6 +158,14 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
 }
 
 
+# Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
+# where the run folder is, how many images one evaluation batch holds, how often to evaluate. A run
+# may be resumed with other values of these (and of a task's own, ``Config.non_training_keys``);
+# every other key must equal the stored one (see ``training_differences``), because the weights in
+# the run folder were trained under it.
+NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every"})
+
+
 def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]:
     """``names`` when there is one per class, else ``class 0`` ... ``class <nclass - 1>``."""
     return [str(n) for n in names] if names and len(names) == nclass else [f"class {i}" for i in range(nclass)]
@@ -181,6 +189,8 @@ class Config:
         "speed": ("amp", "channels_last", "compile", "cpu_allocator", "threads", "num_workers"),
         "run": ("save_dir", "log_every", "pseudo_label_accuracy"),
     }
+    # the keys a run may be resumed with other values of (a task's config adds its own)
+    non_training_keys: ClassVar[frozenset] = NON_TRAINING_KEYS
 
     # data (a task's config subclass sets ``task``, ``select_metric`` and its defaults)
     task: Optional[str] = None
@@ -278,8 +288,8 @@ class Config:
     log_every: int = 20
     select_metric: Optional[str] = None
     eval_mode: str = "original"
-    # the side of the window of the center_crop and sliding_window eval modes (and of natural-image
-    # predict in those modes); null: crop_size, the official evaluation's window
+    # the side of the window of the center_crop and sliding_window eval modes (and of a task's
+    # prediction in those modes); null: crop_size, the official evaluation's window
     eval_window: Optional[int] = None
     eval_batch_size: int = 1
 
@@ -392,13 +402,6 @@ class Config:
         validate_criterion(self.criterion)
 
 
-# Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
-# where the run folder is, how many images one evaluation batch holds, how often to evaluate, the
-# window of change detection's whole-scene prediction. A run may be resumed with other values of
-# these; every other key must equal the stored one (see ``training_differences``), because the
-# weights in the run folder were trained under it.
-NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every",
-                               "predict_window"})
 # key -> the key whose value it had before it got a name of its own: a run saved before the split
 # was trained with that key's value
 SPLIT_OFF_FROM = {"class_thresh_momentum": "dist_align_momentum"}
@@ -410,8 +413,8 @@ def field_default(f: dataclasses.Field) -> Any:
 
 
 def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
-    """``key -> (stored value, value now)`` for every key of ``config`` outside
-    :data:`NON_TRAINING_KEYS` whose value differs from the one in ``stored`` (a run's saved config).
+    """``key -> (stored value, value now)`` for every key of ``config`` outside its
+    ``non_training_keys`` whose value differs from the one in ``stored`` (a run's saved config).
 
     A key ``stored`` lacks (a run saved before the key existed) counts as the value that run was
     trained with: the stored value of the key it was split off from (:data:`SPLIT_OFF_FROM`), else
@@ -425,7 +428,7 @@ def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, A
 
     differences = {}
     for f in dataclasses.fields(config):
-        if f.name in NON_TRAINING_KEYS:
+        if f.name in config.non_training_keys:
             continue
         if f.name in stored:
             before = stored[f.name]

@@ -56,6 +56,7 @@ class CDConfig(Config):
         "perturbation": ("nadir_augment", "scale_range"),
         "evaluation": ("predict_window",),
     }
+    non_training_keys: ClassVar[frozenset] = Config.non_training_keys | {"predict_window"}
     task: str = "change_detection"
     dataset: str = "synthetic"
     nclass: int = 2
