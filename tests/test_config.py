@@ -292,22 +292,23 @@ OUT_OF_RANGE = [
     ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
     ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
     ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
-    ("core", "dist_align_momentum", "1"), ("core", "color_jitter_p", "1.5"),
+    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"),
+    ("core", "color_jitter_p", "1.5"),
     ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
     ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
     ("core", "cutmix_ratio", "[0, 3]"), ("core", "channel_group_size", "0"), ("core", "epochs", "0"),
     ("core", "batch_size", "0"), ("core", "lr", "-1"), ("core", "lr_multi", "0"), ("core", "momentum", "-1"),
     ("core", "weight_decay", "-0.0001"), ("core", "threads", "0"), ("core", "seed", "-1"),
     ("core", "eval_every", "0"), ("core", "num_workers", "-1"), ("core", "log_every", "-1"),
-    ("core", "eval_batch_size", "0"),
+    ("core", "eval_batch_size", "0"), ("core", "eval_window", "0"),
     ("natural", "synthetic_images", "2"), ("natural", "synthetic_labeled_fraction", "1.5"),
     ("natural", "synthetic_class_hue_probability", "-0.1"), ("natural", "synthetic_class_hue_spread", "-1"),
     ("change_detection", "bands", "[0, 1, 2]"), ("change_detection", "stretch", "0"),
     ("change_detection", "class_values", "[-1, 255]"), ("change_detection", "scale_range", "[1.2, 0.8]"),
     ("change_detection", "synthetic_no_change_share", "1.5"),
     ("change_detection", "synthetic_change_rate", "[0.8, 0.2]"),
-    ("change_detection", "synthetic_building_side", "[0, 20]"),
-    ("acdc", "cases", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
+    ("change_detection", "synthetic_building_side", "[0, 20]"), ("change_detection", "predict_window", "0"),
+    ("acdc", "cases", "0"), ("acdc", "slice_size", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
     ("acdc", "synthetic_patients", "0"), ("acdc", "synthetic_size", "0"), ("acdc", "synthetic_slices", "[0, 3]"),
     ("acdc", "synthetic_seed", "-1"),
 ]
@@ -442,3 +443,253 @@ def test_a_warmup_longer_than_the_schedule_of_one_file_is_refused(tmp_path):
     path.write_text("epochs: 2\nsup_warmup_epochs: 3\n")
     with pytest.raises(ConfigError, match=r"sup_warmup_epochs: must lie in \[0, epochs=2\], got 3"):
         load_config(path)
+
+
+# ---- one meaning per key -----------------------------------------------------------------------
+def _shipped_configs():
+    return sorted(CONFIG_DIR.glob("*/*.yaml"))
+
+
+def _shipped_schema(path):
+    return _task_schemas()[path.parent.name]
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_windows_and_the_slice_size_default_to_crop_size_as_before(path):
+    """eval_window, predict_window and ACDC's slice_size are crop_size unless set: the official
+    configs (which know only crop_size) evaluate, predict and resize as they did."""
+    cfg = load_config(path, schema=_shipped_schema(path))
+    sizes = {name: getattr(cfg, name) for name in ("effective_eval_window", "effective_predict_window",
+                                                   "effective_slice_size") if hasattr(cfg, name)}
+    assert sizes and set(sizes.values()) == {cfg.crop_size}
+    assert load_config(overrides=["crop_size=97"]).effective_eval_window == 97
+    assert load_config(overrides=["crop_size=97", "eval_window=512"]).effective_eval_window == 512
+
+
+def test_the_evaluation_window_is_eval_window_and_the_training_crop_stays_crop_size(monkeypatch):
+    import tasks.natural.common as natural
+
+    seen = {}
+
+    def evaluate_segmentation(predictor, loader, nclass, mode, window, on_prediction=None):
+        seen["window"] = window
+        raise StopIteration
+
+    monkeypatch.setattr(natural, "evaluate_segmentation", evaluate_segmentation)
+    cfg = load_config(overrides=["crop_size=64", "eval_window=96", "eval_mode=sliding_window"],
+                      schema=natural.NaturalConfig)
+    with pytest.raises(StopIteration):
+        natural.evaluate_model(None, cfg, loader=None)
+    assert seen["window"] == 96 and cfg.crop_size == 64
+
+
+def test_a_scene_is_predicted_in_predict_window_and_evaluated_in_eval_window(monkeypatch, tmp_path):
+    import argparse
+
+    import tasks.change_detection.common as cd
+
+    seen = {}
+    monkeypatch.setattr(cd, "predict_scene", lambda *a, window, overlap, **k: seen.update(window=window,
+                                                                                           overlap=overlap))
+
+    def evaluate_segmentation(predictor, loader, nclass, mode, window, on_prediction=None):
+        seen["eval"] = window
+        raise StopIteration
+
+    monkeypatch.setattr(cd, "evaluate_segmentation", evaluate_segmentation)
+    cfg = load_config(overrides=["crop_size=96", "predict_window=256", "eval_window=128"], schema=cd.CDConfig)
+    args = argparse.Namespace(window=None, overlap=None, before=tmp_path / "a.tif", after=tmp_path / "b.tif",
+                              out=tmp_path / "c.tif", probability=False, overwrite=False, no_progress=True,
+                              batch_size=1)
+    cd.TASK.predict(None, cfg, args, None)
+    assert seen == {"window": 256, "overlap": 64}
+    with pytest.raises(StopIteration):
+        cd.evaluate_model(None, cfg, loader=None)
+    assert seen["eval"] == 128
+
+
+def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(monkeypatch):
+    import tasks.acdc.common as acdc
+
+    sizes = []
+    monkeypatch.setattr(acdc, "build_acdc_datasets", lambda *a, slice_size, **k: sizes.append(slice_size))
+    monkeypatch.setattr(acdc, "_loaded", {})
+    acdc.load_datasets(load_config(overrides=["crop_size=64", "cases=1"], schema=acdc.AcdcConfig))
+    acdc.load_datasets(load_config(overrides=["crop_size=64", "slice_size=128", "cases=1"], schema=acdc.AcdcConfig))
+    assert sizes == [64, 128]
+    with pytest.raises(ConfigError, match="^slice_size: 72 must be a multiple of 16"):
+        load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
+
+
+NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size")
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_run_saved_before_the_new_keys_resumes(path):
+    """A config.yaml written before eval_window, class_thresh_momentum, predict_window and
+    slice_size existed has no differences from the same config loaded now."""
+    from unimatch.config import training_differences
+
+    cfg = load_config(path, schema=_shipped_schema(path))
+    stored = {k: v for k, v in cfg.to_dict().items() if k not in NEW_KEYS}
+    assert len(stored) < len(cfg.to_dict())
+    assert training_differences(stored, cfg) == {}
+
+
+def test_class_thresh_momentum_of_a_run_saved_before_it_existed_is_its_dist_align_momentum():
+    from unimatch.config import training_differences
+
+    stored = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9"]).to_dict()
+    del stored["class_thresh_momentum"]
+    now = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9"])
+    assert training_differences(stored, now) == {"class_thresh_momentum": (0.9, 0.99)}
+    same = load_config(overrides=["class_thresh=true", "dist_align_momentum=0.9", "class_thresh_momentum=0.9"])
+    assert training_differences(stored, same) == {}
+
+
+def test_predict_window_does_not_shape_the_weights():
+    from tasks.change_detection.common import CDConfig
+    from unimatch.config import training_differences
+
+    stored = load_config(schema=CDConfig).to_dict()
+    assert training_differences(stored, load_config(overrides=["predict_window=512"], schema=CDConfig)) == {}
+
+
+# ---- keys nothing reads ------------------------------------------------------------------------
+@pytest.mark.parametrize("task, overrides, message", [
+    ("acdc", ["backbone=resnet50"], "backbone: 'resnet50' is not read: model unet does not use it (used by "
+                                    "deeplabv3plus, siamese_deeplabv3plus, siamese_pspnet); leave it out, "
+                                    "or at its default 'resnet101'"),
+    ("acdc", ["pretrained=pretrained/resnet50.pth"], "^pretrained: .* model unet does not use it"),
+    ("acdc", ["dilations=[12, 24, 36]"], "^dilations: .* model unet does not use it"),
+    ("acdc", ["replace_stride_with_dilation=[false, true, true]"],
+     "^replace_stride_with_dilation: .* model unet does not use it"),
+    ("natural", ["feature_channels=[8, 16, 32, 64, 128]"],
+     r"^feature_channels: \[8, 16, 32, 64, 128\] is not read: model deeplabv3plus does not use it \(used by unet\)"),
+    ("change_detection", ["model=siamese_pspnet", "dilations=[2, 4, 6]"],
+     "^dilations: .* model siamese_pspnet does not use it"),
+    ("natural", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: natural images are evaluated one at a time"),
+    ("acdc", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: ACDC evaluates whole volumes"),
+    ("acdc", ["eval_mode=sliding_window"], "^eval_mode: 'sliding_window' is not read: ACDC evaluates whole volumes"),
+    ("acdc", ["eval_window=128"], "^eval_window: 128 is not read"),
+])
+def test_a_key_the_model_or_task_does_not_read_is_refused_in_one_line(task, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides, schema=_task_schemas()[task])
+    text = str(error.value)
+    assert "\n" not in text
+    assert text == message if not message.startswith("^") else re.match(message, text), text
+
+
+def test_an_unread_key_in_a_yaml_file_is_refused_and_one_at_its_default_is_accepted(tmp_path):
+    from tasks.acdc.common import AcdcConfig
+
+    official = tmp_path / "acdc.yaml"   # the official medical config, plus the default backbone
+    official.write_text("dataset: acdc\nnclass: 4\ncrop_size: 256\ndata_root: Your/ACDC/Path\nepochs: 300\n"
+                        "batch_size: 12\nlr: 0.01\nconf_thresh: 0.95\nbackbone: resnet101\n")
+    assert load_config(official, schema=AcdcConfig).effective_slice_size == 256
+    official.write_text(official.read_text().replace("resnet101", "resnet50"))
+    with pytest.raises(ConfigError, match="^backbone: 'resnet50' is not read: model unet"):
+        load_config(official, schema=AcdcConfig)
+
+
+def test_a_key_a_model_is_said_not_to_read_leaves_the_built_model_as_it_is():
+    """The registry's ``reads`` is the truth: changing any other model key builds the same weights."""
+    import torch
+
+    from unimatch.models import MODEL_KEYS, MODELS, build_model, model_keys_not_read
+
+    other_values = {"backbone": "resnet18", "pretrained": "no/such/file.pth", "deep_stem": False, "width": 4,
+                    "multi_grid": True, "replace_stride_with_dilation": [False, True, True], "dilations": [2, 4, 6],
+                    "reduce_channels": 4, "decoder_channels": 8, "feature_channels": [2, 4, 4, 8, 8]}
+    assert set(other_values) == set(MODEL_KEYS)
+    tiny = {"deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16),
+            "siamese_deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16,
+                                          in_channels=6),
+            "siamese_pspnet": dict(backbone="tiny", width=8, in_channels=6),
+            "unet": dict(feature_channels=[4, 8, 8, 16, 16], in_channels=1, mean=[0.0], std=[1.0])}
+    for name in MODELS:
+        base = Config(model=name, nclass=2, **tiny[name])
+        torch.manual_seed(0)
+        expected = build_model(base).state_dict()
+        for key in model_keys_not_read(name):
+            torch.manual_seed(0)
+            got = build_model(dataclasses.replace(base, **{key: other_values[key]})).state_dict()
+            assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), (name, key)
+
+
+def test_a_checkpoints_stored_key_its_run_never_read_is_left_out_when_evaluating(tmp_path):
+    """A run of an earlier version could store eval_batch_size: 4 for natural images (never read);
+    evaluating its checkpoint must not stop on it."""
+    import torch
+
+    from tasks.natural.common import TASK
+    from unimatch.cli import inference_config
+
+    stored = load_config(schema=TASK.config_class).to_dict()
+    stored["eval_batch_size"] = 4
+    torch.save({"config": stored}, tmp_path / "best.pth")
+    cfg, _ = inference_config(TASK, None, tmp_path / "best.pth")
+    assert cfg.eval_batch_size == 1 and cfg.model == stored["model"]
+
+
+# ---- sections ----------------------------------------------------------------------------------
+def test_every_key_of_every_task_config_is_in_exactly_one_section():
+    from unimatch.config import SECTIONS
+
+    for schema in _task_schemas().values():
+        fields = [f.name for f in dataclasses.fields(schema)]
+        listed = [key for klass in schema.__mro__ for keys in vars(klass).get("section_keys", {}).values()
+                  for key in keys]
+        assert sorted(listed) == sorted(fields), schema.__name__
+        assert set(schema.key_sections().values()) <= set(SECTIONS)
+        assert not set(SECTIONS) & set(fields), "a section named like a key would hide that key"
+
+
+def _grouped(flat: dict, schema) -> dict:
+    home = schema.key_sections()
+    grouped: dict = {}
+    for key, value in flat.items():
+        grouped.setdefault(home[key], {})[key] = value
+    return grouped
+
+
+@pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_file_in_sections_loads_as_the_same_flat_config(path, tmp_path):
+    from unimatch.config import flatten_sections
+
+    schema = _shipped_schema(path)
+    flat = flatten_sections(schema, yaml.safe_load(path.read_text()), str(path))
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(flat))
+    (tmp_path / "grouped.yaml").write_text(yaml.safe_dump(_grouped(flat, schema)))
+    expected = load_config(tmp_path / "flat.yaml", schema=schema)
+    assert load_config(tmp_path / "grouped.yaml", schema=schema) == expected == load_config(path, schema=schema)
+
+
+def test_sections_and_flat_keys_mix_and_overrides_may_name_the_section(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("nclass: 6\nnetwork:\n  backbone: resnet18\n  dilations: [2, 4, 6]\n"
+                    "training:\n  lr: 0.04\n  criterion: {name: OHEM, kwargs: {ignore_index: 255}}\n")
+    cfg = load_config(path, ["network.width=16", "training.criterion.kwargs.thresh=0.6", "lr=0.02"])
+    assert (cfg.nclass, cfg.backbone, cfg.dilations, cfg.width, cfg.lr) == (6, "resnet18", [2, 4, 6], 16, 0.02)
+    assert cfg.criterion == {"name": "OHEM", "kwargs": {"ignore_index": 255, "thresh": 0.6}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training:\n  backbone: resnet50\n", r"bad.yaml: backbone belongs in section network, not training$"),
+    ("network:\n  backbon: resnet50\n", r"bad.yaml: unknown config key network.backbon. Valid keys in network: model, "),
+    ("network: resnet50\n", r"bad.yaml: section network must be a mapping of its keys \(model, backbone, "),
+    ("lr: 0.1\ntraining:\n  lr: 0.2\n", r"bad.yaml: lr is given twice \(again as training.lr\)$"),
+])
+def test_a_key_in_the_wrong_section_is_one_error_naming_its_section(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "\n" not in str(error.value) and re.search(message, str(error.value)), str(error.value)
+
+
+def test_an_override_under_the_wrong_section_names_its_section():
+    with pytest.raises(ConfigError, match=r"^override 'training.backbone=resnet50': backbone belongs in section "
+                                          r"network, not training$"):
+        load_config(overrides=["training.backbone=resnet50"])

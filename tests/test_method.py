@@ -393,13 +393,23 @@ def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp
 def test_step_settings_take_every_config_value_by_name():
     cfg = Config(method="fixmatch", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
                  loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
-                 dist_align_momentum=0.9)
+                 dist_align_momentum=0.9, class_thresh_momentum=0.8)
     cfg.validate()
     # every field differs from its default, so a field from_config forgets fails the comparison
     changed = StepSettings(
         strong_views=1, fp_streams=0, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
         loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
-        dist_align_momentum=0.9)
+        dist_align_momentum=0.9, class_thresh_momentum=0.8)
     default = StepSettings()
     assert all(getattr(changed, f.name) != getattr(default, f.name) for f in dataclasses.fields(StepSettings))
     assert StepSettings.from_config(cfg) == changed
+
+
+def test_each_running_share_has_its_own_momentum_and_both_default_to_the_old_shared_one():
+    """dist_align_momentum moves dist_align's class distributions, class_thresh_momentum
+    class_thresh's running shares; both were dist_align_momentum (0.99) before the split."""
+    step, _, _ = make_step(dist_align=True, class_thresh=True, dist_align_momentum=0.9, class_thresh_momentum=0.8)
+    assert step.align.momentum == 0.9
+    assert step.class_thresh.momentum == step.class_thresh.priors.momentum == 0.8
+    step, _, _ = make_step(dist_align=True, class_thresh=True)
+    assert step.align.momentum == step.class_thresh.momentum == 0.99

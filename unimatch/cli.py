@@ -200,7 +200,8 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
     model, normalisation, sizes and seed (which may decide the test set) are used, but not its split
     lists when ``data_root`` is given: the task then finds them under that root; otherwise
     (official checkpoints store none) the task's built-in default. A checkpoint whose stored
-    config names another task is refused first, naming the command that reads it. ``pretrained``
+    config names another task is refused first, naming the command that reads it. Stored keys the
+    run never read (``Config.keys_not_read``, accepted by earlier versions) are left out. ``pretrained``
     is always None: the checkpoint holds every weight, so no pretrained file is read, nor built
     (``pretrained: synthetic``).
     """
@@ -219,6 +220,9 @@ def inference_config(task, config: Path | None, checkpoint: Path, overrides=(), 
         if values.get("data_root") is not None:   # the stored lists name the training data's files
             known -= {f"{kind}_split" for kind in SPLIT_KINDS}
         stored = {k: v for k, v in stored.items() if k in known}
+        model = {"model": stored["model"]} if "model" in stored else {}
+        unread = task.config_class(**model).keys_not_read()
+        stored = {k: v for k, v in stored.items() if k not in unread}
         stored.update({k: v for k, v in values.items() if v is not None})
         cfg = load_config(None, overrides, schema=task.config_class, **stored)
         source = f"{checkpoint} (stored config)"

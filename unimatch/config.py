@@ -4,7 +4,15 @@ The keys follow the official UniMatch YAML files (``nclass``, ``crop_size``, ``l
 ``criterion: {name, kwargs}``, ``conf_thresh`` ...) so users can bring theirs. Tasks extend
 :class:`Config` with their own fields (a dataclass subclass); any other key is an error that
 lists the valid ones, because a misspelt key silently falling back to a default costs a
-week-long run.
+week-long run. For the same reason a key that the chosen model or task never reads is refused
+when set off its default (:meth:`Config.keys_not_read`).
+
+A file may list its keys flat, as the official files do, or grouped in the sections of
+:data:`SECTIONS` (``network: {model: unet, feature_channels: [...]}``); an override may name
+the section too (``network.backbone=resnet50``). Sections are flattened on load: the config, the
+saved ``config.yaml`` and the checkpoints' copies are flat. Each key belongs to one section
+(``section_keys`` of :class:`Config` and of each task's config); a key under another section is
+an error naming its own.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
@@ -32,6 +40,11 @@ METHODS = {
     "supervised": (0, 0),
 }
 EVAL_MODES = ("original", "center_crop", "sliding_window")
+# the sections a config file may group its keys in, as a user thinks of them: the dataset; the model;
+# the method, its losses, schedule and seed; the augmentation of the training views; the validation
+# metric and the evaluation and prediction windows; how the maths and the loading run; logging and
+# the run folder. None is a key name (``model`` and ``method`` are keys of the official files).
+SECTIONS = ("data", "network", "training", "perturbation", "evaluation", "speed", "run")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -126,7 +139,7 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "sup_weight": at_least(0.0), "strong_weight": at_least(0.0), "fp_weight": at_least(0.0),
     "loss_divisor": above(0.0),
     "sup_warmup_epochs": at_least(0),
-    "dist_align_momentum": MOMENTUM,
+    "dist_align_momentum": MOMENTUM, "class_thresh_momentum": MOMENTUM,
     "color_jitter_p": PROBABILITY, "grayscale_p": PROBABILITY, "blur_p": PROBABILITY, "cutmix_p": PROBABILITY,
     "color_jitter": at_least(0.0, count=4),                  # brightness, contrast, saturation, hue
     "blur_sigma": above(0.0, count=2, ordered=True),
@@ -141,7 +154,16 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "num_workers": at_least(0),             # 0: load in the training process
     "log_every": at_least(0),               # 0: no periodic logging
     "eval_batch_size": COUNT,
+    "eval_window": COUNT,
 }
+
+
+# Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
+# where the run folder is, how many images one evaluation batch holds, how often to evaluate. A run
+# may be resumed with other values of these (and of a task's own, ``Config.non_training_keys``);
+# every other key must equal the stored one (see ``training_differences``), because the weights in
+# the run folder were trained under it.
+NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every"})
 
 
 def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]:
@@ -151,6 +173,25 @@ def class_names_or_ids(names: Optional[Sequence[str]], nclass: int) -> list[str]
 
 @dataclass
 class Config:
+    # section -> its keys of this class (a task's config lists its own keys the same way)
+    section_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "data": ("task", "dataset", "data_root", "labeled_split", "unlabeled_split", "val_split",
+                 "allow_labeled_in_unlabeled", "nclass", "class_names", "crop_size", "in_channels", "mean", "std"),
+        "network": ("model", "backbone", "deep_stem", "width", "reduce_channels", "decoder_channels",
+                    "feature_channels", "pretrained", "replace_stride_with_dilation", "multi_grid", "dilations"),
+        "training": ("method", "conf_thresh", "strong_views", "fp_streams", "sup_weight", "strong_weight",
+                     "fp_weight", "loss_divisor", "sup_warmup_epochs", "dist_align", "dist_align_momentum",
+                     "class_thresh", "class_thresh_momentum", "partner_from_batch", "criterion", "unsup_loss",
+                     "epochs", "batch_size", "lr", "lr_multi", "momentum", "weight_decay", "seed"),
+        "perturbation": ("color_jitter_p", "color_jitter", "grayscale_p", "blur_p", "blur_sigma", "cutmix_p",
+                         "cutmix_area", "cutmix_ratio", "channel_group_size"),
+        "evaluation": ("select_metric", "eval_mode", "eval_window", "eval_batch_size", "eval_every"),
+        "speed": ("amp", "channels_last", "compile", "cpu_allocator", "threads", "num_workers"),
+        "run": ("save_dir", "log_every", "pseudo_label_accuracy"),
+    }
+    # the keys a run may be resumed with other values of (a task's config adds its own)
+    non_training_keys: ClassVar[frozenset] = NON_TRAINING_KEYS
+
     # data (a task's config subclass sets ``task``, ``select_metric`` and its defaults)
     task: Optional[str] = None
     dataset: str = "synthetic"
@@ -162,7 +203,7 @@ class Config:
     allow_labeled_in_unlabeled: bool = False
     nclass: int = 21
     class_names: Optional[list] = None
-    crop_size: int = 321
+    crop_size: int = 321      # the side of the training crops (the official meaning of the key)
     in_channels: int = 3
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
@@ -183,10 +224,14 @@ class Config:
     conf_thresh: float = 0.95
     strong_views: Optional[int] = None
     fp_streams: Optional[int] = None
-    sup_weight: float = 1.0
-    strong_weight: Optional[float] = None
-    fp_weight: float = 0.5
-    loss_divisor: float = 2.0
+    # the loss (unimatch/method.py): (sup_weight L_sup + strong_weight L_strong + fp_weight L_fp) / loss_divisor,
+    # the paper's (1, 0.5, 0.5) / 2 (StepSettings.weights: strong_weight null is 1 - fp_weight, 1 without an
+    # FP stream). ``method: supervised`` trains on sup_weight L_sup, undivided (the official supervised.py),
+    # so sup_weight 2 under a semi-supervised method weighs L_sup as the supervised baseline's 1
+    sup_weight: float = 1.0      # weight of the labelled loss L_sup (divided by loss_divisor unless supervised)
+    strong_weight: Optional[float] = None   # weight of the strong-view losses, their mean over the views
+    fp_weight: float = 0.5       # weight of the feature-perturbation loss
+    loss_divisor: float = 2.0    # divides the weighted sum, the supervised warm-up's sup_weight L_sup too
     # not in the paper (off in every official config): the first ``sup_warmup_epochs`` epochs train
     # the labelled term of the loss alone (unlabelled terms weighted 0, unlabelled data not loaded),
     # so that a from-scratch teacher is confident on the minority classes before its pseudo-labels
@@ -195,10 +240,11 @@ class Config:
     # not in the paper (off in every official config): distribution alignment of the pseudo-labels
     # (unimatch/align.py), for a teacher that under-predicts the minority classes
     dist_align: bool = False
-    dist_align_momentum: float = 0.99   # also the momentum of class_thresh's running shares
+    dist_align_momentum: float = 0.99   # of the running class distributions that dist_align divides by
     # not in the paper (off in every official config): per-class confidence thresholds from each
     # class's running confident share over its labelled frequency (unimatch/align.py)
     class_thresh: bool = False
+    class_thresh_momentum: float = 0.99   # of class_thresh's running shares
     # not in the paper (off in every official config): take each image's CutMix partner and its
     # pseudo-label from the previous image of the same unlabelled batch, instead of a second batch
     # predicted in eval mode. Saves the partner's loading and forward pass; the partner's
@@ -244,6 +290,9 @@ class Config:
     log_every: int = 20
     select_metric: Optional[str] = None
     eval_mode: str = "original"
+    # the side of the window of the center_crop and sliding_window eval modes (and of a task's
+    # prediction in those modes); null: crop_size, the official evaluation's window
+    eval_window: Optional[int] = None
     eval_batch_size: int = 1
 
     # ---- derived values -------------------------------------------------------------
@@ -252,6 +301,11 @@ class Config:
         """False when no dataset was named: no ``data_root``, or the official YAML's
         ``Your/.../Path`` placeholder; the task then uses its built-in synthetic set."""
         return self.data_root is not None and not str(self.data_root).startswith("Your/")
+
+    @property
+    def effective_eval_window(self) -> int:
+        """``eval_window``, or ``crop_size`` when it is null (the official evaluation's window)."""
+        return self.crop_size if self.eval_window is None else self.eval_window
 
     @property
     def streams(self) -> tuple[int, int]:
@@ -277,6 +331,31 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def key_sections(cls) -> dict[str, str]:
+        """key -> the section it belongs to, from ``section_keys`` of this class and its bases."""
+        sections = {}
+        for klass in reversed(cls.__mro__):
+            for section, keys in vars(klass).get("section_keys", {}).items():
+                sections.update(dict.fromkeys(keys, section))
+        return sections
+
+    def keys_not_read(self) -> dict[str, str]:
+        """key -> why this config's run never reads it: the chosen model's (``unimatch.models.MODELS``);
+        a task's config adds the keys the task has no use for. Setting one is refused (``validate``)."""
+        from unimatch.models import model_keys_not_read
+        return model_keys_not_read(self.model)
+
+    def refuse_keys_not_read(self) -> None:
+        """A key that nothing reads set to other than its default is an error: the run would
+        silently ignore it (``backbone: resnet50`` with ``model: unet`` trains the UNet)."""
+        defaults = {f.name: field_default(f) for f in dataclasses.fields(self)}
+        for key, why in self.keys_not_read().items():
+            value = getattr(self, key)
+            if value != defaults[key]:
+                raise ConfigError(f"{key}: {value!r} is not read: {why}; leave it out, or at its default "
+                                  f"{defaults[key]!r}")
+
     def check_bounds(self, bounds: dict[str, Bounds]) -> None:
         """Each key of ``bounds`` holds numbers within its :class:`Bounds`. None passes where the key
         may be null, a string where the key may be one (its own check reads it: ``stretch: percentile``)."""
@@ -290,7 +369,12 @@ class Config:
                 raise ConfigError(f"{key}: {problem}")
 
     def validate(self) -> None:
+        from unimatch.models import MODELS
+
         self.check_bounds(NUMBER_BOUNDS)
+        if self.model not in MODELS:
+            raise ConfigError(f"model: {self.model!r} is not one of {', '.join(MODELS)}")
+        self.refuse_keys_not_read()
         if self.method not in METHODS:
             raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
         if self.unsup_loss not in ("ce", "dice"):
@@ -320,20 +404,24 @@ class Config:
         validate_criterion(self.criterion)
 
 
-# Keys that do not shape the weights: how many loader processes and CPU threads, how often to log,
-# where the run folder is, how many images one evaluation batch holds, how often to evaluate. A run
-# may be resumed with other values of these; every other key must equal the stored one (see
-# ``training_differences``), because the weights in the run folder were trained under it.
-NON_TRAINING_KEYS = frozenset({"num_workers", "threads", "log_every", "save_dir", "eval_batch_size", "eval_every"})
+# key -> the key whose value it had before it got a name of its own: a run saved before the split
+# was trained with that key's value
+SPLIT_OFF_FROM = {"class_thresh_momentum": "dist_align_momentum"}
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of config field ``f`` (a fresh copy for a list or mapping)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, Any]]:
-    """``key -> (stored value, value now)`` for every key of ``config`` outside
-    :data:`NON_TRAINING_KEYS` whose value differs from the one in ``stored`` (a run's saved config).
+    """``key -> (stored value, value now)`` for every key of ``config`` outside its
+    ``non_training_keys`` whose value differs from the one in ``stored`` (a run's saved config).
 
-    A key ``stored`` lacks (a run saved before the key existed) counts as its default, the value
-    that run was trained with; stored keys ``config`` does not know are ignored (``task`` tells
-    runs of another task apart).
+    A key ``stored`` lacks (a run saved before the key existed) counts as the value that run was
+    trained with: the stored value of the key it was split off from (:data:`SPLIT_OFF_FROM`), else
+    its default; stored keys ``config`` does not know are ignored (``task`` tells runs of another
+    task apart).
     """
     def plain(value):
         if isinstance(value, dict):
@@ -342,12 +430,14 @@ def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, A
 
     differences = {}
     for f in dataclasses.fields(config):
-        if f.name in NON_TRAINING_KEYS:
+        if f.name in config.non_training_keys:
             continue
         if f.name in stored:
             before = stored[f.name]
+        elif SPLIT_OFF_FROM.get(f.name) in stored:
+            before = stored[SPLIT_OFF_FROM[f.name]]
         else:
-            before = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            before = field_default(f)
         now = getattr(config, f.name)
         if plain(before) != plain(now):
             differences[f.name] = (before, now)
@@ -423,6 +513,40 @@ def _coerce(schema: type, values: dict, source: str) -> dict:
     return out
 
 
+def flatten_sections(schema: type, values: dict, source: str) -> dict:
+    """``values`` (a config file's top level) with the keys of each section of :data:`SECTIONS`
+    moved to the top level. A key under the wrong section, a key given twice (flat and in a
+    section) and a section that is not a mapping are errors."""
+    home = schema.key_sections()
+    flat: dict = {}
+
+    def add(key: str, value: Any, where: str) -> None:
+        if key in flat:
+            raise ConfigError(f"{source}: {key} is given twice (again as {where})")
+        flat[key] = value
+
+    for key, value in values.items():
+        if key not in SECTIONS:
+            add(key, value, key)
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: section {key} must be a mapping of its keys "
+                              f"({', '.join(k for k, s in home.items() if s == key)})")
+        for inner, inner_value in value.items():
+            check_section(home, key, inner, source)
+            add(inner, inner_value, f"{key}.{inner}")
+    return flat
+
+
+def check_section(home: dict[str, str], section: str, key: str, source: str) -> None:
+    """``key`` belongs in ``section`` (``home``: key -> section), or one error naming where it belongs."""
+    if key not in home:
+        raise ConfigError(f"{source}: unknown config key {section}.{key}. Valid keys in {section}: "
+                          f"{', '.join(k for k, s in home.items() if s == section)}")
+    if home[key] != section:
+        raise ConfigError(f"{source}: {key} belongs in section {home[key]}, not {section}")
+
+
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """PyYAML's problem (``mapping values are not allowed here``) on one line, without its
     several-line excerpt of the text."""
@@ -474,11 +598,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data: dict = {}
     if path is not None:
         path = Path(path)
-        data.update(_coerce(schema, read_config_file(path, schema), str(path)))
+        data.update(_coerce(schema, flatten_sections(schema, read_config_file(path, schema), str(path)), str(path)))
     data.update(_coerce(schema, {k: v for k, v in values.items() if v is not None}, "command line"))
     given = {k for k, v in values.items() if v is not None}
     for text in overrides:
         keys, value = parse_override(text)
+        if keys[0] in SECTIONS and len(keys) > 1:
+            check_section(schema.key_sections(), keys[0], keys[1], f"override {text!r}")
+            keys = keys[1:]
         given.add(keys[0])
         if len(keys) == 1:
             data.update(_coerce(schema, {keys[0]: value}, f"override {text!r}"))
@@ -489,10 +616,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             _coerce(schema, {root: None}, f"override {text!r}")
         current = data.get(root)
         if current is None:
-            if default.default_factory is not dataclasses.MISSING:
-                current = default.default_factory()
-            else:
-                current = {} if default.default is None else default.default
+            current = field_default(default)
+            if current is None:
+                current = {}
         if not isinstance(current, dict):
             raise ConfigError(f"override {text!r}: {root} is not a mapping")
         node = current

@@ -49,6 +49,7 @@ class StepSettings:
     dist_align: bool = False
     dist_align_momentum: float = 0.99
     class_thresh: bool = False
+    class_thresh_momentum: float = 0.99
     partner_from_batch: bool = False
 
     @classmethod
@@ -58,7 +59,7 @@ class StepSettings:
                    strong_weight=cfg.strong_weight, fp_weight=cfg.fp_weight, loss_divisor=cfg.loss_divisor,
                    unsup_loss=cfg.unsup_loss, dist_align=cfg.dist_align,
                    dist_align_momentum=cfg.dist_align_momentum, class_thresh=cfg.class_thresh,
-                   partner_from_batch=cfg.partner_from_batch)
+                   class_thresh_momentum=cfg.class_thresh_momentum, partner_from_batch=cfg.partner_from_batch)
 
     @property
     def supervised_only(self) -> bool:
@@ -94,7 +95,7 @@ class UniMatchStep:
         self.normalizer = normalizer
         self.dice = DiceLoss(nclass) if settings.unsup_loss == "dice" else None
         self.align = DistributionAlignment(nclass, settings.dist_align_momentum) if settings.dist_align else None
-        self.class_thresh = (ClassAdaptiveThreshold(nclass, settings.conf_thresh, settings.dist_align_momentum)
+        self.class_thresh = (ClassAdaptiveThreshold(nclass, settings.conf_thresh, settings.class_thresh_momentum)
                              if settings.class_thresh else None)
 
     def unsup_loss(self, logits, pseudo_label, confidence, ignore_mask, thresholds=None) -> torch.Tensor:

@@ -130,7 +130,7 @@ class SegmentationTask2D(Task):
     def evaluate_model(self, predictor: Predictor, cfg: Config, loader: DataLoader, mode: str | None = None,
                        on_prediction=None, column: str = "score %") -> EvalResult:
         """Scores over ``loader``, the confusion matrix summed over every rank."""
-        confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.crop_size,
+        confusion = evaluate_segmentation(predictor, loader, cfg.nclass, mode or cfg.eval_mode, cfg.effective_eval_window,
                                           on_prediction)
         return self.scores(confusion, cfg, column)
 

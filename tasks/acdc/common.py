@@ -8,7 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -42,10 +42,13 @@ class AcdcConfig(Config):
     is the voxel size assumed for the preprocessed ``.h5`` volumes, which store none.
     ``synthetic_*`` describe the phantom written when no ``data_root`` is given.
     """
+    section_keys: ClassVar[dict] = {"data": ("slice_size", "cases", "test_split", "intensity_norm", "image_order",
+                                             "h5_spacing", "synthetic_patients", "synthetic_size", "synthetic_slices",
+                                             "synthetic_seed")}
     task: str = "acdc"
     dataset: str = "synthetic"
     nclass: int = 4
-    crop_size: int = 256
+    crop_size: int = 256      # the official key for slice_size (nothing is cropped)
     in_channels: int = 1
     mean: list = field(default_factory=lambda: [0.0])
     std: list = field(default_factory=lambda: [1.0])
@@ -60,6 +63,9 @@ class AcdcConfig(Config):
     lr_multi: float = 1.0
     select_metric: str = "mean_dice"
     # ACDC only
+    # the side every slice is resized to for training and evaluation; null: crop_size, as the
+    # official configs call it
+    slice_size: Optional[int] = None
     cases: Optional[int] = None
     test_split: Optional[str] = None
     intensity_norm: str = "minmax"
@@ -71,13 +77,17 @@ class AcdcConfig(Config):
     synthetic_seed: int = PhantomParams.seed
 
     @property
-    def slice_size(self) -> int:
-        """The side every slice is resized to for training and evaluation; the official configs
-        call it ``crop_size``, although nothing is cropped."""
-        return self.crop_size
+    def effective_slice_size(self) -> int:
+        """``slice_size``, or ``crop_size`` when it is null (the official configs' name for it,
+        although nothing is cropped)."""
+        return self.crop_size if self.slice_size is None else self.slice_size
 
     def default_class_names(self) -> tuple:
         return ACDC_CLASSES
+
+    def keys_not_read(self) -> dict[str, str]:
+        why = "ACDC evaluates whole volumes, one at a time, every slice resized to slice_size"
+        return {**super().keys_not_read(), **{key: why for key in ("eval_mode", "eval_window", "eval_batch_size")}}
 
     def select_metric_keys(self) -> list[str]:
         """Dice only: the engine keeps the checkpoint with the highest score, and a distance would
@@ -88,6 +98,7 @@ class AcdcConfig(Config):
         super().validate()
         self.check_bounds({
             "cases": at_least(1),                          # labelled patients
+            "slice_size": at_least(1, whole=True),         # pixels
             "image_order": Bounds(0, 5),                   # spline order, 0 = nearest (official)
             "h5_spacing": above(0.0, count=3),             # (z, y, x) in mm
             "synthetic_patients": at_least(1), "synthetic_size": at_least(1),
@@ -96,8 +107,10 @@ class AcdcConfig(Config):
         })
         if self.intensity_norm not in ("minmax", "percentile"):
             raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be 'minmax' or 'percentile'")
-        if self.crop_size % 16:
-            raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 16 (the UNet halves it 4 times)")
+        if self.effective_slice_size % 16:
+            key = "crop_size" if self.slice_size is None else "slice_size"
+            raise ConfigError(f"{key}: {self.effective_slice_size} must be a multiple of 16 (the UNet halves it "
+                              f"4 times)")
         if self.in_channels != 1:
             raise ConfigError(f"in_channels: {self.in_channels}; ACDC images have one channel")
 
@@ -113,7 +126,7 @@ _loaded: dict = {}
 
 def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
     """The four sets of ``cfg`` (decoded once per process: train and the evaluator share them)."""
-    key = (cfg.data_root, cfg.cases, cfg.slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
+    key = (cfg.data_root, cfg.cases, cfg.effective_slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
            cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing),
            cfg.pseudo_label_accuracy, cfg.allow_labeled_in_unlabeled)
     if key not in _loaded:
@@ -122,9 +135,10 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
                               "official list files --labeled-split, --unlabeled-split and --val-split")
         _loaded.clear()
         _loaded[key] = build_acdc_datasets(
-            cfg.data_root, None if uses_split_files(cfg) else cfg.cases, slice_size=cfg.slice_size, seed=cfg.seed,
-            normalization=cfg.intensity_norm, image_order=cfg.image_order, labeled_list=cfg.labeled_split,
-            unlabeled_list=cfg.unlabeled_split, val_list=cfg.val_split, test_list=cfg.test_split,
+            cfg.data_root, None if uses_split_files(cfg) else cfg.cases, slice_size=cfg.effective_slice_size,
+            seed=cfg.seed, normalization=cfg.intensity_norm, image_order=cfg.image_order,
+            labeled_list=cfg.labeled_split, unlabeled_list=cfg.unlabeled_split, val_list=cfg.val_split,
+            test_list=cfg.test_split,
             h5_spacing=tuple(float(s) for s in cfg.h5_spacing),
             unlabeled_labels_for_stats=cfg.pseudo_label_accuracy,
             allow_labeled_in_unlabeled=cfg.allow_labeled_in_unlabeled)
@@ -253,7 +267,7 @@ class AcdcTask(Task):
         result = evaluate_volumes(predictor, volumes, cfg, ctx, writer)
         name = split if split in ("val", "test") else Path(split).name
         record = {"split": split, "split_source": source, "data_root": str(cfg.data_root),
-                  "slice_size": cfg.slice_size, **result.record()}
+                  "slice_size": cfg.effective_slice_size, **result.record()}
         return EvaluationReport(f"{args.checkpoint} on {split} of {cfg.data_root} ({source})", result.table(name),
                                 result.metrics(), record, result.per_case_rows(),
                                 {"metrics": result.metrics(), "cases": [case_id for case_id, _ in result.per_case]})

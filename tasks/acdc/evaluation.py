@@ -104,7 +104,7 @@ def evaluate_volumes(predictor: Predictor, dataset: VolumeDataset, cfg, ctx: Dis
     with predictor.evaluating():
         for index in ShardSampler(len(dataset), ctx.rank, ctx.world_size):
             volume, label, case_id, spacing = dataset[index]
-            pred = predict_volume(predictor, volume, cfg.slice_size).numpy()
+            pred = predict_volume(predictor, volume, cfg.effective_slice_size).numpy()
             local.append((case_id, score_volume(pred, label.numpy(), spacing, classes)))
             if on_prediction is not None:
                 on_prediction(case_id, pred, spacing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import numpy as np
 import torch
@@ -46,6 +46,13 @@ class CDConfig(Config):
     """The core config plus what a bi-temporal dataset needs; defaults follow the official
     remote-sensing UniMatch (siamese DeepLabV3+, 256 crops, lr 0.02 for head and backbone alike)."""
 
+    section_keys: ClassVar[dict] = {
+        "data": ("layout", "bands", "stretch", "class_values", "test_split", "synthetic_no_change_share",
+                 "synthetic_change_rate", "synthetic_building_side"),
+        "perturbation": ("nadir_augment", "scale_range"),
+        "evaluation": ("predict_window",),
+    }
+    non_training_keys: ClassVar[frozenset] = Config.non_training_keys | {"predict_window"}
     task: str = "change_detection"
     dataset: str = "synthetic"
     nclass: int = 2
@@ -68,10 +75,17 @@ class CDConfig(Config):
     test_split: Optional[str] = None
     # the folder tree of --data-root: auto (detected), flat (ROOT/{A,B,label}) or split_folders (ROOT/{train,val,test}/{A,B,label}); tasks/change_detection/layout.py
     layout: str = "auto"
+    # the side of the windows a whole scene is predicted in (predict's --window); null: crop_size
+    predict_window: Optional[int] = None
     # the built-in synthetic set's amount of change (tasks/change_detection/synthetic.py)
     synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
     synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
     synthetic_building_side: list = field(default_factory=lambda: list(SyntheticSpec.building_side))
+
+    @property
+    def effective_predict_window(self) -> int:
+        """``predict_window``, or ``crop_size`` when it is null (the window of the official tiles)."""
+        return self.crop_size if self.predict_window is None else self.predict_window
 
     def select_metric_keys(self) -> list[str]:
         return list(CHANGE_METRICS)
@@ -82,6 +96,7 @@ class CDConfig(Config):
             "bands": at_least(1, whole=True),              # 1-based band numbers
             "class_values": at_least(0, whole=True),       # pixel values of the label files
             "scale_range": above(0.0, count=2, ordered=True),
+            "predict_window": at_least(1, whole=True),
             "synthetic_no_change_share": PROBABILITY,
             "synthetic_change_rate": Bounds(0.0, 1.0, count=2, ordered=True),
             "synthetic_building_side": at_least(1, count=2, whole=True, ordered=True),   # pixels
@@ -260,7 +275,7 @@ class ChangeDetectionTask(SegmentationTask2D):
         parser.add_argument("--before", type=Path, required=True, help="scene of the first date (A)")
         parser.add_argument("--after", type=Path, required=True, help="scene of the second date (B), same grid as A")
         parser.add_argument("--out", type=Path, required=True, help="output .tif/.tiff (georeferenced) or .png")
-        parser.add_argument("--window", type=int, help="window side in pixels (default: the config's crop_size)")
+        parser.add_argument("--window", type=int, help="window side in pixels (default: the config's predict_window)")
         parser.add_argument("--overlap", type=int, help="overlap of neighbouring windows (default: window / 4)")
         parser.add_argument("--bands", help="1-based bands of each date, e.g. 1,2,3 (default: the config's bands)")
         parser.add_argument("--stretch", help="'percentile' or a divisor for non-8-bit data, or one for each date as "
@@ -273,7 +288,7 @@ class ChangeDetectionTask(SegmentationTask2D):
         return {"bands": parse_bands(args.bands), "stretch": parse_stretch(args.stretch)}
 
     def predict(self, predictor: Predictor, cfg: CDConfig, args, plan) -> Path:
-        window = args.window or cfg.crop_size
+        window = args.window or cfg.effective_predict_window
         overlap = window // 4 if args.overlap is None else args.overlap
 
         def probabilities(batch: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from PIL import Image
@@ -37,6 +37,9 @@ CLASS_NAMES = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "coco
 class NaturalConfig(Config):
     """:class:`unimatch.config.Config` with the natural-image defaults (the official Pascal ones)."""
 
+    section_keys: ClassVar[dict] = {"data": ("palette", "synthetic_images", "synthetic_labeled_fraction",
+                                             "synthetic_class_hue_probability", "synthetic_class_hue_spread",
+                                             "synthetic_clutter")}
     task: str = "natural"
     select_metric: str = "mIoU"
     # the built-in synthetic set (tasks/natural/synthetic.py): its size, labelled share and scenes
@@ -52,6 +55,9 @@ class NaturalConfig(Config):
 
     def default_class_names(self) -> Optional[tuple]:
         return CLASS_NAMES.get(self.dataset)
+
+    def keys_not_read(self) -> dict[str, str]:
+        return {**super().keys_not_read(), "eval_batch_size": "natural images are evaluated one at a time"}
 
     def select_metric_keys(self) -> list[str]:
         return ["mIoU", "OA"] + [f"IoU/{name}" for name in self.report_class_names()]
@@ -163,7 +169,7 @@ class NaturalTask(SegmentationTask2D):
     def check_eval_inputs(self, dataset: ValDataset, cfg: Config, mode: str, saving: bool) -> None:
         if saving or mode == "center_crop":
             check_entries(dataset.entries, nclass=cfg.nclass, colours=cfg.palette,
-                          centre_crop=cfg.crop_size if mode == "center_crop" else None)
+                          centre_crop=cfg.effective_eval_window if mode == "center_crop" else None)
 
     def mask_writer(self, cfg: Config, directory: Path, overwrite: bool):
         palette = mask_palette(cfg)
@@ -187,7 +193,8 @@ class NaturalTask(SegmentationTask2D):
         outputs = [args.output / f"{entry.sample_id}{suffix}" for entry in dataset.entries
                    for suffix in ([".png", "_overlay.jpg"] if args.overlay else [".png"])]
         guard_outputs(outputs, [entry.image for entry in dataset.entries], args.overwrite)
-        check_entries(dataset.entries, orient=True, centre_crop=cfg.crop_size if args.mode == "center_crop" else None)
+        check_entries(dataset.entries, orient=True,
+                      centre_crop=cfg.effective_eval_window if args.mode == "center_crop" else None)
         return dataset
 
     def predict(self, predictor: Predictor, cfg: Config, args, dataset: ImageFolderDataset) -> list[Path]:
@@ -198,7 +205,7 @@ class NaturalTask(SegmentationTask2D):
             for i in tqdm(range(len(dataset)), desc="predict", unit="image"):
                 image, sample_id = dataset[i]
                 scores, origin = predict(predictor.forward, predictor.normalize(image.unsqueeze(0)), args.mode,
-                                         cfg.crop_size, cfg.nclass, sample_id)
+                                         cfg.effective_eval_window, cfg.nclass, sample_id)
                 pred = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
                 written.append(save_palette_png(pred, args.output / f"{sample_id}.png", palette, overwrite=True))
                 if args.overlay:

@@ -1,9 +1,14 @@
 """Model zoo: every model follows ``model(x) -> logits`` / ``model(x, need_fp=k) -> (logits, logits_fp)``.
 
-``MODELS`` maps each ``cfg.model`` name to a builder ``(cfg) -> nn.Module``; a new model is one
-entry here, and the model-contract test runs on every entry.
+``MODELS`` maps each ``cfg.model`` name to its builder ``(cfg) -> nn.Module`` and the model keys of
+the config that builder reads; a new model is one entry here, and the model-contract test runs on
+every entry. A model key that the chosen model does not read is refused when set
+(``Config.validate``): ``backbone: resnet50`` for the UNet would otherwise train a UNet silently.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -39,16 +44,37 @@ def _siamese_pspnet(cfg) -> nn.Module:
     return SiamesePSPNet(nclass=cfg.nclass, **_backbone_options(cfg))
 
 
+@dataclass(frozen=True)
+class RegisteredModel:
+    build: Callable[[Any], nn.Module]
+    reads: tuple[str, ...]      # the model keys of the config (MODEL_KEYS) that ``build`` reads
+
+
+# what _backbone_options reads, and the DeepLabV3+ head's own keys
+BACKBONE_KEYS = ("backbone", "pretrained", "deep_stem", "width", "multi_grid", "replace_stride_with_dilation")
+DEEPLAB_KEYS = BACKBONE_KEYS + ("dilations", "reduce_channels", "decoder_channels")
+
 MODELS = {
-    "deeplabv3plus": _deeplabv3plus,
-    "unet": _unet,
-    "siamese_deeplabv3plus": _siamese_deeplabv3plus,
-    "siamese_pspnet": _siamese_pspnet,
+    "deeplabv3plus": RegisteredModel(_deeplabv3plus, DEEPLAB_KEYS),
+    "unet": RegisteredModel(_unet, ("feature_channels",)),
+    "siamese_deeplabv3plus": RegisteredModel(_siamese_deeplabv3plus, DEEPLAB_KEYS),
+    "siamese_pspnet": RegisteredModel(_siamese_pspnet, BACKBONE_KEYS),
 }
+# the config keys that shape some model but not every one (nclass and in_channels shape them all)
+MODEL_KEYS = tuple(dict.fromkeys(key for model in MODELS.values() for key in model.reads))
+
+
+def model_keys_not_read(name: str) -> dict[str, str]:
+    """key -> why: each model key that model ``name`` does not read, with the models that do
+    (none for an unknown name, which ``build_model`` and the config's validation refuse)."""
+    if name not in MODELS:
+        return {}
+    return {key: f"model {name} does not use it (used by {', '.join(m for m in MODELS if key in MODELS[m].reads)})"
+            for key in MODEL_KEYS if key not in MODELS[name].reads}
 
 
 def build_model(cfg) -> nn.Module:
     """The model named by ``cfg.model`` with the config's backbone/width/nclass settings."""
     if cfg.model not in MODELS:
         raise ConfigError(f"model: {cfg.model!r} is not one of {', '.join(MODELS)}")
-    return MODELS[cfg.model](cfg)
+    return MODELS[cfg.model].build(cfg)
