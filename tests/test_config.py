@@ -468,6 +468,7 @@ def test_the_windows_and_the_slice_size_default_to_crop_size_as_before(path):
 
 def test_the_evaluation_window_is_eval_window_and_the_training_crop_stays_crop_size(monkeypatch):
     import tasks.natural.common as natural
+    import unimatch.task2d as task2d
 
     seen = {}
 
@@ -475,11 +476,11 @@ def test_the_evaluation_window_is_eval_window_and_the_training_crop_stays_crop_s
         seen["window"] = window
         raise StopIteration
 
-    monkeypatch.setattr(natural, "evaluate_segmentation", evaluate_segmentation)
+    monkeypatch.setattr(task2d, "evaluate_segmentation", evaluate_segmentation)
     cfg = load_config(overrides=["crop_size=64", "eval_window=96", "eval_mode=sliding_window"],
                       schema=natural.NaturalConfig)
     with pytest.raises(StopIteration):
-        natural.evaluate_model(None, cfg, loader=None)
+        natural.TASK.evaluate_model(None, cfg, loader=None)
     assert seen["window"] == 96 and cfg.crop_size == 64
 
 
@@ -487,6 +488,7 @@ def test_a_scene_is_predicted_in_predict_window_and_evaluated_in_eval_window(mon
     import argparse
 
     import tasks.change_detection.common as cd
+    import unimatch.task2d as task2d
 
     seen = {}
     monkeypatch.setattr(cd, "predict_scene", lambda *a, window, overlap, **k: seen.update(window=window,
@@ -496,7 +498,7 @@ def test_a_scene_is_predicted_in_predict_window_and_evaluated_in_eval_window(mon
         seen["eval"] = window
         raise StopIteration
 
-    monkeypatch.setattr(cd, "evaluate_segmentation", evaluate_segmentation)
+    monkeypatch.setattr(task2d, "evaluate_segmentation", evaluate_segmentation)
     cfg = load_config(overrides=["crop_size=96", "predict_window=256", "eval_window=128"], schema=cd.CDConfig)
     args = argparse.Namespace(window=None, overlap=None, before=tmp_path / "a.tif", after=tmp_path / "b.tif",
                               out=tmp_path / "c.tif", probability=False, overwrite=False, no_progress=True,
@@ -504,7 +506,7 @@ def test_a_scene_is_predicted_in_predict_window_and_evaluated_in_eval_window(mon
     cd.TASK.predict(None, cfg, args, None)
     assert seen == {"window": 256, "overlap": 64}
     with pytest.raises(StopIteration):
-        cd.evaluate_model(None, cfg, loader=None)
+        cd.TASK.evaluate_model(None, cfg, loader=None)
     assert seen["eval"] == 128
 
 
