@@ -16,7 +16,7 @@ from scipy.ndimage import maximum_filter, minimum_filter  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from tasks.natural import make_splits as make_splits_module  # noqa: E402
-from tasks.natural import synthetic  # noqa: E402
+from tasks.natural import scenes, synthetic  # noqa: E402
 from tasks.natural.data import (  # noqa: E402
     ImageFolderDataset,
     LabeledDataset,
@@ -363,7 +363,7 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
     for image, mask, _ in val:
         assert 24 <= image.shape[1] <= 32 and 24 <= image.shape[2] <= 32
         values |= set(mask.unique().tolist())
-    assert values <= set(range(synthetic.SYNTHETIC_NCLASS)) | {255} and 255 in values
+    assert values <= set(range(scenes.SYNTHETIC_NCLASS)) | {255} and 255 in values
     labeled = RepeatDataset(LabeledDataset("synthetic", root, root / "splits" / "labeled.txt", crop_size=24), 6)
     assert len(labeled) == 6 and labeled[0][1].shape == (24, 24)
     assert len(UnlabeledDataset("synthetic", root, root / "splits" / "unlabeled.txt", crop_size=24)) == 6
@@ -372,15 +372,15 @@ def test_synthetic_dataset_layout_determinism_and_reading(tmp_path):
 def test_scene_style_class_hue_gives_each_class_its_hue_or_any():
     def hues(style, class_id, n=40):
         rng = np.random.default_rng(0)
-        rgb = np.stack([synthetic._class_colour(rng, class_id, style) for _ in range(n)])
+        rgb = np.stack([scenes._class_colour(rng, class_id, style) for _ in range(n)])
         return cv2.cvtColor((rgb[None] * 255).round().astype(np.uint8), cv2.COLOR_RGB2HSV)[0, :, 0] / 180.0
 
-    for class_id in range(1, synthetic.SYNTHETIC_NCLASS):
-        exact = hues(synthetic.SceneStyle(1.0, 0.0), class_id)
-        distance = np.abs((exact - synthetic.CLASS_HUES[class_id] + 0.5) % 1.0 - 0.5)
+    for class_id in range(1, scenes.SYNTHETIC_NCLASS):
+        exact = hues(scenes.SceneStyle(1.0, 0.0), class_id)
+        distance = np.abs((exact - scenes.CLASS_HUES[class_id] + 0.5) % 1.0 - 0.5)
         assert distance.max() < 0.02, class_id   # uint8 HSV rounding only
-    anything = hues(synthetic.SceneStyle(0.0, 0.0), 2)
-    assert np.abs((anything - synthetic.CLASS_HUES[2] + 0.5) % 1.0 - 0.5).max() > 0.3
+    anything = hues(scenes.SceneStyle(0.0, 0.0), 2)
+    assert np.abs((anything - scenes.CLASS_HUES[2] + 0.5) % 1.0 - 0.5).max() > 0.3
 
 
 def test_plain_clutter_leaves_the_background_without_textures_or_lines():
@@ -391,7 +391,7 @@ def test_plain_clutter_leaves_the_background_without_textures_or_lines():
         for seed in range(12):
             height = width = 64
             ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-            canvas = synthetic._background(np.random.default_rng(seed), height, width, ys, xs, clutter)
+            canvas = scenes._background(np.random.default_rng(seed), height, width, ys, xs, clutter)
             values.append(np.abs(cv2.Laplacian(canvas.mean(2).astype(np.float32), cv2.CV_32F)).mean())
         return float(np.mean(values))
 
@@ -400,7 +400,7 @@ def test_plain_clutter_leaves_the_background_without_textures_or_lines():
 
 def test_scene_style_names_its_folder_and_meta_and_default_style_keeps_old_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIMATCH_DATA_HOME", str(tmp_path / "home"))
-    style = synthetic.SceneStyle(1.0, 0.04, "plain")
+    style = scenes.SceneStyle(1.0, 0.04, "plain")
     root = synthetic.ensure_synthetic_voc(n_images=6, size=24, style=style)
     assert root.name.endswith("-hue1-0.04-plain")
     meta = json.loads((root / "meta.json").read_text())
@@ -411,7 +411,7 @@ def test_scene_style_names_its_folder_and_meta_and_default_style_keeps_old_cache
     assert {k: v for k, v in _files(default).items() if k.startswith("JPEG")} != \
         {k: v for k, v in plain.items() if k.startswith("JPEG")}
     with pytest.raises(DataError, match="clutter"):
-        synthetic.ensure_synthetic_voc(tmp_path / "x", n_images=6, size=24, style=synthetic.SceneStyle(clutter="busy"))
+        synthetic.ensure_synthetic_voc(tmp_path / "x", n_images=6, size=24, style=scenes.SceneStyle(clutter="busy"))
 
 
 def test_synthetic_dataset_is_cached_written_atomically_and_never_overwritten(tmp_path, monkeypatch):

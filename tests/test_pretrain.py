@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.natural import synthetic
-from tasks.natural.synthetic import (DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, ensure_synthetic_voc,
-                                     render_sample)
+from tasks.natural import scenes
+from tasks.natural.scenes import DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, render_sample
+from tasks.natural.synthetic import ensure_synthetic_voc
 from unimatch import pretrained as pretrain
 from unimatch.errors import CheckpointError, DataError
 from unimatch.models.backbones import build_backbone
@@ -23,9 +23,9 @@ from unimatch.models.backbones import build_backbone
 def test_each_object_wears_the_texture_its_set_gives_its_class(textures, monkeypatch):
     """The source set's disc is checkered where the demo's is striped, and so on."""
     calls = []
-    shape, texture = synthetic._shape, synthetic._texture
-    monkeypatch.setattr(synthetic, "_shape", lambda c, *a: calls.append(("shape", c)) or shape(c, *a))
-    monkeypatch.setattr(synthetic, "_texture", lambda t_id, *a: calls.append(("texture", t_id)) or texture(t_id, *a))
+    shape, texture = scenes._shape, scenes._texture
+    monkeypatch.setattr(scenes, "_shape", lambda c, *a: calls.append(("shape", c)) or shape(c, *a))
+    monkeypatch.setattr(scenes, "_texture", lambda t_id, *a: calls.append(("texture", t_id)) or texture(t_id, *a))
     for index in range(6):
         render_sample(np.random.default_rng([7, index]), 48, textures)
     objects = [(calls[i - 1][1], calls[i][1]) for i in range(1, len(calls))

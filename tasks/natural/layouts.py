@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tasks.natural.synthetic import SYNTHETIC_CLASSES
+from tasks.natural.scenes import SYNTHETIC_CLASSES
 from unimatch.errors import DataError
 from unimatch.splits import read_split_lines
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.natural.synthetic import SOURCE_CLASSES, ensure_synthetic_source
+from tasks.natural.scenes import SOURCE_CLASSES
+from tasks.natural.synthetic import ensure_synthetic_source
 from unimatch.pretrained import SyntheticSource
 
 
