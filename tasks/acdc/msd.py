@@ -153,12 +153,15 @@ def with_msd_layout(cfg, ctx=None):
     """``dataset: msd`` when the config says so, or when a given root holds a ``dataset.json`` and
     the config names no dataset of its own; then ``nclass`` and the class names from it (a config
     ``nclass`` other than the task's default that disagrees is refused) and ``intensity_norm: auto``
-    resolved from the modality. One line says which."""
+    resolved from the modality (also when detected: the demo config's normalisation is the
+    phantom's). ``pseudo_label_accuracy`` is switched off when ``imagesTs/`` (no labels) is
+    unlabelled material. One line says all of it."""
     if not cfg.data_root_given:
         return cfg
+    detected = cfg.dataset == "synthetic" and is_msd_root(cfg.data_root)
     if cfg.dataset == MSD_DATASET:
         reason = "from the config"
-    elif cfg.dataset == "synthetic" and is_msd_root(cfg.data_root):
+    elif detected:
         reason = f"detected: {cfg.data_root} holds {DATASET_JSON}"
     else:
         return cfg
@@ -167,12 +170,15 @@ def with_msd_layout(cfg, ctx=None):
     if cfg.nclass not in (default_nclass, len(layout.class_names)):
         raise ConfigError(f"nclass: {cfg.nclass}, but {layout.root / DATASET_JSON} names {len(layout.class_names)} "
                           f"classes {list(layout.class_names)}; drop nclass or set it to {len(layout.class_names)}")
-    norm = modality_norm(layout.modality) if cfg.intensity_norm == AUTO_NORM else cfg.intensity_norm
+    norm = modality_norm(layout.modality) if cfg.intensity_norm == AUTO_NORM or detected else cfg.intensity_norm
+    no_stats = cfg.pseudo_label_accuracy and bool(layout.test_images)
     cfg = dataclasses.replace(cfg, dataset=MSD_DATASET, nclass=len(layout.class_names),
-                              class_names=list(layout.class_names), intensity_norm=norm)
-    window = f" {list(cfg.ct_window)} HU" if norm == "ct_window" else ""
+                              class_names=list(layout.class_names), intensity_norm=norm,
+                              pseudo_label_accuracy=cfg.pseudo_label_accuracy and not no_stats)
+    window = f" {[int(v) if float(v).is_integer() else v for v in cfg.ct_window]} HU" if norm == "ct_window" else ""
     line = (f"dataset: msd ({reason}); {len(layout.training)} labelled cases, {len(layout.test_images)} in imagesTs, "
-            f"{cfg.nclass} classes {list(layout.class_names)}, {layout.modality}, intensity {norm}{window}")
+            f"{cfg.nclass} classes {list(layout.class_names)}, {layout.modality}, intensity {norm}{window}"
+            f"{'; pseudo_label_accuracy off: imagesTs/ has no labels' if no_stats else ''}")
     log = logging.getLogger("unimatch")
     if log.handlers:
         log.info(line)
@@ -241,8 +247,6 @@ def build_msd_datasets(cfg) -> ACDCDatasets:
     if cfg.cases is None:
         raise ConfigError("dataset msd: give the number of labelled cases with --cases N (or cases=N)")
     reader = _VolumeReader(cfg)
-    if cfg.pseudo_label_accuracy and reader.layout.test_images:
-        raise ConfigError("pseudo_label_accuracy: true needs a label for every unlabelled slice; imagesTs/ has none")
     split = msd_split(reader.layout, cfg.cases, cfg.seed, cfg.val_split, cfg.test_split)
     labeled = [s for c in split.labeled for s in reader.slices(c, True)]
     unlabeled = [s for c in split.unlabeled for s in reader.slices(c, cfg.pseudo_label_accuracy)]
