@@ -99,11 +99,10 @@ class AcdcConfig(Config):
             "synthetic_patients": at_least(1), "synthetic_size": at_least(1),
             "synthetic_slices": at_least(1, count=2, whole=True, ordered=True),   # [min, max]
             "synthetic_seed": at_least(0),
+            "ct_window": Bounds(count=2, ordered=True),    # [low, high] Hounsfield units
         })
         if self.intensity_norm not in INTENSITY_NORMS:
             raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be one of {', '.join(INTENSITY_NORMS)}")
-        if len(self.ct_window) != 2 or not self.ct_window[0] < self.ct_window[1]:
-            raise ConfigError(f"ct_window: {self.ct_window} must be [low, high] Hounsfield units, low < high")
         if self.crop_size % 16:
             raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 16 (the UNet halves it 4 times)")
         if self.in_channels != 1:
