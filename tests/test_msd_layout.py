@@ -89,7 +89,8 @@ def one_thread():
 def test_readme_commands(tmp_path, capsys, form, ct):
     root = tmp_path / "my_volumes"
     write_dataset(root, form, ct)
-    places = {"my_volumes": root, "runs/my_volumes": tmp_path / "run", "runs/my_volumes/best.pth": tmp_path / "run/best.pth",
+    places = {"my_volumes": root, "runs/my_volumes": tmp_path / "run",
+              "runs/my_volumes/best.pth": tmp_path / "run/best.pth",
               "my_volumes_test.json": tmp_path / "test.json", "my_volumes/imagesTs/": root / "imagesTs",
               "my_volumes_seg/": tmp_path / "seg", "configs/acdc/msd.yaml": REPO / "configs/acdc/msd.yaml"}
     for command in readme_commands():

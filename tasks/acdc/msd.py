@@ -91,7 +91,8 @@ def case_id_of(entry: str) -> str:
 def _class_names(labels, path: Path) -> tuple[str, ...]:
     """Names by id from MSD's ``{"0": "background"}`` or nnU-Net v2's ``{"background": 0}``."""
     if not isinstance(labels, dict) or not labels:
-        raise DataError(f"{path}: 'labels' must map class ids to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}")
+        raise DataError(f"{path}: 'labels' must map class ids to names, "
+                        "e.g. {\"0\": \"background\", \"1\": \"organ\"}")
     msd_form = all(str(key).isdigit() for key in labels)
     pairs = [(key, value) if msd_form else (value, key) for key, value in labels.items()]
     if not all(isinstance(i, int) or str(i).isdigit() for i, _ in pairs):
@@ -107,7 +108,8 @@ def _modality(data: dict, path: Path) -> str:
     if not isinstance(channels, dict) or not channels:
         raise DataError(f"{path}: no 'channel_names' (nnU-Net v2) or 'modality' (MSD), e.g. {{\"0\": \"CT\"}}")
     if len(channels) != 1:
-        raise DataError(f"{path}: {len(channels)} input channels {list(channels.values())}; only one is supported for now")
+        raise DataError(f"{path}: {len(channels)} input channels {list(channels.values())}; "
+                        "only one is supported for now")
     return str(next(iter(channels.values())))
 
 
@@ -134,14 +136,15 @@ def read_msd_layout(root: Path | str) -> MsdLayout:
         entries = data["training"]
         if not all(isinstance(e, dict) and "image" in e and "label" in e for e in entries):
             raise DataError(f"{path}: every 'training' entry needs 'image' and 'label' paths")
-        training = [MsdCase(case_id_of(e["label"]), _existing(root, e["image"], path), _existing(root, e["label"], path))
-                    for e in entries]
+        training = [MsdCase(case_id_of(e["label"]), _existing(root, e["image"], path),
+                            _existing(root, e["label"], path)) for e in entries]
     else:
         labels = sorted((root / "labelsTr").glob(f"*{ending}"))
         if not labels:
             raise DataError(f"{root / 'labelsTr'}: no *{ending} label files (and {path} lists no 'training' cases)")
-        training = [MsdCase(case_id_of(p.name), _existing(root, f"imagesTr/{case_id_of(p.name)}{CHANNEL_SUFFIX}{ending}",
-                                                          path), p) for p in labels]
+        training = [MsdCase(case_id_of(p.name),
+                            _existing(root, f"imagesTr/{case_id_of(p.name)}{CHANNEL_SUFFIX}{ending}", path), p)
+                    for p in labels]
     if isinstance(data.get("test"), list) and data["test"]:
         test_images = [_existing(root, str(entry), path) for entry in data["test"]]
     else:
