@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 import signal
 import sys
@@ -580,6 +581,22 @@ def acdc_train_with(pattern: str, change: Callable[[Path], None]):
     return run
 
 
+def msd_unnamed_label(base: Path, work: Path):
+    """An MSD-layout copy of the phantom's frames whose dataset.json names 3 of the 4 label values."""
+    from tasks.acdc import train
+
+    root, training = work / "msd", []
+    for image in sorted((base / "acdc").rglob("*_frame??.nii.gz")):
+        for folder, source in (("imagesTr", image), ("labelsTr", image.with_name(image.name.replace(".nii", "_gt.nii")))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, root / folder / image.name)
+        training.append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{image.name}"})
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "training": training,
+                                                   "labels": {"0": "background", "1": "RV", "2": "Myo"}}))
+    return train.main, ["--data-root", str(root), "--cases", "1", "--save-dir", str(work / "run"), "--epochs", "1",
+                        "--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu", *TINY_ACDC]
+
+
 def unknown_nested_key(base: Path, work: Path):
     from tasks.acdc import train
 
@@ -831,6 +848,7 @@ CASES = [
     Case("acdc", "NIfTI-2 input with qform_code 0 (written back as NIfTI-2 with its codes kept)",
          acdc_nifti2_unset_qform),
     Case("acdc", "NIfTI stored slices-first (axis 0 through-plane)", acdc_slices_first),
+    Case("acdc", "MSD / nnU-Net layout: a label value that `dataset.json` does not name", msd_unnamed_label),
     Case("any", "`evaluate` with a downloaded checkpoint whose pickle runs code when loaded (the code never runs)",
          evaluate_booby_trapped),
     Case("any", "`predict` with that checkpoint", predict_booby_trapped),

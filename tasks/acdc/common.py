@@ -13,7 +13,9 @@ from typing import ClassVar, Optional
 import numpy as np
 
 from tasks.acdc.data import ACDCDatasets, VolumeDataset, build_acdc_datasets, build_eval_volumes
-from tasks.acdc.readers import find_raw_root
+from tasks.acdc.msd import (AUTO_NORM, MSD_DATASET, build_msd_datasets, build_msd_eval_volumes, case_id_of,
+                            msd_image_of, with_msd_layout)
+from tasks.acdc.readers import DEFAULT_CT_WINDOW, NORMALIZATIONS, find_raw_root
 from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.nifti_io import reference_grid, write_label_nifti
 from tasks.acdc.prediction import add_prediction_arguments, plan_predictions, predict_files
@@ -29,6 +31,8 @@ from unimatch.report import EvalResult, write_json
 from unimatch.task import EvaluationReport, Task
 
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")
+# "auto": chosen from the modality of a dataset.json (tasks.acdc.msd)
+INTENSITY_NORMS = NORMALIZATIONS + (AUTO_NORM,)
 
 
 @dataclass
@@ -43,8 +47,8 @@ class AcdcConfig(Config):
     ``synthetic_*`` describe the phantom written when no ``data_root`` is given.
     """
     section_keys: ClassVar[dict] = {"data": ("slice_size", "cases", "test_split", "intensity_norm", "image_order",
-                                             "h5_spacing", "synthetic_patients", "synthetic_size", "synthetic_slices",
-                                             "synthetic_seed")}
+                                             "h5_spacing", "ct_window", "synthetic_patients", "synthetic_size",
+                                             "synthetic_slices", "synthetic_seed")}
     task: str = "acdc"
     dataset: str = "synthetic"
     nclass: int = 4
@@ -75,6 +79,8 @@ class AcdcConfig(Config):
     synthetic_size: int = PhantomParams.image_size
     synthetic_slices: list = field(default_factory=lambda: [PhantomParams.min_slices, PhantomParams.max_slices])
     synthetic_seed: int = PhantomParams.seed
+    # intensity_norm: ct_window clips to these Hounsfield units [low, high], then scales to [0, 1]
+    ct_window: list = field(default_factory=lambda: list(DEFAULT_CT_WINDOW))
 
     @property
     def effective_slice_size(self) -> int:
@@ -104,9 +110,10 @@ class AcdcConfig(Config):
             "synthetic_patients": at_least(1), "synthetic_size": at_least(1),
             "synthetic_slices": at_least(1, count=2, whole=True, ordered=True),   # [min, max]
             "synthetic_seed": at_least(0),
+            "ct_window": Bounds(count=2, ordered=True),    # [low, high] Hounsfield units
         })
-        if self.intensity_norm not in ("minmax", "percentile"):
-            raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be 'minmax' or 'percentile'")
+        if self.intensity_norm not in INTENSITY_NORMS:
+            raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be one of {', '.join(INTENSITY_NORMS)}")
         if self.effective_slice_size % 16:
             key = "crop_size" if self.slice_size is None else "slice_size"
             raise ConfigError(f"{key}: {self.effective_slice_size} must be a multiple of 16 (the UNet halves it "
@@ -128,7 +135,10 @@ def load_datasets(cfg: AcdcConfig) -> ACDCDatasets:
     """The four sets of ``cfg`` (decoded once per process: train and the evaluator share them)."""
     key = (cfg.data_root, cfg.cases, cfg.effective_slice_size, cfg.seed, cfg.intensity_norm, cfg.image_order,
            cfg.labeled_split, cfg.unlabeled_split, cfg.val_split, cfg.test_split, tuple(cfg.h5_spacing),
-           cfg.pseudo_label_accuracy, cfg.allow_labeled_in_unlabeled)
+           cfg.pseudo_label_accuracy, cfg.allow_labeled_in_unlabeled, cfg.dataset, tuple(cfg.ct_window))
+    if key not in _loaded and cfg.dataset == MSD_DATASET:
+        _loaded.clear()
+        _loaded[key] = build_msd_datasets(cfg)
     if key not in _loaded:
         if cfg.cases is None and not uses_split_files(cfg):
             raise ConfigError("ACDC: give the number of labelled patients with --cases N (or cases=N), or the "
@@ -174,6 +184,8 @@ def eval_volumes(cfg: AcdcConfig, which: str, checkpoint: Path) -> tuple[VolumeD
     volumes, and a line saying which."""
     spacing = tuple(float(s) for s in cfg.h5_spacing)
     common = dict(seed=cfg.seed, normalization=cfg.intensity_norm, h5_spacing=spacing)
+    if cfg.dataset == MSD_DATASET:
+        return msd_eval_volumes(cfg, which, checkpoint)
     if which in ("val", "test"):
         if uses_split_files(cfg):
             list_file = cfg.val_split if which == "val" else cfg.test_split
@@ -189,16 +201,35 @@ def eval_volumes(cfg: AcdcConfig, which: str, checkpoint: Path) -> tuple[VolumeD
     return build_eval_volumes(cfg.data_root, which, list_file=which, **common), f"the list {which}"
 
 
+def msd_eval_volumes(cfg: AcdcConfig, which: str, checkpoint: Path) -> tuple[VolumeDataset, str]:
+    """:func:`eval_volumes` of ``dataset: msd``: the config's case list, else the run's own cases."""
+    if which in ("val", "test"):
+        list_file = cfg.val_split if which == "val" else cfg.test_split
+        if list_file is None:
+            chosen, source = run_patients(cfg, which, checkpoint)
+            return build_msd_eval_volumes(cfg, which, **chosen), source
+        return build_msd_eval_volumes(cfg, which, list_file=list_file), f"the list {list_file}"
+    which = find_split_file(which, cfg.data_root)
+    if not Path(which).is_file():
+        raise DataError(f"--split {which}: not 'val', 'test' or an existing list file")
+    return build_msd_eval_volumes(cfg, which, list_file=which), f"the list {which}"
+
+
 def prediction_writer(cfg: AcdcConfig, directory: Path, case_ids: list[str], overwrite: bool):
     """A callback writing ``<case>.nii.gz`` label maps on the source grid (see
     :func:`tasks.acdc.nifti_io.reference_grid`); refuses, on every rank alike, when a target exists."""
     targets = {case_id: directory / f"{case_id}.nii.gz" for case_id in case_ids}
     refuse_existing(targets.values(), overwrite)
     directory.mkdir(parents=True, exist_ok=True)
-    raw_root = find_raw_root(cfg.data_root) if cfg.data_root else None
+    if cfg.dataset == MSD_DATASET:
+        source_of = msd_image_of(cfg)
+    else:
+        raw_root = find_raw_root(cfg.data_root) if cfg.data_root else None
+        source_of = lambda case_id: (None if raw_root is None   # noqa: E731
+                                     else raw_root / case_parts(case_id)[0] / f"{case_id}.nii.gz")
 
     def write(case_id: str, labels: np.ndarray, spacing) -> None:
-        source = None if raw_root is None else raw_root / case_parts(case_id)[0] / f"{case_id}.nii.gz"
+        source = source_of(case_id)
         reference, slice_axis = reference_grid(source, labels.shape, spacing)
         write_label_nifti(labels.astype(np.uint8), reference, targets[case_id], overwrite=overwrite,
                           slice_axis=slice_axis)
@@ -213,7 +244,9 @@ class AcdcTask(Task):
 
     def resolve_data(self, cfg: AcdcConfig, ctx: DistContext | None = None) -> AcdcConfig:
         """Fill in ``data_root`` (the synthetic phantom, written once by rank 0, when none is given)
-        and find relative list files under it (:func:`unimatch.paths.find_split_file`)."""
+        and find relative list files under it (:func:`unimatch.paths.find_split_file`); a
+        ``dataset.json`` root is read as ``dataset: msd`` (:func:`tasks.acdc.msd.with_msd_layout`)."""
+        cfg = with_msd_layout(cfg, ctx)
         if cfg.data_root_given:
             return dataclasses.replace(cfg, **{key: find_split_file(getattr(cfg, key), cfg.data_root)
                                                for key in ("labeled_split", "unlabeled_split", "val_split",
@@ -228,8 +261,8 @@ class AcdcTask(Task):
         return dataclasses.replace(cfg, data_root=str(main_rank_first(write, ctx)))
 
     def split_key(self, cfg: AcdcConfig):
-        """The patient: a patient's slices and frames belong to one set."""
-        return patient_of
+        """The patient (the case, for ``dataset: msd``): a patient's slices and frames belong to one set."""
+        return case_id_of if cfg.dataset == MSD_DATASET else patient_of
 
     def training_sets(self, cfg: AcdcConfig):
         """(labelled slices, unlabelled slices or None when every training patient is labelled)."""

@@ -87,7 +87,7 @@ def predict_files(predictor: Predictor, cfg, args, plan) -> list[Path]:
     written = []
     with predictor.evaluating():
         for volume, label_path, pngs in plan:
-            image = normalize_intensity(volume.data, cfg.intensity_norm)
+            image = normalize_intensity(volume.data, cfg.intensity_norm, window=cfg.ct_window)
             labels = predict_volume(predictor, torch.from_numpy(image), cfg.effective_slice_size).numpy()
             written.append(write_label_nifti(labels.astype(np.uint8), volume.image, label_path,
                                              overwrite=args.overwrite, slice_axis=volume.slice_axis))

@@ -40,19 +40,27 @@ from unimatch.errors import DataError
 from unimatch.finite import require_finite
 
 NUM_CLASSES = 4
-NORMALIZATIONS = ("minmax", "percentile")
+ACDC_LABELS = ("bg", "RV", "Myo", "LV")
+NORMALIZATIONS = ("minmax", "percentile", "ct_window")
+# Hounsfield units mapped to 0..1 by ``ct_window`` unless the config gives its own window
+DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 
 
 # ----------------------------------------------------------------------------- intensities
 
 def normalize_intensity(volume: np.ndarray, method: str = "minmax",
-                        percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Map one volume to float32 [0, 1]: min-max, or clipped to ``percentiles`` first."""
+                        percentiles: tuple[float, float] = (0.5, 99.5),
+                        window: tuple[float, float] = DEFAULT_CT_WINDOW) -> np.ndarray:
+    """Map one volume to float32 [0, 1]: min-max, or clipped to ``percentiles`` first, or (CT)
+    clipped to the fixed Hounsfield ``window``, the same mapping for every volume, so a value means
+    the same tissue in every case (``DEFAULT_CT_WINDOW`` spans air to dense bone)."""
     volume = np.asarray(volume, dtype=np.float32)
     if method == "minmax":
         low, high = float(volume.min()), float(volume.max())
     elif method == "percentile":
         low, high = (float(v) for v in np.percentile(volume, percentiles))
+    elif method == "ct_window":
+        low, high = (float(v) for v in window)
     else:
         raise DataError(f"unknown intensity normalisation {method!r}; choose one of {NORMALIZATIONS}")
     if high <= low:
@@ -60,18 +68,19 @@ def normalize_intensity(volume: np.ndarray, method: str = "minmax",
     return np.clip((volume - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def check_labels(label: np.ndarray, path: Path | str) -> np.ndarray:
-    """Labels as int64, refusing anything but the integers 0..3."""
+def check_labels(label: np.ndarray, path: Path | str, names=ACDC_LABELS, named_by: str = "") -> np.ndarray:
+    """Labels as int64, refusing anything but the integers 0..len(names)-1 (``named_by``: where
+    the names come from, for the message)."""
+    legend = ", ".join(f"{index} {name}" for index, name in enumerate(names))
     label = np.asarray(label)
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
-            raise DataError(f"{path}: label volume holds non-integer values; expected 0 bg, 1 RV, 2 Myo, 3 LV")
+            raise DataError(f"{path}: label volume holds non-integer values; expected {legend}")
     label = label.astype(np.int64)
     values = np.unique(label)
-    bad = values[(values < 0) | (values >= NUM_CLASSES)]
+    bad = values[(values < 0) | (values >= len(names))]
     if bad.size:
-        raise DataError(f"{path}: labels {bad[:10].tolist()} outside 0..{NUM_CLASSES - 1} "
-                        "(0 bg, 1 RV, 2 Myo, 3 LV)")
+        raise DataError(f"{path}: labels {bad[:10].tolist()} outside 0..{len(names) - 1} ({legend}{named_by})")
     return label
 
 
@@ -153,24 +162,29 @@ def list_raw_cases(root: Path | str, patients: Sequence[str] | None = None) -> d
 
 
 def load_raw_case(case: RawCase, with_label: bool, normalization: str = "minmax"):
-    """``(volume float32 [0,1] (D,H,W), label int64 or None, spacing (z,y,x), affine)``.
+    """``(volume float32 [0,1] (D,H,W), label int64 or None, spacing (z,y,x), affine)``."""
+    return load_labelled_volume(case.image_path, case.label_path if with_label else None, normalization)
 
-    With labels, the image and ground truth must share shape and affine.
-    """
-    image = read_nifti_volume(case.image_path)
-    volume = normalize_intensity(image.data, normalization)
-    if not with_label:
+
+def load_labelled_volume(image_path: Path, label_path: Path | None, normalization: str = "minmax",
+                         window: tuple[float, float] = DEFAULT_CT_WINDOW, names=ACDC_LABELS, named_by: str = ""):
+    """``(volume float32 [0,1] (D,H,W), label int64 or None, spacing (z,y,x), affine)`` of a NIfTI
+    image and, unless ``label_path`` is None, its ground truth, which must share its shape and
+    affine and hold only the classes ``names``."""
+    image = read_nifti_volume(image_path)
+    volume = normalize_intensity(image.data, normalization, window=window)
+    if label_path is None:
         return volume, None, image.spacing, image.image.affine
-    if not case.label_path.is_file():
-        raise DataError(f"{case.label_path}: ground truth of {case.image_path.name} not found")
-    truth = read_nifti_volume(case.label_path, dtype=np.float64, slice_axis=image.slice_axis)
+    if not label_path.is_file():
+        raise DataError(f"{label_path}: ground truth of {image_path.name} not found")
+    truth = read_nifti_volume(label_path, dtype=np.float64, slice_axis=image.slice_axis)
     if truth.data.shape != image.data.shape:
-        raise DataError(f"{case.label_path}: shape {truth.data.shape} differs from its image "
-                        f"{case.image_path.name} {image.data.shape}")
+        raise DataError(f"{label_path}: shape {truth.data.shape} differs from its image "
+                        f"{image_path.name} {image.data.shape}")
     if not np.allclose(truth.image.affine, image.image.affine, rtol=1e-4, atol=1e-3):
-        raise DataError(f"{case.label_path}: affine differs from that of its image {case.image_path.name}; "
+        raise DataError(f"{label_path}: affine differs from that of its image {image_path.name}; "
                         "the ground truth is on another grid")
-    return volume, check_labels(truth.data, case.label_path), image.spacing, image.image.affine
+    return volume, check_labels(truth.data, label_path, names, named_by), image.spacing, image.image.affine
 
 
 # ----------------------------------------------------------------------------- h5 layout
