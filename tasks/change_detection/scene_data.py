@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from tasks.change_detection.data import PairAugment
 from tasks.change_detection.raster_io import (check_pair, check_same_product, check_stretch, date_stretches,
-                                              encode_classes, is_geotiff, open_raster, raster_info, same_transform)
+                                              encode_classes, grid_differences, is_geotiff, open_raster, raster_info)
 from tasks.change_detection.scene_io import GeoTiffDate, unreadable, window_starts
 from unimatch.data import IGNORE_INDEX, WeakViewDataset
 from unimatch.errors import ConfigError, DataError
@@ -111,13 +111,14 @@ class Scene:
         self.train_rows = self.height - self.val_rows
         if files.label is not None:
             with open_raster(files.label) as src:
-                label = raster_info(src)
-            if (label.width, label.height) != (info.width, info.height) or label.crs != info.crs \
-                    or not same_transform(label.transform, info.transform):
-                raise DataError(f"label raster {files.label} is on another grid than the images ({label.width}x"
-                                f"{label.height}, CRS {label.crs} vs {info.width}x{info.height}, CRS {info.crs}, or "
-                                f"another geotransform); rasterise the labels onto {files.before}'s grid")
+                problems = grid_differences(raster_info(src), info, count=False)
+            if problems:
+                raise DataError(f"label raster {files.label} is on another grid than the images ({'; '.join(problems)}"
+                                f"): rasterise the labels onto the grid of {files.before}")
         self._open, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None, "_pid": None}   # a worker started by spawn opens its own
 
     def rasters(self):
         """(before, after, label or None), open in this process."""
@@ -263,7 +264,8 @@ class UnlabeledSceneWindows(SceneWindows):
             image_a, image_b, ignore = self.augment(image_a, image_b, ignore)
             return torch.from_numpy(np.concatenate([image_a, image_b])), torch.from_numpy(ignore.astype(np.int64))
         # one mask through the augmentation: no data (and padding) 255, data without a label UNLABELLED, else the class
-        packed = np.where(label is None or label == IGNORE_INDEX, UNLABELLED, label)
+        labels = np.full(valid.shape, IGNORE_INDEX) if label is None else label
+        packed = np.where(labels == IGNORE_INDEX, UNLABELLED, labels)
         packed = np.where(valid, packed, IGNORE_INDEX).astype(np.uint8)
         image_a, image_b, packed = self.augment(image_a, image_b, packed)
         ignore = np.where(packed == IGNORE_INDEX, IGNORE_INDEX, 0)
