@@ -478,8 +478,8 @@ def cd_scene_label_on_another_grid(base: Path, work: Path):
     before, after = cd_scenes(work)
     label = write_tif(work / "label.tif", np.zeros((1, 48, 48), np.uint8))
     return train.main, ["--save-dir", str(work / "run"), "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-                        "--no-progress", "--device", "cpu", f"scenes=[{{before: {before}, after: {after}, label: {label}}}]",
-                        "scene_windows_per_epoch=4", *TINY_2D]
+                        "--no-progress", "--device", "cpu", "scene_windows_per_epoch=4",
+                        f"scenes=[{{before: {before}, after: {after}, label: {label}}}]", *TINY_2D]
 
 
 # dark water in a scene with nodata=0: one band at 0, the others not, so the pixels are data

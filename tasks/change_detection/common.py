@@ -76,7 +76,7 @@ class CDConfig(Config):
     synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
     synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
     synthetic_building_side: list = field(default_factory=lambda: list(SyntheticSpec.building_side))
-    # training from whole GeoTIFF scenes instead of tiles: [{before: A.tif, after: B.tif, label: LABEL.tif}]; tasks/change_detection/scene_data.py
+    # train from whole GeoTIFF scenes, not tiles: [{before: A.tif, after: B.tif, label: L.tif}] (scene_data.py)
     scenes: Optional[list] = None
     scene_windows_per_epoch: int = 1000   # windows drawn from the scenes per epoch (labelled and unlabelled each)
     scene_val_share: float = 0.2          # the bottom share of each labelled scene's rows, held out for validation
@@ -94,6 +94,9 @@ class CDConfig(Config):
             "synthetic_no_change_share": PROBABILITY,
             "synthetic_change_rate": Bounds(0.0, 1.0, count=2, ordered=True),
             "synthetic_building_side": at_least(1, count=2, whole=True, ordered=True),   # pixels
+            "scene_windows_per_epoch": at_least(1, whole=True),
+            "scene_val_share": Bounds(0.0, 1.0, low_open=True, high_open=True),
+            "label_ignore": at_least(0, whole=True),       # a pixel value of the label rasters
         })
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")

@@ -45,6 +45,7 @@ MIN_VALID_SHARE = 0.5     # a drawn window with less data than this in either da
 REDRAWS = 20              # draws of one window before the last one is kept
 UNLABELLED = 254          # a pixel with data but no label, inside an unlabelled view with labels for statistics
 SCENE_KEYS = ("before", "after", "label")
+SCENE_ENTRY = "{before: A.tif, after: B.tif, label: LABEL.tif}"
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,13 @@ class SceneFiles:
 def scene_files(cfg) -> list[SceneFiles]:
     """The ``scenes`` entries of ``cfg``, checked (keys, values) and their files found."""
     if not isinstance(cfg.scenes, list) or not cfg.scenes:
-        raise ConfigError(f"scenes: give a list of {{before: A.tif, after: B.tif, label: LABEL.tif}}, got {cfg.scenes!r}")
-    if cfg.scene_windows_per_epoch < 1:
-        raise ConfigError(f"scene_windows_per_epoch: {cfg.scene_windows_per_epoch} must be at least 1")
-    if not 0 < cfg.scene_val_share < 1:
-        raise ConfigError(f"scene_val_share: {cfg.scene_val_share} must be between 0 and 1 (the held-out share of rows)")
+        raise ConfigError(f"scenes: give a list of {SCENE_ENTRY}, got {cfg.scenes!r}")
     if cfg.label_ignore is not None and cfg.label_ignore in cfg.class_values:
         raise ConfigError(f"label_ignore: {cfg.label_ignore} is one of the class_values {cfg.class_values}")
     scenes = []
     for number, entry in enumerate(cfg.scenes, 1):
         if not isinstance(entry, dict) or not {"before", "after"} <= set(entry) or not set(entry) <= set(SCENE_KEYS):
-            raise ConfigError(f"scenes entry {number} is {entry!r}; give {{before: A.tif, after: B.tif, label: LABEL.tif}}")
+            raise ConfigError(f"scenes entry {number} is {entry!r}; give {SCENE_ENTRY}")
         paths = {key: Path(str(entry[key])).absolute() for key in SCENE_KEYS if entry.get(key) is not None}
         for key, path in paths.items():
             if not path.is_file():
@@ -95,7 +92,8 @@ class Scene:
     def __init__(self, files: SceneFiles, bands: Sequence[int], stretch, class_values: Sequence[int],
                  label_ignore: int | None, val_share: float):
         check_stretch(stretch)
-        self.files, self.bands, self.class_values, self.label_ignore = files, tuple(bands), tuple(class_values), label_ignore
+        self.files, self.bands, self.class_values = files, tuple(bands), tuple(class_values)
+        self.label_ignore = label_ignore
         self.stretches = date_stretches(stretch)
         dates = [GeoTiffDate(path, self.bands, rule) for path, rule in zip((files.before, files.after), self.stretches)]
         try:
@@ -150,7 +148,8 @@ class Scene:
             values = src.read(1, window=window).astype(np.int64)
             labelled = src.dataset_mask(window=window) > 0
         except RasterioError as error:
-            raise unreadable(src.name, f"rows {row}-{row + height - 1}, columns {col}-{col + width - 1}", error) from None
+            where = f"rows {row}-{row + height - 1}, columns {col}-{col + width - 1}"
+            raise unreadable(src.name, where, error) from None
         if self.label_ignore is not None:
             labelled &= values != self.label_ignore
         return labelled, values
