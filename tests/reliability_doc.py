@@ -472,6 +472,17 @@ def cd_existing_output(base: Path, work: Path):
     return cd_predict(base, before, after, work / "change.tif")
 
 
+def cd_scene_label_on_another_grid(base: Path, work: Path):
+    """Training from scenes (``scenes``) whose label raster was rasterised at another size."""
+    from tasks.change_detection import train
+
+    before, after = cd_scenes(work)
+    label = write_tif(work / "label.tif", np.zeros((1, 48, 48), np.uint8))
+    return train.main, ["--save-dir", str(work / "run"), "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+                        "--no-progress", "--device", "cpu", "scene_windows_per_epoch=4",
+                        f"scenes=[{{before: {before}, after: {after}, label: {label}}}]", *TINY_2D]
+
+
 # dark water in a scene with nodata=0: one band at 0, the others not, so the pixels are data
 DARK_WATER = (slice(20, 28), slice(20, 28))
 NODATA_BORDER = (slice(0, 4), slice(None))
@@ -833,6 +844,8 @@ CASES = [
          "pixels with every band 0 are no data)", cd_dark_water),
     Case("change_detection", "`predict` with an 8-bit `--before` and a 16-bit `--after` under one `--stretch`",
          cd_two_products),
+    Case("change_detection", "training from scenes (`scenes: [{before, after, label}]`) with a label raster on "
+         "another grid than the images", cd_scene_label_on_another_grid),
     Case("acdc", "NIfTI holding NaN", acdc_nan),
     Case("acdc", "2-D NIfTI (one slice; accepted, 1 mm slice thickness)", acdc_2d),
     Case("acdc", "truncated `.nii.gz`", acdc_truncated),

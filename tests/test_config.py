@@ -308,7 +308,10 @@ OUT_OF_RANGE = [
     ("change_detection", "synthetic_no_change_share", "1.5"),
     ("change_detection", "synthetic_change_rate", "[0.8, 0.2]"),
     ("change_detection", "synthetic_building_side", "[0, 20]"), ("change_detection", "predict_window", "0"),
-    ("acdc", "cases", "0"), ("acdc", "slice_size", "0"), ("acdc", "image_order", "6"), ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
+    ("change_detection", "scene_windows_per_epoch", "0"), ("change_detection", "scene_val_share", "1.0"),
+    ("change_detection", "label_ignore", "-1"),
+    ("acdc", "cases", "0"), ("acdc", "slice_size", "0"), ("acdc", "image_order", "6"),
+    ("acdc", "h5_spacing", "[1.0, 0.0, 1.0]"),
     ("acdc", "synthetic_patients", "0"), ("acdc", "synthetic_size", "0"), ("acdc", "synthetic_slices", "[0, 3]"),
     ("acdc", "synthetic_seed", "-1"), ("acdc", "ct_window", "[1000, -1000]"),
 ]

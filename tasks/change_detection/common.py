@@ -3,6 +3,7 @@ implementation of :class:`unimatch.task.Task`: the config, data resolution, the 
 their report, evaluation, and whole-scene prediction."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional, Union
@@ -14,6 +15,8 @@ from PIL import Image
 from tasks.change_detection.data import EvalPairs, LabeledPairs, UnlabeledPairs
 from tasks.change_detection.layout import describe_layout, detect_layout, is_split_folder
 from tasks.change_detection.raster_io import DEFAULT_BANDS, DEFAULT_CLASS_VALUES, stretch_problem
+from tasks.change_detection.scene_data import (HeldOutWindows, LabeledSceneWindows, UnlabeledSceneWindows, open_scenes,
+                                               resolved_scenes)
 from tasks.change_detection.scene_io import predict_scene
 from tasks.change_detection.synthetic import SyntheticSpec, ensure_synthetic_cd
 from unimatch import atomic
@@ -24,6 +27,7 @@ from unimatch.errors import ConfigError
 from unimatch.inference import Predictor
 from unimatch.metrics.confusion import ConfusionMatrix
 from unimatch.paths import config_path
+from unimatch.pretrained import resolve_pretrained
 from unimatch.report import EvalResult, format_table
 from unimatch.task2d import EVALUATION_SPLITS, SegmentationTask2D
 
@@ -47,8 +51,9 @@ class CDConfig(Config):
     remote-sensing UniMatch (siamese DeepLabV3+, 256 crops, lr 0.02 for head and backbone alike)."""
 
     section_keys: ClassVar[dict] = {
-        "data": ("layout", "bands", "stretch", "class_values", "test_split", "synthetic_no_change_share",
-                 "synthetic_change_rate", "synthetic_building_side"),
+        "data": ("layout", "scenes", "scene_windows_per_epoch", "scene_val_share", "label_ignore", "bands", "stretch",
+                 "class_values", "test_split", "synthetic_no_change_share", "synthetic_change_rate",
+                 "synthetic_building_side"),
         "perturbation": ("nadir_augment", "scale_range"),
         "evaluation": ("predict_window",),
     }
@@ -81,6 +86,11 @@ class CDConfig(Config):
     synthetic_no_change_share: float = SyntheticSpec.no_change_share   # the generator's defaults, defined once
     synthetic_change_rate: list = field(default_factory=lambda: list(SyntheticSpec.change_rate))
     synthetic_building_side: list = field(default_factory=lambda: list(SyntheticSpec.building_side))
+    # train from whole GeoTIFF scenes, not tiles: [{before: A.tif, after: B.tif, label: L.tif}] (scene_data.py)
+    scenes: Optional[list] = None
+    scene_windows_per_epoch: int = 1000   # windows drawn from the scenes per epoch (labelled and unlabelled each)
+    scene_val_share: float = 0.2          # the bottom share of each labelled scene's rows, held out for validation
+    label_ignore: Optional[int] = None    # a label raster value meaning "not digitised" (ignored, as its nodata)
 
     @property
     def effective_predict_window(self) -> int:
@@ -100,6 +110,9 @@ class CDConfig(Config):
             "synthetic_no_change_share": PROBABILITY,
             "synthetic_change_rate": Bounds(0.0, 1.0, count=2, ordered=True),
             "synthetic_building_side": at_least(1, count=2, whole=True, ordered=True),   # pixels
+            "scene_windows_per_epoch": at_least(1, whole=True),
+            "scene_val_share": Bounds(0.0, 1.0, low_open=True, high_open=True),
+            "label_ignore": at_least(0, whole=True),       # a pixel value of the label rasters
         })
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
@@ -176,9 +189,12 @@ def pair_options(cfg: CDConfig) -> dict:
                 layout=detect_layout(cfg.data_root, cfg.layout))
 
 
+def weak_view_options(cfg: CDConfig) -> dict:
+    return dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range))
+
+
 def augment_options(cfg: CDConfig) -> dict:
-    return dict(crop_size=cfg.crop_size, nadir_augment=cfg.nadir_augment, scale_range=tuple(cfg.scale_range),
-                **pair_options(cfg))
+    return dict(**weak_view_options(cfg), **pair_options(cfg))
 
 
 def mask_writer(directory: Path, class_values):
@@ -229,11 +245,26 @@ class ChangeDetectionTask(SegmentationTask2D):
 
     def resolve_data(self, cfg: CDConfig, ctx: DistContext | None = None) -> CDConfig:
         """The base's resolution, then (for a given root) one line saying which folder tree it is read as."""
+        if cfg.scenes:
+            return self.resolve_scenes(cfg, ctx)
         given = cfg.data_root_given
         cfg = super().resolve_data(cfg, ctx)
         if given and (ctx is None or ctx.is_main):
             print(describe_layout(cfg.data_root, detect_layout(cfg.data_root, cfg.layout), cfg.layout))
         return cfg
+
+    def resolve_scenes(self, cfg: CDConfig, ctx: DistContext | None) -> CDConfig:
+        """``scenes`` (absolute paths) in place of a data root and split lists."""
+        changes = {f"{kind}_split": None for kind in ("labeled", "unlabeled", "val")}
+        return dataclasses.replace(cfg, scenes=resolved_scenes(cfg), **changes, **resolve_pretrained(cfg, ctx))
+
+    def split_file(self, cfg: CDConfig, split: str | None) -> str:
+        """With ``scenes``: the training windows, or the held-out rows (``val``), the one evaluation split."""
+        if not cfg.scenes:
+            return super().split_file(cfg, split)
+        if split in (None, "val", "labeled", "unlabeled"):
+            return "the held-out rows of the scenes" if split in (None, "val") else f"{split} windows of the scenes"
+        raise ConfigError(f"--split {split}: a run trained on scenes holds out only their bottom rows; use --split val")
 
     def default_split(self, root: Path, kind: str, synthetic: bool) -> str | None:
         """``<kind>.txt`` as every 2-D task, else (split_folders layout) the folder ``ROOT/val`` or
@@ -243,18 +274,26 @@ class ChangeDetectionTask(SegmentationTask2D):
             return str(root / kind)
         return listed
 
-    def labeled_set(self, cfg: CDConfig, split_file: str) -> LabeledPairs:
+    def labeled_set(self, cfg: CDConfig, split_file: str) -> LabeledPairs | LabeledSceneWindows:
+        if cfg.scenes:
+            return LabeledSceneWindows(open_scenes(cfg), cfg.scene_windows_per_epoch, seed=cfg.seed,
+                                       **weak_view_options(cfg))
         return LabeledPairs(cfg.data_root, split_file, seed=cfg.seed, **augment_options(cfg))
 
-    def unlabeled_set(self, cfg: CDConfig, split_file: str) -> UnlabeledPairs:
+    def unlabeled_set(self, cfg: CDConfig, split_file: str) -> UnlabeledPairs | UnlabeledSceneWindows:
+        if cfg.scenes:
+            return UnlabeledSceneWindows(open_scenes(cfg), cfg.scene_windows_per_epoch, seed=cfg.seed + 1,
+                                         label_for_stats=cfg.pseudo_label_accuracy, **weak_view_options(cfg))
         return UnlabeledPairs(cfg.data_root, split_file, seed=cfg.seed + 1, **augment_options(cfg),
                               label_for_stats=cfg.pseudo_label_accuracy)
 
-    def eval_set(self, cfg: CDConfig, split_file: str) -> EvalPairs:
+    def eval_set(self, cfg: CDConfig, split_file: str) -> EvalPairs | HeldOutWindows:
+        if cfg.scenes:
+            return HeldOutWindows(open_scenes(cfg), cfg.crop_size)
         return EvalPairs(cfg.data_root, split_file, **pair_options(cfg))
 
     def eval_batch_size(self, cfg: CDConfig) -> int:
-        return cfg.eval_batch_size
+        return 1 if cfg.scenes else cfg.eval_batch_size   # held-out windows differ in size from scene to scene
 
     def scores(self, confusion: ConfusionMatrix, cfg: CDConfig, column: str) -> EvalResult:
         metrics, table = change_report(confusion, cfg.report_class_names(), column)

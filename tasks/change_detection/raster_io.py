@@ -245,17 +245,23 @@ def same_transform(first, second) -> bool:
     return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(tuple(first), tuple(second)))
 
 
-def check_pair(info_a: RasterInfo, info_b: RasterInfo) -> None:
-    """A and B must cover the same pixels: same size, band count, CRS and geotransform."""
+def grid_differences(info_a: RasterInfo, info_b: RasterInfo, count: bool = True) -> list[str]:
+    """How two rasters differ in size, (``count``) band count, CRS and geotransform."""
     problems = []
     if (info_a.width, info_a.height) != (info_b.width, info_b.height):
         problems.append(f"size {info_a.width}x{info_a.height} vs {info_b.width}x{info_b.height}")
-    if info_a.count != info_b.count:
+    if count and info_a.count != info_b.count:
         problems.append(f"band count {info_a.count} vs {info_b.count}")
     if info_a.crs != info_b.crs:
         problems.append(f"CRS {info_a.crs} vs {info_b.crs}")
     if not same_transform(info_a.transform, info_b.transform):
         problems.append(f"transform {tuple(info_a.transform or ())} vs {tuple(info_b.transform or ())}")
+    return problems
+
+
+def check_pair(info_a: RasterInfo, info_b: RasterInfo) -> None:
+    """A and B must cover the same pixels: same size, band count, CRS and geotransform."""
+    problems = grid_differences(info_a, info_b)
     if problems:
         raise DataError(f"the two dates do not match ({'; '.join(problems)}): {info_a.path} and {info_b.path}. "
                         f"Resample/reproject one onto the other's grid first")

@@ -65,16 +65,17 @@ def palette_colour(index: int) -> tuple[int, int, int]:
 
 
 class GeoTiffDate:
-    """One date of a GeoTIFF scene, read one strip of rows at a time. Non-8-bit data get their
-    percentiles from a decimated read, for the percentile stretch and the value-range check."""
+    """One date of a GeoTIFF scene, read one window (or strip of rows) at a time. Non-8-bit data get
+    their percentiles from a decimated read, for the percentile stretch and the value-range check;
+    a date reopened in another process takes the ``limits`` computed once."""
 
-    def __init__(self, path: Path, bands: Sequence[int], stretch):
+    def __init__(self, path: Path, bands: Sequence[int], stretch, limits=None):
         self.src = open_raster(path)
         self.info = raster_info(self.src)
         self.bands = check_bands(bands, self.src.count, path)
         self.stretch = stretch
-        self.limits = None
-        if self.src.dtypes[0] != "uint8":
+        self.limits = limits
+        if self.src.dtypes[0] != "uint8" and limits is None:
             try:
                 self.limits = percentile_limits(self.src, self.bands)
             except RasterioError as error:
@@ -83,12 +84,17 @@ class GeoTiffDate:
 
     def read_rows(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 bands of rows ``row..row+count`` and where they hold data (bool, H x W)."""
-        window = Window(0, row, self.info.width, count)
+        return self.read_window(row, 0, count, self.info.width)
+
+    def read_window(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 bands of ``height x width`` pixels from (``row``, ``col``) and where they hold data."""
+        window = Window(col, row, width, height)
         try:
             array = self.src.read(self.bands, window=window)
             valid = valid_pixels(self.src, array, window)
         except RasterioError as error:
-            raise unreadable(self.src.name, f"rows {row}-{row + count - 1}", error) from None
+            columns = "" if (col, width) == (0, self.info.width) else f", columns {col}-{col + width - 1}"
+            raise unreadable(self.src.name, f"rows {row}-{row + height - 1}{columns}", error) from None
         array = require_finite(array, self.info.path, self.src.nodata)
         array = stretch_to_uint8(array, self.stretch, self.limits)
         array[:, ~valid] = 0
