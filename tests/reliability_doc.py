@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import signal
 import sys
@@ -46,6 +47,7 @@ class Case:
     task: str
     title: str
     run: Callable[[Path, Path], tuple[Callable, list[str]]]
+    shows: str = ""   # for a command that succeeds: the row shows its last printed line holding this text
 
 
 # ----------------------------------------------------------------------------- clean data
@@ -269,12 +271,14 @@ def natural_evaluate_on(device: str):
     return run
 
 
-def natural_splits_changed(change: Callable[[Path], None]):
+def natural_splits_changed(change: Callable[[Path], None], *extra: str, save_dir: str = "run"):
     """Training with the split lists of ``splits/`` after ``change(splits folder)``."""
     def run(base: Path, work: Path):
         root = copy(base, "voc", work)
         change(root / "splits")
-        return natural_train(root, work)
+        main, argv = natural_train(root, work, *extra)
+        argv[argv.index("--save-dir") + 1] = str(work / save_dir)
+        return main, argv
     return run
 
 
@@ -819,6 +823,9 @@ CASES = [
         append_line("labeled.txt", "val.txt"))),
     Case("natural", "a labelled image also listed in the unlabelled split (allowed, with a warning line, only "
          "with `allow_labeled_in_unlabeled: true`)", natural_splits_changed(append_line("unlabeled.txt", "labeled.txt"))),
+    Case("natural", "the same with `allow_labeled_in_unlabeled=true` (accepted: the warning line)",
+         natural_splits_changed(append_line("unlabeled.txt", "labeled.txt"), "allow_labeled_in_unlabeled=true",
+                                save_dir="allowed"), shows="also in"),
     Case("change_detection", "truncated PNG tile in `A/` (training, in a DataLoader worker)",
          cd_bad_file(lambda root, name: truncate(root / "A" / name), workers=1)),
     Case("change_detection", "zero-byte tile in `B/`", cd_bad_file(lambda root, name: (root / "B" / name).write_bytes(b""))),
@@ -896,7 +903,8 @@ def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
     finally:
         sys.argv = saved
     errors = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
-    printed = [line for line in out.getvalue().splitlines() if line.strip()]
+    printed = [re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", line) for line in out.getvalue().splitlines()
+               if line.strip() and case.shows in line]
     line = errors[-1] if errors else (printed[-1] if printed else "")
     for folder in sorted({str(base), str(base.resolve()), str(work), str(work.resolve())}, key=len, reverse=True):
         line = line.replace(folder, "<tmp>")
@@ -906,7 +914,6 @@ def outcome(case: Case, base: Path, work: Path) -> tuple[str, int]:
 def normalise(line: str) -> str:
     """What differs between machines and runs: this process and host, a start time, free disk space."""
     import os
-    import re
     import socket
 
     line = line.replace(f"process {os.getpid()} on host {socket.gethostname()}", "process <pid> on host <host>")
