@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unimatch import atomic
+from unimatch.report import read_json_lines
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def run_one(task: str, entry: str, seed: int, out: Path, extra: list[str]) -> Ru
         subprocess.run(train_command(task, entry, seed, run_dir, extra), check=True)
         atomic.write_text(timing, f"{time.perf_counter() - start:.1f}\n")
         subprocess.run(spec.eval_command(task, run_dir, test_json), check=True, stdout=subprocess.DEVNULL)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_json_lines(run_dir / "metrics.jsonl")
     run.val_curve = [(r["epoch"], r[spec.val_metric]) for r in records if spec.val_metric in r]
     run.iterations = records[-1]["iterations"]
     run.sec_per_iter = sum(r["sec_per_iter"] for r in records) / len(records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -146,7 +147,7 @@ def train_main(task, argv, doc: str) -> dict:
     try:
         save_dir = prepare_run_dir(default_save_dir(cfg))
         lock = RunLock.acquire(save_dir) if ctx.is_main else None
-        train_command = lambda name: task.command("train", name)  # noqa: E731
+        train_command = functools.partial(task.command, "train")
         refuse_another_tasks_run(save_dir, cfg.task, train_command)
         if lock is not None:
             setup_logging(save_dir, ctx.is_main)
