@@ -15,8 +15,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults_are_the_papers_settings():
     cfg = load_config()
-    assert (cfg.method, cfg.conf_thresh, cfg.lr_multi, cfg.momentum, cfg.weight_decay) == \
+    assert (cfg.method, cfg.conf_thresh, cfg.lr_multi, cfg.momentum, cfg.method_setting("weight_decay")) == \
         ("unimatch", 0.95, 10.0, 0.9, 1e-4)
+    assert [cfg.method_setting(key) for key in ("optimizer", "teacher", "ema", "comp_drop", "cutmix_partner")] == \
+        ["sgd", "student", False, False, "loader"]
     assert cfg.color_jitter == [0.5, 0.5, 0.5, 0.25]
     assert (cfg.color_jitter_p, cfg.grayscale_p, cfg.blur_p, cfg.cutmix_p) == (0.8, 0.2, 0.5, 0.5)
     assert cfg.blur_sigma == [0.1, 2.0] and cfg.cutmix_area == [0.02, 0.4]
@@ -292,7 +294,7 @@ OUT_OF_RANGE = [
     ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
     ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
     ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
-    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"),
+    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"), ("core", "ema_ratio", "1"),
     ("core", "color_jitter_p", "1.5"),
     ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
     ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
