@@ -376,6 +376,8 @@ def test_the_trainer_updates_the_ema_after_every_step_with_the_global_iteration(
     trainer.ema.update = recording
     trainer.fit()
     assert iterations == list(range(8))   # 2 epochs x 4 iterations, 0-based, global
+    # the partner is in the batch: one unlabelled stream, no partner loader
+    assert trainer.unlabeled_set.reads == 8 * trainer.cfg.batch_size
     expected = None
     for iteration, state in zip(iterations, students):
         r = min(1 - 1 / (iteration + 1), 0.996)
