@@ -528,7 +528,8 @@ def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(mo
         load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
 
 
-NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size")
+NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size", "cutmix_partner", "teacher",
+            "ema", "ema_ratio", "comp_drop", "optimizer")
 
 
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -541,6 +542,24 @@ def test_a_run_saved_before_the_new_keys_resumes(path):
     stored = {k: v for k, v in cfg.to_dict().items() if k not in NEW_KEYS}
     assert len(stored) < len(cfg.to_dict())
     assert training_differences(stored, cfg) == {}
+
+
+def test_the_method_settings_are_compared_as_resolved():
+    """A run saved before the method settings existed stored weight_decay 0.0001 and no teacher,
+    optimizer ... keys: it trained as null does under SGD. The resolved values decide."""
+    from unimatch.config import training_differences
+
+    now = load_config(overrides=["partner_from_batch=true"])
+    stored = {k: v for k, v in now.to_dict().items() if k not in NEW_KEYS}
+    stored["weight_decay"] = 0.0001
+    assert training_differences(stored, now) == {}
+    assert training_differences(stored, load_config(overrides=["cutmix_partner=previous"])) == {}
+    assert training_differences(stored, load_config()) == {"partner_from_batch": (True, False),
+                                                           "cutmix_partner": ("previous", "loader")}
+    v2 = load_config(overrides=["method=unimatch_v2"]).to_dict()
+    assert training_differences(v2, load_config(overrides=["method=unimatch_v2", "weight_decay=0.01"])) == {}
+    assert training_differences(v2, load_config(overrides=["method=unimatch_v2", "teacher=student"])) == {
+        "teacher": ("ema", "student")}
 
 
 def test_class_thresh_momentum_of_a_run_saved_before_it_existed_is_its_dist_align_momentum():
