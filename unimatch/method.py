@@ -5,9 +5,10 @@ One step, for a labelled batch ``(x, y)``, an unlabelled batch (weak views ``x_w
 
 1. strong views: each of ``strong_views`` streams perturbs ``x_w`` (and the partners) with
    independent random parameters and pastes the partner's strong view into a CutMix box;
-2. partner pseudo-labels: a no-grad forward of the partners in *eval* mode (with the opt-in
-   ``cutmix_partner: previous`` the partner of image i is image i-1 of the same batch and its
-   pseudo-label comes from step 3's train-mode weak prediction: one forward less);
+2. partner pseudo-labels: a no-grad forward of the partners in *eval* mode through the teacher,
+   the student or, under ``teacher: ema``, the EMA; with the opt-in ``cutmix_partner: previous``
+   the partner of image i is image i-1 of the same batch and its pseudo-label comes from step 3's
+   train-mode weak prediction: one forward less;
 3. one train-mode forward of ``cat(x, x_w)`` (with the FP stream when ``fp_streams > 0``);
 4. one forward of ``cat(strong views)``;
 5. pseudo-labels = argmax of the weak prediction, confidence = its max softmax; inside each
@@ -25,7 +26,7 @@ UniMatch V2 changes three parts, each a setting of its own (``unimatch.config.ME
 - ``comp_drop``: the two strong views go through one forward with the model's complementary
   channel dropout, ``model(cat(s1, s2), comp_drop=True)``.
 
-Which forwards a step runs (``UniMatchStep.joint_weak_forward``): the student forwards ``x_w``
+Which forwards a step runs (``StepSettings.joint_weak_forward``): the student forwards ``x_w``
 with ``x`` (step 3) when something uses that prediction, the FP stream or a student teacher
 without ``comp_drop`` (V1); otherwise it forwards ``x`` alone, as the official V2 scripts, and a
 student teacher predicts ``x_w`` in a no-grad forward of its own in the model's current mode, as
