@@ -96,6 +96,12 @@ class StepSettings:
         return self.fp_streams > 0 or (self.teacher == "student" and not self.comp_drop)
 
     @property
+    def own_teacher_forward(self) -> bool:
+        """The pseudo-labels come from a no-grad forward of ``x_w`` of their own: the EMA's, or the
+        student's when its joint forward does not predict ``x_w`` for them."""
+        return self.teacher == "ema" or not self.joint_weak_forward
+
+    @property
     def supervised_only(self) -> bool:
         return self.strong_views == 0 and self.fp_streams == 0
 
@@ -194,8 +200,7 @@ class UniMatchStep:
         x_m_raw, ignore_mask_m = self.partners(x_w_raw, ignore_mask, partner)
         views = self.strong_views(x_w_raw, x_m_raw) if s.strong_views else []
         prob_m = None if s.partner_from_batch else self.partner_probabilities(x_m_raw, autocast)
-        pred_w_teacher = None if s.joint_weak_forward and s.teacher == "student" else \
-            self.teacher_prediction(x_w_raw, autocast)
+        pred_w_teacher = self.teacher_prediction(x_w_raw, autocast) if s.own_teacher_forward else None
         valid = ignore_mask != IGNORE_INDEX
         with autocast:
             pred_x, pred_w, preds_fp, preds_s = self.forward_streams(x, x_w_raw, views)
