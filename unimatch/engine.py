@@ -289,8 +289,9 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
-        self.best_by_weights.update({k: v for k, v in checkpoint.get("best_by_weights", {}).items()
-                                     if k in self.best_by_weights})
+        # a checkpoint from before the EMA holds the student's best alone, as best_score
+        stored_bests = checkpoint.get("best_by_weights", {"student": self.best_score})
+        self.best_by_weights.update({k: v for k, v in stored_bests.items() if k in self.best_by_weights})
         if self.ema is not None:
             if "model_ema" in checkpoint:
                 self.ema.load_state_dict(checkpoint["model_ema"])
