@@ -15,8 +15,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults_are_the_papers_settings():
     cfg = load_config()
-    assert (cfg.method, cfg.conf_thresh, cfg.lr_multi, cfg.momentum, cfg.weight_decay) == \
+    assert (cfg.method, cfg.conf_thresh, cfg.lr_multi, cfg.momentum, cfg.method_setting("weight_decay")) == \
         ("unimatch", 0.95, 10.0, 0.9, 1e-4)
+    assert [cfg.method_setting(key) for key in ("optimizer", "teacher", "ema", "comp_drop", "cutmix_partner")] == \
+        ["sgd", "student", False, False, "loader"]
     assert cfg.color_jitter == [0.5, 0.5, 0.5, 0.25]
     assert (cfg.color_jitter_p, cfg.grayscale_p, cfg.blur_p, cfg.cutmix_p) == (0.8, 0.2, 0.5, 0.5)
     assert cfg.blur_sigma == [0.1, 2.0] and cfg.cutmix_area == [0.02, 0.4]
@@ -292,7 +294,7 @@ OUT_OF_RANGE = [
     ("core", "dilations", "[0, 12, 18]"), ("core", "conf_thresh", "1.5"), ("core", "strong_views", "-1"),
     ("core", "fp_streams", "-1"), ("core", "sup_weight", "-1"), ("core", "strong_weight", "-0.5"),
     ("core", "fp_weight", "-1"), ("core", "loss_divisor", "0"), ("core", "sup_warmup_epochs", "-1"),
-    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"),
+    ("core", "dist_align_momentum", "1"), ("core", "class_thresh_momentum", "1"), ("core", "ema_ratio", "1"),
     ("core", "color_jitter_p", "1.5"),
     ("core", "color_jitter", "[0.5, 0.5, 0.5, -0.1]"), ("core", "grayscale_p", "-0.1"), ("core", "blur_p", "2"),
     ("core", "blur_sigma", "[2.0, 0.1]"), ("core", "cutmix_p", "-1"), ("core", "cutmix_area", "[0.0, 0.4]"),
@@ -526,7 +528,8 @@ def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(mo
         load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
 
 
-NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size")
+NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size", "cutmix_partner", "teacher",
+            "ema", "ema_ratio", "comp_drop", "optimizer")
 
 
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -539,6 +542,24 @@ def test_a_run_saved_before_the_new_keys_resumes(path):
     stored = {k: v for k, v in cfg.to_dict().items() if k not in NEW_KEYS}
     assert len(stored) < len(cfg.to_dict())
     assert training_differences(stored, cfg) == {}
+
+
+def test_the_method_settings_are_compared_as_resolved():
+    """A run saved before the method settings existed stored weight_decay 0.0001 and no teacher,
+    optimizer ... keys: it trained as null does under SGD. The resolved values decide."""
+    from unimatch.config import training_differences
+
+    now = load_config(overrides=["partner_from_batch=true"])
+    stored = {k: v for k, v in now.to_dict().items() if k not in NEW_KEYS}
+    stored["weight_decay"] = 0.0001
+    assert training_differences(stored, now) == {}
+    assert training_differences(stored, load_config(overrides=["cutmix_partner=previous"])) == {}
+    assert training_differences(stored, load_config()) == {"partner_from_batch": (True, False),
+                                                           "cutmix_partner": ("previous", "loader")}
+    v2 = load_config(overrides=["method=unimatch_v2"]).to_dict()
+    assert training_differences(v2, load_config(overrides=["method=unimatch_v2", "weight_decay=0.01"])) == {}
+    assert training_differences(v2, load_config(overrides=["method=unimatch_v2", "teacher=student"])) == {
+        "teacher": ("ema", "student")}
 
 
 def test_class_thresh_momentum_of_a_run_saved_before_it_existed_is_its_dist_align_momentum():

@@ -393,16 +393,21 @@ def test_trainer_consumes_unlabelled_batches_only_when_the_method_needs_them(tmp
 def test_step_settings_take_every_config_value_by_name():
     cfg = Config(method="fixmatch", conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
                  loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
-                 dist_align_momentum=0.9, class_thresh_momentum=0.8)
+                 dist_align_momentum=0.9, class_thresh_momentum=0.8, teacher="ema")
     cfg.validate()
-    # every field differs from its default, so a field from_config forgets fails the comparison
+    # every field differs from its default, so a field from_config forgets fails the comparison;
+    # comp_drop needs two strong views, so it is set apart, with dusperb
     changed = StepSettings(
         strong_views=1, fp_streams=0, conf_thresh=0.7, sup_weight=2.0, strong_weight=0.3, fp_weight=0.4,
-        loss_divisor=3.0, unsup_loss="dice", partner_from_batch=True, dist_align=True, class_thresh=True,
-        dist_align_momentum=0.9, class_thresh_momentum=0.8)
+        loss_divisor=3.0, unsup_loss="dice", cutmix_partner="previous", dist_align=True, class_thresh=True,
+        dist_align_momentum=0.9, class_thresh_momentum=0.8, teacher="ema")
     default = StepSettings()
-    assert all(getattr(changed, f.name) != getattr(default, f.name) for f in dataclasses.fields(StepSettings))
+    assert all(getattr(changed, f.name) != getattr(default, f.name) for f in dataclasses.fields(StepSettings)
+               if f.name != "comp_drop")
     assert StepSettings.from_config(cfg) == changed
+    comp_drop = dataclasses.replace(cfg, method="dusperb", comp_drop=True)
+    comp_drop.validate()
+    assert StepSettings.from_config(comp_drop) == dataclasses.replace(changed, strong_views=2, comp_drop=True)
 
 
 def test_each_running_share_has_its_own_momentum_and_both_default_to_the_old_shared_one():

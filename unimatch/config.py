@@ -38,7 +38,44 @@ METHODS = {
     "uniperb": (1, 1),
     "dusperb": (2, 0),
     "supervised": (0, 0),
+    "unimatch_v2": (2, 0),
 }
+# The keys below pick the parts a method is made of; each is null unless set, and null takes the
+# method's value here (V1_SETTINGS where the method has none), so a preset sets its defaults and a
+# key given in the file or on the command line overrides it (``method: unimatch_v2`` with
+# ``teacher: student``). ``weight_decay`` null takes its optimizer's value (OPTIMIZER_WEIGHT_DECAY).
+# teacher: who predicts the pseudo-labels on the weak view (the student, or an EMA of it);
+# ema: keep an EMA of the student, evaluate it each evaluation epoch (true whenever teacher is ema);
+# comp_drop: the strong views share one forward with the model's complementary channel dropout;
+# cutmix_partner: where a CutMix box's content comes from: "loader" (a second unlabelled batch),
+# "previous" (image i-1 of the batch, the older ``partner_from_batch``), "flip" (image n-1-i, whose
+# own strong view of the same stream is pasted); optimizer: "sgd" or "adamw".
+V1_SETTINGS = {"teacher": "student", "ema": False, "comp_drop": False, "cutmix_partner": "loader", "optimizer": "sgd"}
+METHOD_SETTINGS = {
+    "unimatch_v2": {"teacher": "ema", "ema": True, "comp_drop": True, "cutmix_partner": "flip", "optimizer": "adamw"},
+}
+OPTIMIZER_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.01}   # the paper's SGD; the official V2 scripts' AdamW
+SETTING_CHOICES = {"teacher": ("student", "ema"), "cutmix_partner": ("loader", "previous", "flip"),
+                   "optimizer": ("sgd", "adamw")}
+# the keys whose null means "the method's (or the optimizer's) value": method_setting resolves them
+METHOD_SETTING_KEYS = (*V1_SETTINGS, "weight_decay")
+
+
+def method_setting(values: Any, key: str) -> Any:
+    """The value of ``key`` (one of METHOD_SETTING_KEYS) for config ``values`` (a mapping of config
+    keys): its own when set, else its method's. A mapping, not a Config, so that a run's stored
+    config is resolved the same way (``training_differences``)."""
+    value = values.get(key)
+    if value is not None:
+        return value
+    if key == "weight_decay":
+        return OPTIMIZER_WEIGHT_DECAY[method_setting(values, "optimizer")]
+    if key == "cutmix_partner" and values.get("partner_from_batch"):
+        return "previous"
+    if key == "ema" and method_setting(values, "teacher") == "ema":
+        return True
+    return {**V1_SETTINGS, **METHOD_SETTINGS.get(values.get("method"), {})}[key]
+
 EVAL_MODES = ("original", "center_crop", "sliding_window")
 # the sections a config file may group its keys in, as a user thinks of them: the dataset; the model;
 # the method, its losses, schedule and seed; the augmentation of the training views; the validation
@@ -140,6 +177,7 @@ NUMBER_BOUNDS: dict[str, Bounds] = {
     "loss_divisor": above(0.0),
     "sup_warmup_epochs": at_least(0),
     "dist_align_momentum": MOMENTUM, "class_thresh_momentum": MOMENTUM,
+    "ema_ratio": Bounds(0.0, 1.0, low_open=True, high_open=True),   # the cap of the EMA's ratio
     "color_jitter_p": PROBABILITY, "grayscale_p": PROBABILITY, "blur_p": PROBABILITY, "cutmix_p": PROBABILITY,
     "color_jitter": at_least(0.0, count=4),                  # brightness, contrast, saturation, hue
     "blur_sigma": above(0.0, count=2, ordered=True),
@@ -181,8 +219,9 @@ class Config:
                     "feature_channels", "pretrained", "replace_stride_with_dilation", "multi_grid", "dilations"),
         "training": ("method", "conf_thresh", "strong_views", "fp_streams", "sup_weight", "strong_weight",
                      "fp_weight", "loss_divisor", "sup_warmup_epochs", "dist_align", "dist_align_momentum",
-                     "class_thresh", "class_thresh_momentum", "partner_from_batch", "criterion", "unsup_loss",
-                     "epochs", "batch_size", "lr", "lr_multi", "momentum", "weight_decay", "seed"),
+                     "class_thresh", "class_thresh_momentum", "partner_from_batch", "cutmix_partner", "teacher",
+                     "ema", "ema_ratio", "comp_drop", "criterion", "unsup_loss", "epochs", "batch_size",
+                     "optimizer", "lr", "lr_multi", "momentum", "weight_decay", "seed"),
         "perturbation": ("color_jitter_p", "color_jitter", "grayscale_p", "blur_p", "blur_sigma", "cutmix_p",
                          "cutmix_area", "cutmix_ratio", "channel_group_size"),
         "evaluation": ("select_metric", "eval_mode", "eval_window", "eval_batch_size", "eval_every"),
@@ -250,6 +289,14 @@ class Config:
     # predicted in eval mode. Saves the partner's loading and forward pass; the partner's
     # pseudo-label is then a train-mode prediction (docs/benchmarks.md measures the effect)
     partner_from_batch: bool = False
+    # the parts of the method (METHOD_SETTINGS above): null takes the method's value
+    cutmix_partner: Optional[str] = None   # loader | previous | flip
+    teacher: Optional[str] = None          # student | ema
+    ema: Optional[bool] = None
+    # the EMA's ratio at 0-based global iteration it is min(1 - 1 / (it + 1), ema_ratio), as the
+    # official V2 scripts (0.996)
+    ema_ratio: float = 0.996
+    comp_drop: Optional[bool] = None
     criterion: dict = field(default_factory=lambda: {"name": "CELoss", "kwargs": {"ignore_index": 255}})
     unsup_loss: str = "ce"
     # statistics: load the labels of the unlabelled images (when they exist on disk) to log how
@@ -270,8 +317,9 @@ class Config:
     batch_size: int = 8
     lr: float = 0.001
     lr_multi: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    optimizer: Optional[str] = None        # sgd | adamw (AdamW: betas (0.9, 0.999), as the official V2 scripts)
+    momentum: float = 0.9                  # SGD's
+    weight_decay: Optional[float] = None   # null: the optimizer's, 1e-4 for SGD, 0.01 for AdamW
     amp: str = "none"
     # speed (unimatch/precision.py): how the maths runs. channels_last is opt-in: on the demo of
     # 3-D volumes it turned UniMatch's gain into a loss (measured in docs/benchmarks.md)
@@ -315,6 +363,11 @@ class Config:
         fp = default_fp if self.fp_streams is None or self.method == "supervised" else self.fp_streams
         return strong, fp
 
+    def method_setting(self, key: str) -> Any:
+        """The value of ``key`` (METHOD_SETTING_KEYS: teacher, ema, comp_drop, cutmix_partner,
+        optimizer, weight_decay) after applying the method's defaults."""
+        return method_setting(vars(self), key)
+
     def default_class_names(self) -> Optional[Sequence[str]]:
         """The task's names of the classes of ``dataset`` when ``class_names`` is not set."""
         return None
@@ -344,7 +397,12 @@ class Config:
         """key -> why this config's run never reads it: the chosen model's (``unimatch.models.MODELS``);
         a task's config adds the keys the task has no use for. Setting one is refused (``validate``)."""
         from unimatch.models import model_keys_not_read
-        return model_keys_not_read(self.model)
+        not_read = model_keys_not_read(self.model)
+        if self.method in METHODS and self.method_setting("optimizer") != "sgd":
+            not_read["momentum"] = "AdamW has no momentum key (its betas are (0.9, 0.999))"
+        if self.method in METHODS and not self.method_setting("ema"):
+            not_read["ema_ratio"] = "no EMA of the student is kept (ema, teacher)"
+        return not_read
 
     def refuse_keys_not_read(self) -> None:
         """A key that nothing reads set to other than its default is an error: the run would
@@ -368,15 +426,33 @@ class Config:
             if problem is not None:
                 raise ConfigError(f"{key}: {problem}")
 
+    def validate_method_settings(self) -> None:
+        """The parts of the method (METHOD_SETTINGS) fit together; each refusal is one line."""
+        for key, choices in SETTING_CHOICES.items():
+            value = getattr(self, key)
+            if value is not None and value not in choices:
+                raise ConfigError(f"{key}: {value!r} must be one of {', '.join(choices)} (or null: the method's)")
+        if self.partner_from_batch and self.cutmix_partner not in (None, "previous"):
+            raise ConfigError(f"partner_from_batch: true is cutmix_partner: previous, and cutmix_partner is "
+                              f"{self.cutmix_partner!r}; give one of the two")
+        if self.method_setting("teacher") == "ema" and self.ema is False:
+            raise ConfigError("ema: false, but teacher: ema predicts the pseudo-labels with the EMA; "
+                              "drop one of the two")
+        strong, _ = self.streams
+        if self.method_setting("comp_drop") and strong != 2:
+            raise ConfigError(f"comp_drop: the complementary dropout pairs the two strong views of one forward, "
+                              f"so it needs strong_views 2 (method {self.method} has {strong})")
+
     def validate(self) -> None:
         from unimatch.models import MODELS
 
         self.check_bounds(NUMBER_BOUNDS)
         if self.model not in MODELS:
             raise ConfigError(f"model: {self.model!r} is not one of {', '.join(MODELS)}")
-        self.refuse_keys_not_read()
         if self.method not in METHODS:
             raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
+        self.validate_method_settings()
+        self.refuse_keys_not_read()
         if self.unsup_loss not in ("ce", "dice"):
             raise ConfigError(f"unsup_loss: {self.unsup_loss!r} must be 'ce' or 'dice'")
         if self.amp not in ("none", "bf16", "fp16"):
@@ -396,8 +472,9 @@ class Config:
         if self.in_channels % self.channel_group_size != 0:
             raise ConfigError(f"in_channels ({self.in_channels}) must be a multiple of channel_group_size "
                               f"({self.channel_group_size})")
-        if self.partner_from_batch and self.batch_size < 2:
-            raise ConfigError("partner_from_batch: the partner is another image of the unlabelled batch, so "
+        if self.method_setting("cutmix_partner") != "loader" and self.batch_size < 2:
+            key = "partner_from_batch" if self.partner_from_batch else "cutmix_partner"
+            raise ConfigError(f"{key}: the partner is another image of the unlabelled batch, so "
                               f"batch_size must be at least 2, got {self.batch_size}")
         if self.sup_warmup_epochs > self.epochs:
             raise ConfigError(f"sup_warmup_epochs: must lie in [0, epochs={self.epochs}], got {self.sup_warmup_epochs}")
@@ -421,24 +498,32 @@ def training_differences(stored: dict, config: Config) -> dict[str, tuple[Any, A
     A key ``stored`` lacks (a run saved before the key existed) counts as the value that run was
     trained with: the stored value of the key it was split off from (:data:`SPLIT_OFF_FROM`), else
     its default; stored keys ``config`` does not know are ignored (``task`` tells runs of another
-    task apart).
+    task apart). The keys of :data:`METHOD_SETTING_KEYS` are compared, and listed, as resolved by
+    :func:`method_setting` (a run stored with ``weight_decay: 0.0001`` trained as one with null under
+    SGD), and ``partner_from_batch`` only where the partner it picks differs.
     """
     def plain(value):
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
+    before_values = {}
+    for f in dataclasses.fields(config):
+        if f.name in stored:
+            before_values[f.name] = stored[f.name]
+        elif SPLIT_OFF_FROM.get(f.name) in stored:
+            before_values[f.name] = stored[SPLIT_OFF_FROM[f.name]]
+        else:
+            before_values[f.name] = field_default(f)
+    now_values = vars(config)
+    same_partner = method_setting(before_values, "cutmix_partner") == method_setting(now_values, "cutmix_partner")
     differences = {}
     for f in dataclasses.fields(config):
-        if f.name in config.non_training_keys:
+        if f.name in config.non_training_keys or (f.name == "partner_from_batch" and same_partner):
             continue
-        if f.name in stored:
-            before = stored[f.name]
-        elif SPLIT_OFF_FROM.get(f.name) in stored:
-            before = stored[SPLIT_OFF_FROM[f.name]]
-        else:
-            before = field_default(f)
-        now = getattr(config, f.name)
+        before, now = before_values[f.name], now_values[f.name]
+        if f.name in METHOD_SETTING_KEYS:
+            before, now = method_setting(before_values, f.name), method_setting(now_values, f.name)
         if plain(before) != plain(now):
             differences[f.name] = (before, now)
     return differences

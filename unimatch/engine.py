@@ -26,6 +26,7 @@ from unimatch.checkpoint import load_checkpoint, save_checkpoint
 from unimatch.config import Config, save_config
 from unimatch.data import RepeatDataset, reseed_dataset, seed_everything, seed_worker
 from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcast_buffers, unwrap
+from unimatch.ema import ModelEMA
 from unimatch.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
 from unimatch.health import PseudoLabelHealth, describe
@@ -45,9 +46,11 @@ def poly_lr(base_lr: float, iteration: int, total_iterations: int, power: float 
     return base_lr * (1 - iteration / total_iterations) ** power
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD with two groups: backbone at ``lr``, the rest at ``lr * lr_multi`` (one group if the
-    model has no backbone, like the medical UNet)."""
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD (momentum ``momentum``), or AdamW with betas (0.9, 0.999) as the official V2 scripts
+    (``optimizer``), with two groups: backbone at ``lr``, the rest at ``lr * lr_multi`` (one group if
+    the model has no backbone, like the medical UNet); weight decay ``weight_decay``, null being the
+    optimizer's (1e-4 for SGD, 0.01 for AdamW)."""
     groups_fn = getattr(unwrap(model), "param_groups", None)
     if groups_fn is None:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr, "lr_scale": 1.0}]
@@ -56,7 +59,10 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
         groups = [{"params": backbone, "lr": cfg.lr, "lr_scale": 1.0}]
         if head:
             groups.append({"params": head, "lr": cfg.lr * cfg.lr_multi, "lr_scale": cfg.lr_multi})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    weight_decay = cfg.method_setting("weight_decay")
+    if cfg.method_setting("optimizer") == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=weight_decay)
 
 
 def numpy_rng_state() -> dict:
@@ -175,13 +181,18 @@ class Trainer:
         self.normalizer = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
         criterion = build_criterion(cfg.criterion, cfg.nclass)
         self.health = None if self.settings.supervised_only else PseudoLabelHealth(cfg.nclass, ctx.device)
+        # the EMA of the student (unimatch/ema.py): V2's teacher, evaluated beside the student
+        self.ema = ModelEMA(model, cfg.ema_ratio) if cfg.method_setting("ema") else None
         self.step = UniMatchStep(model, self.settings, criterion.to(ctx.device), self.perturbation,
-                                 self.normalizer, cfg.nclass, health=self.health)
+                                 self.normalizer, cfg.nclass, health=self.health,
+                                 teacher=self.ema.model if self.ema is not None else None)
         # running state of the opt-in pseudo-label extensions, checkpointed for an exact resume
         self.extensions = {"dist_align": self.step.align, "class_thresh": self.step.class_thresh}
         self.autocast = autocast_for(cfg, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp == "fp16")
         self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
+        # the best select_metric of each set of weights evaluated (student, ema) so far
+        self.best_by_weights = {"student": -math.inf, **({"ema": -math.inf} if self.ema is not None else {})}
         self.writer = None
         # where the loop is (epoch, iterations done in it, iterations per epoch), for the line an
         # interrupted run prints
@@ -220,8 +231,10 @@ class Trainer:
                         warmup: bool = False) -> dict:
         """One optimisation step on device batches; returns the step's stats (device tensors).
 
-        ``guard`` sees the loss before ``backward`` (see :class:`unimatch.finite.NonFiniteLossGuard`);
-        ``warmup`` trains the labelled term alone (``sup_warmup_epochs``)."""
+        ``iteration`` (0-based, global) sets the EMA's ratio (None counts as 0: the EMA becomes the
+        student); ``guard`` sees the loss before ``backward`` (see
+        :class:`unimatch.finite.NonFiniteLossGuard`); ``warmup`` trains the labelled term alone
+        (``sup_warmup_epochs``)."""
         step = self.step.labelled_term if warmup else self.step
         loss, stats = step(*batches, autocast=self.autocast)
         if guard is not None:
@@ -230,15 +243,21 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model, 0 if iteration is None else iteration)
         return stats
 
     # ---- checkpoints ---------------------------------------------------------------------
     def checkpoint_state(self, epoch: int) -> dict:
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
-                "best_metrics": self.best_metrics, "rng": self.gather_rng_states(),
-                "extensions": {k: e.state_dict() for k, e in self.extensions.items() if e is not None},
-                "config": self.cfg.to_dict()}
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_score": self.best_score,
+                 "best_metrics": self.best_metrics, "best_by_weights": dict(self.best_by_weights),
+                 "rng": self.gather_rng_states(),
+                 "extensions": {k: e.state_dict() for k, e in self.extensions.items() if e is not None},
+                 "config": self.cfg.to_dict()}
+        if self.ema is not None:
+            state["model_ema"] = self.ema.state_dict()
+        return state
 
     def gather_rng_states(self) -> list:
         """Every rank's RNG states (rank order), so each rank resumes exactly its own streams."""
@@ -253,7 +272,7 @@ class Trainer:
     def save(self, name: str, state: dict) -> None:
         """Write ``state`` atomically; weights holding NaN/Inf are refused (on every rank, so all
         stop) rather than written over a good checkpoint."""
-        bad = nonfinite_tensors(state["model"])
+        bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state.get("model_ema", {}))
         if bad:
             raise TrainingDiverged(f"after epoch {state['epoch'] + 1} the model holds NaN/Inf ({len(bad)} tensor(s), "
                                    f"first {bad[0]}); {self.save_dir / name} was not overwritten. Hint: {HINT}")
@@ -270,6 +289,15 @@ class Trainer:
         self.start_epoch = checkpoint["epoch"] + 1
         self.best_score = checkpoint["best_score"]
         self.best_metrics = checkpoint.get("best_metrics", {})
+        # a checkpoint from before the EMA holds the student's best alone, as best_score
+        stored_bests = checkpoint.get("best_by_weights", {"student": self.best_score})
+        self.best_by_weights.update({k: v for k, v in stored_bests.items() if k in self.best_by_weights})
+        if self.ema is not None:
+            if "model_ema" in checkpoint:
+                self.ema.load_state_dict(checkpoint["model_ema"])
+            else:
+                self.ema.load_state_dict(unwrap(self.model).state_dict())
+                log.warning(f"{path} holds no EMA (model_ema): the EMA starts again from the student's weights")
         for name, state in checkpoint.get("extensions", {}).items():
             if self.extensions.get(name) is not None:
                 self.extensions[name].load_state_dict(state)
@@ -352,6 +380,8 @@ class Trainer:
             if self.health is not None and not warmup:
                 self.record_health(epoch, record)
             broadcast_buffers(self.model)
+            if self.ema is not None:
+                broadcast_buffers(self.ema.model)
             if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
                 self.evaluate_epoch(epoch, record)
             self.end_epoch(epoch, iters_per_epoch, record)
@@ -359,8 +389,12 @@ class Trainer:
 
     def log_plan(self, iters_per_epoch: int) -> None:
         cfg, ctx = self.cfg, self.ctx
-        log.info(f"method {cfg.method}: {self.settings.strong_views} strong stream(s), {self.settings.fp_streams} "
-                 f"feature stream(s); {len(self.labeled_set)} labelled / "
+        s = self.settings
+        log.info(f"method {cfg.method}: {s.strong_views} strong stream(s)"
+                 f"{' with complementary dropout' if s.comp_drop else ''}, {s.fp_streams} feature stream(s), "
+                 f"teacher {s.teacher}, CutMix partner {s.cutmix_partner}"
+                 f"{', EMA evaluated too' if self.ema is not None else ''}, "
+                 f"{cfg.method_setting('optimizer')}; {len(self.labeled_set)} labelled / "
                  f"{len(self.unlabeled_set) if self.unlabeled_set else 0} unlabelled samples; {iters_per_epoch} "
                  f"iterations x {cfg.epochs} epochs on {ctx.world_size} process(es), device {ctx.device}"
                  + (f"; the first {cfg.sup_warmup_epochs} epoch(s) labelled term only (sup_warmup_epochs)"
@@ -371,7 +405,7 @@ class Trainer:
         streams = [iter(self.loader(labeled, epoch, 0))]
         if self.unlabeled_needed and not warmup:
             streams.append(iter(self.loader(self.unlabeled_set, epoch, 1)))
-            if not self.cfg.partner_from_batch:  # the CutMix partners: a second pass over the unlabelled set
+            if not self.settings.partner_from_batch:  # the CutMix partners: a second pass over the unlabelled set
                 streams.append(iter(self.loader(self.unlabeled_set, epoch, 2)))
         return streams
 
@@ -432,23 +466,36 @@ class Trainer:
                     self.writer.add_scalar(k, v, epoch + 1)
 
     def evaluate_epoch(self, epoch: int, record: dict) -> None:
-        """Evaluate, add the scores to ``record``; a better ``select_metric`` than so far writes best.pth."""
+        """Evaluate the student and, when there is one, the EMA; add the scores to ``record`` (the
+        EMA's as ``ema/<metric>``). When the better of the two beats the best ``select_metric`` so
+        far, its weights become best.pth's ``model`` (``weights`` says which; the student on a tie)."""
         cfg = self.cfg
-        result = self.evaluate(self.model)
-        record.update(result.metrics)
-        score = result.metrics[cfg.select_metric]
-        if result.table:
-            log.info(f"epoch {epoch + 1} evaluation\n{result.table}")
-        if self.writer is not None:
-            for k, v in result.metrics.items():
-                if isinstance(v, (int, float)) and not math.isnan(v):
-                    self.writer.add_scalar(f"eval/{k}", v, epoch + 1)
-        if score > self.best_score:
-            self.best_score, self.best_metrics = score, dict(result.metrics)
-            self.save("best.pth", {"model": unwrap(self.model).state_dict(), "epoch": epoch,
-                                   "metrics": result.metrics, "config": cfg.to_dict()})
-        log.info(f"epoch {epoch + 1}: {cfg.select_metric} {score:.4f} "
-                 f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
+        models = {"student": self.model, **({"ema": self.ema.model} if self.ema is not None else {})}
+        scores, metrics = {}, {}
+        for weights, model in models.items():
+            result = self.evaluate(model)
+            prefix = "" if weights == "student" else f"{weights}/"
+            record.update({f"{prefix}{k}": v for k, v in result.metrics.items()})
+            metrics[weights], scores[weights] = result.metrics, result.metrics[cfg.select_metric]
+            self.best_by_weights[weights] = max(self.best_by_weights[weights], scores[weights])
+            if result.table:
+                log.info(f"epoch {epoch + 1} evaluation{' of the EMA' if prefix else ''}\n{result.table}")
+            if self.writer is not None:
+                for k, v in result.metrics.items():
+                    if isinstance(v, (int, float)) and not math.isnan(v):
+                        self.writer.add_scalar(f"eval/{prefix}{k}", v, epoch + 1)
+        best = max(scores, key=lambda weights: (scores[weights], weights == "student"))
+        if scores[best] > self.best_score:
+            self.best_score, self.best_metrics = scores[best], dict(metrics[best])
+            self.save("best.pth", {"model": unwrap(models[best]).state_dict(), "weights": best, "epoch": epoch,
+                                   "metrics": metrics[best], "config": cfg.to_dict()})
+        if "ema" in scores:
+            log.info(f"epoch {epoch + 1}: {cfg.select_metric} {scores['student']:.4f} (best "
+                     f"{self.best_by_weights['student']:.4f}), EMA {scores['ema']:.4f} (best "
+                     f"{self.best_by_weights['ema']:.4f}); {record['sec_per_iter']:.3f} s/iter")
+        else:
+            log.info(f"epoch {epoch + 1}: {cfg.select_metric} {scores['student']:.4f} "
+                     f"(best {self.best_score:.4f}); {record['sec_per_iter']:.3f} s/iter")
 
     def end_epoch(self, epoch: int, iters_per_epoch: int, record: dict) -> None:
         """The epoch's line in metrics.jsonl, then latest.pth (in that order: a run killed between the
