@@ -24,7 +24,8 @@ OUTPUTS_WHOLE = ("while writing its outputs; each file written so far is complet
 def train_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", type=Path, default=default_config, help="YAML config file")
+    parser.add_argument("--config", type=Path, help=f"YAML config file (default: {default_config}; with --method "
+                                                    f"unimatch_v2 the task's V2 demo config beside it)")
     parser.add_argument("--data-root", help="dataset root; without it the built-in synthetic dataset is used")
     parser.add_argument("--labeled-split", help="file listing the labelled samples (official format)")
     parser.add_argument("--unlabeled-split", help="file listing the unlabelled samples")
@@ -138,6 +139,8 @@ def train_main(task, argv, doc: str) -> dict:
     parser = train_parser(task.command("train"), doc.splitlines()[0], task.default_config)
     task.add_train_arguments(parser)
     args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = task.default_config_for(args.method)
     cfg = config_from_args(args, task.config_class, **task.train_values(args))
     configure_cpu_allocator(cfg.cpu_allocator)  # before the first large allocation
     configure_threads(cfg.threads)

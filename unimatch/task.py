@@ -49,6 +49,16 @@ class Task:
     run_files: tuple[str, ...] = ()      # files the task writes into the run folder beyond the core's
                                          # (removed with them when a run fails before it trained)
 
+    def default_config_for(self, method: str | None) -> Path | None:
+        """The built-in synthetic config a train command without ``--config`` uses: UniMatch V2
+        needs the DPT (``model(x, comp_drop=True)``), so ``--method unimatch_v2`` takes the task's
+        V2 demo config, ``<default stem>_v2.yaml`` beside the default, where the task has one."""
+        if method == "unimatch_v2" and self.default_config is not None:
+            v2 = self.default_config.with_name(f"{self.default_config.stem}_v2.yaml")
+            if v2.is_file():
+                return v2
+        return self.default_config
+
     def command(self, entry: str, task: str | None = None) -> str:
         """The shell command of entry point ``entry`` (train, evaluate, predict): ``python -m
         <package>.<entry>``, the package being the one that defines this task's class. ``task``
