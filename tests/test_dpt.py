@@ -151,6 +151,30 @@ def test_a_checkpoint_of_another_vit_size_is_explained_in_config_keys():
                                                "config builds dinov2_small (384 wide, 12 blocks) (backbone)")
 
 
+# ---- feature perturbation (need_fp) ----------------------------------------------------------------
+@pytest.mark.parametrize("family", [DPT, SiameseDPT])
+def test_need_fp_drops_whole_channels_of_each_of_the_four_features(family, monkeypatch):
+    """The head receives cat(features, k dropout2d copies) for every feature it decodes: each copy's
+    channel is either zero or the clean one times 2."""
+    torch.manual_seed(0)
+    channels = 6 if family is SiameseDPT else 3
+    model = family(3, "vit_tiny", in_channels=channels).eval()
+    x = image(2, channels, 42, 56)
+    seen = []
+    decode = model.head.forward
+    monkeypatch.setattr(model.head, "forward", lambda features: seen.append(list(features)) or decode(features))
+    with torch.no_grad():
+        clean = model.encoder_features(x)
+        model(x, need_fp=2)
+    assert len(seen) == 1 and len(seen[0]) == 4
+    for feature, fed in zip(clean, seen[0]):
+        assert torch.equal(fed[:2], feature)
+        for copy in fed[2:].split(2):
+            dropped = copy.abs().amax(dim=(2, 3)) == 0
+            assert 0.3 < dropped.float().mean() < 0.7
+            torch.testing.assert_close(copy, 2 * feature * ~dropped[:, :, None, None])
+
+
 # ---- complementary dropout --------------------------------------------------------------------------
 def reference_masks(seed, batch, channels):
     """The official draw, written here from the paper's code: Binomial(0.5) x 2 for the first half,
