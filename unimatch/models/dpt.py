@@ -204,7 +204,7 @@ class SiameseDPT(DPT):
     the official remote-sensing V2 does (both perturbations act on those differences).
 
     ``in_channels`` counts both dates. ``dinov2_giant`` uses the SwiGLU feed-forward of Meta's ViT-g
-    (and of the official natural-image model), so Meta's giant weights load; the official
+    (and of the official single-image DPT), so Meta's giant weights load; the official
     remote-sensing code builds its giant with the GELU MLP (its size check compares with ``"vitg"``,
     a name it never receives), so its giant checkpoints, if any, would not load here.
     """
