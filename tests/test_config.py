@@ -524,6 +524,19 @@ def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(mo
     assert sizes == [64, 128]
     with pytest.raises(ConfigError, match="^slice_size: 72 must be a multiple of 16"):
         load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
+    # the rule is the UNet's: a DPT resizes any side to a multiple of its 14-pixel patches
+    dpt = ["slice_size=72", "model=dpt", "backbone=vit_tiny", "feature_channels=null"]
+    assert load_config(overrides=dpt, schema=acdc.AcdcConfig).effective_slice_size == 72
+
+
+def test_change_detection_takes_the_siamese_models_and_no_other():
+    from tasks.change_detection.common import CDConfig
+
+    for model, backbone in (("siamese_dpt", "vit_tiny"), ("siamese_pspnet", "resnet50")):
+        assert load_config(overrides=[f"model={model}", f"backbone={backbone}"], schema=CDConfig).model == model
+    with pytest.raises(ConfigError, match="^model: 'dpt'; change detection takes siamese_deeplabv3plus, "
+                                          "siamese_pspnet, siamese_dpt$"):
+        load_config(overrides=["model=dpt", "backbone=vit_tiny"], schema=CDConfig)
 
 
 NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size")
