@@ -1,8 +1,8 @@
 """DPT on a DINOv2 encoder (UniMatch V2), plain and siamese, with both feature perturbations.
 
 The encoder's normed patch tokens after four blocks are laid out as maps, projected to four widths,
-resized to strides 4, 8, 14 and 28 of the patch grid (x4, x2, x1, x0.5), and fused coarse to fine by
-RefineNet blocks; the logits (at 8x the patch grid) are upsampled bilinearly (align_corners) to the
+resized x4, x2, x1 and x0.5 (pixel strides 3.5, 7, 14 and 28), and fused coarse to fine by RefineNet
+blocks; the logits (at 8x the patch grid) are upsampled bilinearly (align_corners) to the
 input. Module names and widths equal the official V2 ``DPT`` (``backbone``, ``head.projects``,
 ``head.resize_layers``, ``head.scratch.layerN_rn`` / ``refinenetN`` / ``output_conv``; the head
 widths of its ``model_configs``), so its checkpoints load key for key.
