@@ -526,6 +526,19 @@ def test_acdc_slices_are_resized_to_slice_size_else_to_the_official_crop_size(mo
     assert sizes == [64, 128]
     with pytest.raises(ConfigError, match="^slice_size: 72 must be a multiple of 16"):
         load_config(overrides=["slice_size=72"], schema=acdc.AcdcConfig)
+    # the rule is the UNet's: a DPT resizes any side to a multiple of its 14-pixel patches
+    dpt = ["slice_size=72", "model=dpt", "backbone=vit_tiny", "feature_channels=null"]
+    assert load_config(overrides=dpt, schema=acdc.AcdcConfig).effective_slice_size == 72
+
+
+def test_change_detection_takes_the_siamese_models_and_no_other():
+    from tasks.change_detection.common import CDConfig
+
+    for model, backbone in (("siamese_dpt", "vit_tiny"), ("siamese_pspnet", "resnet50")):
+        assert load_config(overrides=[f"model={model}", f"backbone={backbone}"], schema=CDConfig).model == model
+    with pytest.raises(ConfigError, match="^model: 'dpt'; change detection takes siamese_deeplabv3plus, "
+                                          "siamese_pspnet, siamese_dpt$"):
+        load_config(overrides=["model=dpt", "backbone=vit_tiny"], schema=CDConfig)
 
 
 NEW_KEYS = ("eval_window", "class_thresh_momentum", "predict_window", "slice_size", "cutmix_partner", "teacher",
@@ -584,8 +597,8 @@ def test_predict_window_does_not_shape_the_weights():
 # ---- keys nothing reads ------------------------------------------------------------------------
 @pytest.mark.parametrize("task, overrides, message", [
     ("acdc", ["backbone=resnet50"], "backbone: 'resnet50' is not read: model unet does not use it (used by "
-                                    "deeplabv3plus, siamese_deeplabv3plus, siamese_pspnet); leave it out, "
-                                    "or at its default 'resnet101'"),
+                                    "deeplabv3plus, siamese_deeplabv3plus, siamese_pspnet, dpt, siamese_dpt); "
+                                    "leave it out, or at its default 'resnet101'"),
     ("acdc", ["pretrained=pretrained/resnet50.pth"], "^pretrained: .* model unet does not use it"),
     ("acdc", ["dilations=[12, 24, 36]"], "^dilations: .* model unet does not use it"),
     ("acdc", ["replace_stride_with_dilation=[false, true, true]"],
@@ -594,6 +607,9 @@ def test_predict_window_does_not_shape_the_weights():
      r"^feature_channels: \[8, 16, 32, 64, 128\] is not read: model deeplabv3plus does not use it \(used by unet\)"),
     ("change_detection", ["model=siamese_pspnet", "dilations=[2, 4, 6]"],
      "^dilations: .* model siamese_pspnet does not use it"),
+    ("natural", ["model=dpt", "backbone=dinov2_small", "width=32"], r"^width: 32 is not read: model dpt does not use it"),
+    ("natural", ["lock_backbone=true"],
+     r"^lock_backbone: True is not read: model deeplabv3plus does not use it \(used by dpt, siamese_dpt\)"),
     ("natural", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: natural images are evaluated one at a time"),
     ("acdc", ["eval_batch_size=4"], "^eval_batch_size: 4 is not read: ACDC evaluates whole volumes"),
     ("acdc", ["eval_mode=sliding_window"], "^eval_mode: 'sliding_window' is not read: ACDC evaluates whole volumes"),
@@ -627,13 +643,15 @@ def test_a_key_a_model_is_said_not_to_read_leaves_the_built_model_as_it_is():
 
     other_values = {"backbone": "resnet18", "pretrained": "no/such/file.pth", "deep_stem": False, "width": 4,
                     "multi_grid": True, "replace_stride_with_dilation": [False, True, True], "dilations": [2, 4, 6],
-                    "reduce_channels": 4, "decoder_channels": 8, "feature_channels": [2, 4, 4, 8, 8]}
+                    "reduce_channels": 4, "decoder_channels": 8, "feature_channels": [2, 4, 4, 8, 8],
+                    "lock_backbone": True}
     assert set(other_values) == set(MODEL_KEYS)
     tiny = {"deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16),
             "siamese_deeplabv3plus": dict(backbone="tiny", width=8, reduce_channels=8, decoder_channels=16,
                                           in_channels=6),
             "siamese_pspnet": dict(backbone="tiny", width=8, in_channels=6),
-            "unet": dict(feature_channels=[4, 8, 8, 16, 16], in_channels=1, mean=[0.0], std=[1.0])}
+            "unet": dict(feature_channels=[4, 8, 8, 16, 16], in_channels=1, mean=[0.0], std=[1.0]),
+            "dpt": dict(backbone="vit_tiny"), "siamese_dpt": dict(backbone="vit_tiny", in_channels=6)}
     for name in MODELS:
         base = Config(model=name, nclass=2, **tiny[name])
         torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 
 from helpers import deterministic
 from official_keys import (OFFICIAL_DEEPLAB_HEAD_KEYS, OFFICIAL_PSPNET_HEAD_KEYS, RESNET50_BLOCKS, RESNET101_BLOCKS,
-                           official_deep_stem_resnet_keys, official_unet_shapes)
+                           official_deep_stem_resnet_keys, official_dpt_shapes, official_unet_shapes)
 from unimatch.config import Config
 from unimatch.engine import build_optimizer
 from unimatch.models import MODELS, build_model
@@ -35,6 +35,10 @@ CASES = {
                        dict(nclass=2, in_channels=6, backbone="resnet50",
                             replace_stride_with_dilation=[False, True, True]),
                        backbone_keys(RESNET50_BLOCKS) + OFFICIAL_PSPNET_HEAD_KEYS),
+    "dpt": (dict(nclass=3, backbone="vit_tiny"), dict(nclass=21, backbone="dinov2_small"),
+            list(official_dpt_shapes("small", 21))),
+    "siamese_dpt": (dict(nclass=2, in_channels=6, backbone="vit_tiny"),
+                    dict(nclass=2, in_channels=6, backbone="dinov2_base"), list(official_dpt_shapes("base", 2))),
 }
 
 
@@ -104,10 +108,12 @@ class TestModelContract:
             assert len(build_optimizer(model, Config(lr=0.1, lr_multi=10.0)).param_groups) == 1
             return
         backbone, head = model.param_groups()
-        assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters()}
+        # the backbone parameters that train (a ViT's mask token never does), every other one
+        assert {id(p) for p in backbone} == {id(p) for p in model.backbone.parameters() if p.requires_grad}
         named_head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         assert {id(p) for p in head} == {id(p) for p in named_head}
-        assert len(backbone) + len(head) == len(list(model.parameters()))
+        frozen = [p for p in model.backbone.parameters() if not p.requires_grad]
+        assert len(backbone) + len(frozen) + len(head) == len(list(model.parameters()))
         groups = build_optimizer(model, Config(lr=0.1, lr_multi=10.0)).param_groups
         assert [g["lr"] for g in groups] == [0.1, pytest.approx(1.0)]
 

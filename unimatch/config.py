@@ -216,7 +216,8 @@ class Config:
         "data": ("task", "dataset", "data_root", "labeled_split", "unlabeled_split", "val_split",
                  "allow_labeled_in_unlabeled", "nclass", "class_names", "crop_size", "in_channels", "mean", "std"),
         "network": ("model", "backbone", "deep_stem", "width", "reduce_channels", "decoder_channels",
-                    "feature_channels", "pretrained", "replace_stride_with_dilation", "multi_grid", "dilations"),
+                    "feature_channels", "pretrained", "replace_stride_with_dilation", "multi_grid", "dilations",
+                    "lock_backbone"),
         "training": ("method", "conf_thresh", "strong_views", "fp_streams", "sup_weight", "strong_weight",
                      "fp_weight", "loss_divisor", "sup_warmup_epochs", "dist_align", "dist_align_momentum",
                      "class_thresh", "class_thresh_momentum", "partner_from_batch", "cutmix_partner", "teacher",
@@ -258,6 +259,8 @@ class Config:
     replace_stride_with_dilation: list = field(default_factory=lambda: [False, False, True])
     multi_grid: bool = False
     dilations: list = field(default_factory=lambda: [6, 12, 18])
+    # freeze the encoder, train the head only (the official V2 key; read by the DPT models)
+    lock_backbone: bool = False
     # method
     method: str = "unimatch"
     conf_thresh: float = 0.95
@@ -444,7 +447,7 @@ class Config:
                               f"so it needs strong_views 2 (method {self.method} has {strong})")
 
     def validate(self) -> None:
-        from unimatch.models import MODELS
+        from unimatch.models import MODELS, check_model_values
 
         self.check_bounds(NUMBER_BOUNDS)
         if self.model not in MODELS:
@@ -453,6 +456,7 @@ class Config:
             raise ConfigError(f"method: {self.method!r} is not one of {sorted(METHODS)}")
         self.validate_method_settings()
         self.refuse_keys_not_read()
+        check_model_values(self)
         if self.unsup_loss not in ("ce", "dice"):
             raise ConfigError(f"unsup_loss: {self.unsup_loss!r} must be 'ce' or 'dice'")
         if self.amp not in ("none", "bf16", "fp16"):

@@ -114,7 +114,7 @@ class AcdcConfig(Config):
         })
         if self.intensity_norm not in INTENSITY_NORMS:
             raise ConfigError(f"intensity_norm: {self.intensity_norm!r} must be one of {', '.join(INTENSITY_NORMS)}")
-        if self.effective_slice_size % 16:
+        if self.model == "unet" and self.effective_slice_size % 16:
             key = "crop_size" if self.slice_size is None else "slice_size"
             raise ConfigError(f"{key}: {self.effective_slice_size} must be a multiple of 16 (the UNet halves it "
                               f"4 times)")

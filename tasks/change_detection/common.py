@@ -32,6 +32,8 @@ from unimatch.report import EvalResult, format_table
 from unimatch.task2d import EVALUATION_SPLITS, SegmentationTask2D
 
 DATASETS = ("synthetic", "whu", "levir", "custom")
+# the models of unimatch.models that take the two dates stacked on the channel axis
+SIAMESE_MODELS = ("siamese_deeplabv3plus", "siamese_pspnet", "siamese_dpt")
 # name in the metrics dict -> row label of the table; all in % (kappa x 100), as papers report them
 CHANGE_METRICS = {
     "changed_IoU": "changed IoU",
@@ -116,8 +118,8 @@ class CDConfig(Config):
         })
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
-        if self.model not in ("siamese_deeplabv3plus", "siamese_pspnet"):
-            raise ConfigError(f"model: {self.model!r}; change detection takes siamese_deeplabv3plus or siamese_pspnet")
+        if self.model not in SIAMESE_MODELS:
+            raise ConfigError(f"model: {self.model!r}; change detection takes {', '.join(SIAMESE_MODELS)}")
         if self.in_channels != 2 * len(self.bands):
             raise ConfigError(f"in_channels ({self.in_channels}) must be 2 x len(bands) = {2 * len(self.bands)}: "
                               f"the two dates are stacked on the channel axis")

@@ -3,8 +3,8 @@ fit the model built from a config can be explained in config keys ("the checkpoi
 classes, the config says nclass: 19") instead of hundreds of key names.
 
 Facts are read from the key families and shapes every model of :data:`unimatch.models.MODELS`
-has: the ResNet trunk (``backbone.conv1``, ``backbone.layerN.K``), the classifier, the UNet's
-encoder convolutions, the DeepLabV3+ decoder. Keys are those after
+has: the ResNet trunk (``backbone.conv1``, ``backbone.layerN.K``) or the ViT (``backbone.blocks.N``,
+its width), the classifier, the UNet's encoder convolutions, the DeepLabV3+ decoder. Keys are those after
 :func:`unimatch.models.backbones.strip_wrappers`.
 """
 from __future__ import annotations
@@ -13,9 +13,12 @@ import re
 from typing import Any, Mapping
 
 from unimatch.models.backbones import ARCHITECTURES, Bottleneck
+from unimatch.models.vit import describe_vit
 
-CLASSIFIERS = ("classifier.weight", "head.conv5.5.weight", "decoder.out_conv.weight")
-FIRST_CONVOLUTIONS = ("backbone.conv1.0.weight", "backbone.conv1.weight", "encoder.in_conv.conv_conv.0.weight")
+CLASSIFIERS = ("classifier.weight", "head.conv5.5.weight", "decoder.out_conv.weight",
+               "head.scratch.output_conv.2.weight")
+FIRST_CONVOLUTIONS = ("backbone.conv1.0.weight", "backbone.conv1.weight", "encoder.in_conv.conv_conv.0.weight",
+                      "backbone.patch_embed.proj.weight")
 UNET_ENCODER = ("encoder.in_conv.conv_conv.0.weight",
                 *(f"encoder.down{i}.maxpool_conv.1.conv_conv.0.weight" for i in range(1, 5)))
 _BLOCK = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.")
@@ -35,8 +38,8 @@ def resnet_name(blocks: tuple, bottleneck: bool) -> str | None:
 
 
 def architecture_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """The config-level facts a state dict shows: ``model`` (family), ``backbone`` (with
-    ``blocks`` per stage), ``deep_stem``, ``width``, ``in_channels`` (of the first convolution),
+    """The config-level facts a state dict shows: ``model`` (family), ``backbone`` (a ResNet with
+    ``blocks`` per stage, or a ViT's size), ``deep_stem``, ``width``, ``in_channels`` (of the first convolution),
     ``nclass``, ``feature_channels`` (UNet), ``reduce_channels`` and ``decoder_channels``
     (DeepLabV3+); a fact the keys do not show is absent."""
     facts: dict[str, Any] = {}
@@ -46,6 +49,11 @@ def architecture_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         facts["model"] = "PSPNet"
     elif any(k.startswith("head.b0.") for k in state_dict):
         facts["model"] = "DeepLabV3+"
+    elif any(k.startswith("head.scratch.") for k in state_dict):
+        facts["model"] = "DPT"
+    vit = describe_vit({k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
+    if vit:
+        facts["backbone"] = vit
     blocks = [0, 0, 0, 0]
     for key in state_dict:
         match = _BLOCK.match(key)
@@ -100,7 +108,10 @@ def mismatch_causes(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) -> 
     def differs(fact: str) -> bool:
         return fact in saved and fact in built and saved[fact] != built[fact]
 
-    if differs("backbone"):
+    if differs("backbone") and "blocks" not in saved:
+        causes.append(f"the checkpoint's backbone is {saved['backbone']}, the config builds {built['backbone']} "
+                      f"(backbone)")
+    elif differs("backbone"):
         causes.append(f"the checkpoint's backbone is a {_display(saved['backbone'])} ({_stage3(saved['blocks'])}), "
                       f"the config says backbone: {built['backbone']} ({_stage3(built['blocks'])})")
     if differs("deep_stem"):
