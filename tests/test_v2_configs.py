@@ -14,8 +14,8 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.change_detection.common import CDConfig
-from tasks.natural.common import NaturalConfig
+from tasks.change_detection.common import CDConfig, ChangeDetectionTask
+from tasks.natural.common import NaturalConfig, NaturalTask
 from unimatch.config import load_config, method_setting
 from unimatch.models import build_model
 from unimatch.paths import config_path
@@ -74,3 +74,20 @@ def test_the_v2_configs_name_the_official_pretrained_files():
         task, file = name.split("/")
         cfg = load_config(config_path(task, file), schema=schema)
         assert cfg.pretrained == f"pretrained/{cfg.backbone}.pth", name
+
+
+@pytest.mark.parametrize("task, schema, owner", [("natural", NaturalConfig, NaturalTask),
+                                                 ("change_detection", CDConfig, ChangeDetectionTask)])
+def test_the_v2_demo_trains_on_the_v1_demos_data_for_as_many_iterations(task, schema, owner):
+    """The V2 demo differs from the V1 demo in the model and the method only: the same synthetic set and
+    splits, the same epochs and batch (so the same iterations, which the benchmarks compare), a crop that
+    is the multiple of the patch 14 nearest the V1 crop, and train --method unimatch_v2 picks it."""
+    v1 = load_config(config_path(task, "synthetic.yaml"), schema=schema)
+    v2 = load_config(config_path(task, "synthetic_v2.yaml"), schema=schema)
+    data = [f.name for f in dataclasses.fields(schema) if f.name.startswith("synthetic_")] + \
+        ["dataset", "nclass", "class_names", "labeled_split", "unlabeled_split", "val_split", "epochs", "batch_size",
+         "eval_mode", "select_metric"]
+    assert {k: getattr(v2, k) for k in data} == {k: getattr(v1, k) for k in data}
+    assert v2.crop_size % 14 == 0 and abs(v2.crop_size - v1.crop_size) <= 7
+    assert (v2.method, v2.backbone, v2.model) == ("unimatch_v2", "vit_tiny", "siamese_dpt" if task != "natural" else "dpt")
+    assert owner().default_config_for("unimatch_v2") == config_path(task, "synthetic_v2.yaml")
