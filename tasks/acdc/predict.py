@@ -1,4 +1,4 @@
-"""Segment cardiac MRI volumes (NIfTI) with a trained UNet: NIfTI label maps, optional PNG overlays.
+"""Segment cardiac MRI volumes (NIfTI) with a trained model (UNet or V2 DPT): NIfTI label maps, optional PNG overlays.
 
     python -m tasks.acdc.predict --checkpoint best.pth --input patient101_frame01.nii.gz --output seg/
     python -m tasks.acdc.predict --checkpoint best.pth --input patient101_4d.nii.gz --frame 0 --output seg/ \\

@@ -1,6 +1,9 @@
-"""Train the medical UNet with UniMatch (or FixMatch, UniPerb, DusPerb, supervised) on ACDC.
+"""Train the medical UNet with UniMatch (or FixMatch, UniPerb, DusPerb, supervised), or the DINOv2
+DPT with UniMatch V2, on ACDC.
 
     python -m tasks.acdc.train --cases 1                 # built-in synthetic phantom, CPU ok
+    python -m tasks.acdc.train --cases 1 --method unimatch_v2   # the same with V2 (synthetic_v2.yaml)
+    python -m tasks.acdc.train --config configs/acdc/acdc_v2.yaml --data-root ACDC --cases 3
     python -m tasks.acdc.train --config configs/acdc/acdc.yaml --data-root ACDC --cases 3
     python -m tasks.acdc.train --config configs/acdc/acdc.yaml --data-root ACDC \\
         --labeled-split splits/acdc/3/labeled.txt --unlabeled-split splits/acdc/3/unlabeled.txt \\
