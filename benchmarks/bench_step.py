@@ -22,10 +22,11 @@ UniMatch V2 (``natural_v2``: DPT with ViT-S, crop 518, batch 4, the official ``p
 complementary dropout, AdamW, the EMA update inside ``train_iteration``) and, with
 ``--official PATH`` (a checkout of LiheYoung/UniMatch-V2), the variant ``official_v2``: the body
 of the official training loop on the official model (random weights), in fp32 (it has no other
-precision), timed the same way. ``--batch-size`` lowers the batch for a slow machine.
+precision), timed the same way. ``--batch-size`` lowers the batch for a slow machine (to 2 at
+least: V2's CutMix partner is the flipped batch).
 
     python benchmarks/bench_step.py --scenario natural_v2 --official /path/to/UniMatch-V2 \
-        --variants official_v2 fp32 channels_last --batch-size 1 --threads 2
+        --variants official_v2 fp32 channels_last --batch-size 2 --threads 2
 
 ``views``: the official per-sample PIL strong-view pipeline against our batched
 ``StrongPerturbation`` (``--part views``).
