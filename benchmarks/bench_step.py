@@ -16,6 +16,18 @@ load average before each process, and on CUDA achieved TFLOP/s and the share of 
 ``--ref-root DIR`` adds the variant ``main``: the same iteration with the ``unimatch`` package of
 another checkout (e.g. ``git worktree add /tmp/main-ref 630649b``), at its defaults.
 
+UniMatch V2 (``natural_v2``: DPT with ViT-S, crop 518, batch 4, the official ``pascal.yaml`` of V2;
+``change_detection_v2``: siamese DPT with ViT-B, crop 252, batch 8, the official remote-sensing
+``whu.yaml``): our iteration (``method: unimatch_v2``: EMA teacher, flip CutMix partner,
+complementary dropout, AdamW, the EMA update inside ``train_iteration``) and, with
+``--official PATH`` (a checkout of LiheYoung/UniMatch-V2), the variant ``official_v2``: the body
+of the official training loop on the official model (random weights), in fp32 (it has no other
+precision), timed the same way. ``--batch-size`` lowers the batch for a slow machine (to 2 at
+least: V2's CutMix partner is the flipped batch).
+
+    python benchmarks/bench_step.py --scenario natural_v2 --official /path/to/UniMatch-V2 \
+        --variants official_v2 fp32 channels_last --batch-size 2 --threads 2
+
 ``views``: the official per-sample PIL strong-view pipeline against our batched
 ``StrongPerturbation`` (``--part views``).
 """
@@ -39,7 +51,19 @@ SCENARIOS = {
     "natural": ("configs/natural/pascal.yaml", {"backbone": "resnet50", "batch_size": 2}),
     "change_detection": ("configs/change_detection/whu.yaml", {"batch_size": 2, "in_channels": 6}),
     "acdc": ("configs/acdc/acdc.yaml", {"batch_size": 12}),
+    # UniMatch V2 at the official V2 settings (its configs/pascal.yaml and remote-sensing/configs/whu.yaml)
+    "natural_v2": ("configs/natural/pascal.yaml",
+                   {"method": "unimatch_v2", "model": "dpt", "backbone": "dinov2_small", "crop_size": 518,
+                    "batch_size": 4, "lr": 5e-6, "lr_multi": 40.0}),
+    # the official bi-temporal script predicts the pseudo-labels with the student (and keeps an EMA)
+    "change_detection_v2": ("configs/change_detection/whu.yaml",
+                            {"method": "unimatch_v2", "teacher": "student", "model": "siamese_dpt",
+                             "backbone": "dinov2_base", "crop_size": 252, "batch_size": 8, "in_channels": 6,
+                             "lr": 5e-6, "lr_multi": 40.0}),
 }
+# the V2 scenarios' official training script: (folder of the UniMatch-V2 checkout, its teacher)
+OFFICIAL_V2 = {"natural_v2": ("", "ema"), "change_detection_v2": ("remote-sensing", "student")}
+POLY_TOTAL = 10_000   # the poly schedule's length in the timed iterations (any length costs the same)
 # speed settings per variant; "main" is the reference checkout at its own defaults
 VARIANTS = {
     "main": {},
@@ -51,6 +75,8 @@ VARIANTS = {
     "recommended": {"amp": "bf16", "channels_last": True, "cpu_allocator": "reuse", "compile": False},
     "compile": {"amp": "none", "channels_last": True, "cpu_allocator": "reuse", "compile": True},
     "recommended_compile": {"amp": "bf16", "channels_last": True, "cpu_allocator": "reuse", "compile": True},
+    # the official UniMatch V2 loop body (--official), fp32, the allocator at its default
+    "official_v2": {"official": True},
 }
 # opt-in, not exact: the CutMix partner and its pseudo-label from the same batch (one forward less)
 for _name in ("fp32_fast", "recommended"):
@@ -63,18 +89,24 @@ DEVICE_PEAK_TFLOPS = {"H200": (67.0, 989.0), "H100": (67.0, 989.0), "A100": (19.
 
 
 # ---- one variant, in its own process ---------------------------------------------------------
-def scenario_config(name: str, settings: dict):
+def scenario_config(name: str, settings: dict, overrides: dict | None = None):
     """The scenario's official YAML read into the core ``Config`` (task-only keys, such as ACDC's
-    intensity normalisation, do not shape an iteration), so the benchmark needs no task packages."""
+    intensity normalisation, do not shape an iteration), so the benchmark needs no task packages.
+    The scenario's model keys that its model does not read (a V1 file's ResNet keys under a V2
+    model) are dropped; ``overrides`` (``--batch-size``, ``--set``) come last."""
     import dataclasses
 
     import yaml
 
     from unimatch.config import Config, load_config
-    path, overrides = SCENARIOS[name]
+    from unimatch.models import model_keys_not_read
+    path, scenario = SCENARIOS[name]
     known = {f.name for f in dataclasses.fields(Config)}
     official = {k: v for k, v in yaml.safe_load((REPO / path).read_text()).items() if k in known}
-    values = dict(official, **overrides, **settings, pretrained=None, num_workers=0, log_every=0)
+    values = {**official, **scenario, **{k: v for k, v in settings.items() if k in known}, **(overrides or {}),
+              "pretrained": None, "num_workers": 0, "log_every": 0}
+    for key in model_keys_not_read(values["model"]):
+        values.pop(key, None)
     return load_config(None, **values)
 
 
@@ -98,76 +130,224 @@ def random_batches(cfg, device):
 
 def run_variant(args) -> dict:
     settings = json.loads(args.settings)
+    import unimatch  # noqa: F401  (sets OpenMP's wait policy before torch loads, for every variant alike)
     if "cpu_allocator" in settings:
         from unimatch.precision import configure_cpu_allocator
         configure_cpu_allocator(settings["cpu_allocator"])  # first, as the entry points do
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    cfg = scenario_config(args.scenario, settings, json.loads(args.overrides))
+    batches = random_batches(cfg, device)
+    with tempfile.TemporaryDirectory() as save_dir:
+        if settings.get("official"):
+            iteration, prepare, info = official_v2_iteration(cfg, args.scenario, Path(args.official), batches, device)
+        else:
+            iteration, prepare, info = our_iteration(cfg, settings, batches, device, save_dir)
+        info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+        return dict(info, **time_iterations(args, iteration, prepare, device))
+
+
+def time_iterations(args, iteration, prepare, device) -> dict:
+    """``args.warmup`` untimed iterations (their seconds kept: the first one compiles), then
+    ``args.iters`` timed ones; ``prepare`` runs before each, untimed (what a loader would hand over)."""
     import resource
 
     import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    warmup_times = []
+    for _ in range(args.warmup):
+        prepare()
+        start = time.perf_counter()
+        iteration()
+        sync()
+        warmup_times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, cpu_times = [], []
+    for _ in range(args.iters):
+        prepare()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        iteration()
+        sync()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    result = {"times": times, "cpu_times": cpu_times, "warmup_times": warmup_times,
+              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    if device.type == "cuda":
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        prepare()
+        with counter:
+            iteration()
+        result["flops"] = counter.get_total_flops()
+    if args.profile:
+        prepare()
+        result["profile"] = profile_ops(iteration, sync)
+    return result
+
+
+def our_iteration(cfg, settings: dict, batches, device, save_dir):
+    """(iteration, prepare, info) of our ``Trainer``: the poly LR, then ``train_iteration`` (step,
+    backward, optimizer step, V2's EMA update), as ``Trainer.train_epoch`` runs them."""
+    import itertools
+
     from torch.utils.data import TensorDataset
 
     from unimatch.distributed import DistContext, wrap_model
     from unimatch.engine import Trainer
     from unimatch.models import build_model
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
-    cfg = scenario_config(args.scenario, settings)
     ctx = DistContext(0, 1, 0, device)
     model = build_model(cfg)
     if "channels_last" in settings:
         from unimatch.precision import prepare_model
         model = prepare_model(model, cfg.channels_last, cfg.compile, device)
     model = wrap_model(model, ctx)
-    batches = random_batches(cfg, device)
-    labeled = TensorDataset(*batches[0])
-    unlabeled = TensorDataset(*batches[1])
-    with tempfile.TemporaryDirectory() as save_dir:
-        trainer = Trainer(cfg, model, labeled, unlabeled, lambda m: None, ctx, save_dir, progress=False)
-        device_batches = [trainer.to_device(list(b)) for b in batches]
+    trainer = Trainer(cfg, model, TensorDataset(*batches[0]), TensorDataset(*batches[1]), lambda m: None, ctx,
+                      save_dir, progress=False)
+    device_batches = [trainer.to_device(list(b)) for b in batches]
+    counter = itertools.count()
+    info = {}
+    try:   # what the config's amp ran as here (bf16 falls back to fp32 on a CPU without native bf16)
+        from unimatch.precision import autocast_dtype
+        info["autocast"] = str(autocast_dtype(cfg.amp, device) or "fp32").replace("torch.", "")
+    except ImportError:
+        info["autocast"] = "fp32"
 
-        def iteration():
-            if hasattr(trainer, "train_iteration"):
-                return trainer.train_iteration(device_batches)
-            # the reference checkout's Trainer.fit body
-            loss, stats = trainer.step(*device_batches, autocast=trainer.autocast)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.scaler.scale(loss).backward()
-            trainer.scaler.step(trainer.optimizer)
-            trainer.scaler.update()
-            return stats
+    def iteration():
+        if hasattr(trainer, "train_iteration"):
+            i = next(counter)
+            trainer.set_lr(i, POLY_TOTAL)
+            return trainer.train_iteration(device_batches, i)
+        # the reference checkout's Trainer.fit body
+        loss, stats = trainer.step(*device_batches, autocast=trainer.autocast)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        return stats
+    return iteration, lambda: None, info
 
-        def sync():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
 
-        for _ in range(args.warmup):
-            iteration()
-        sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times, cpu_times = [], []
-        for _ in range(args.iters):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            iteration()
-            sync()
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        result = {"times": times, "cpu_times": cpu_times,
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
-        if device.type == "cuda":
-            result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-        if args.flops:
-            from torch.utils.flop_counter import FlopCounterMode
-            counter = FlopCounterMode(display=False)
-            with counter:
-                iteration()
-            result["flops"] = counter.get_total_flops()
-        if args.profile:
-            result["profile"] = profile_ops(iteration, sync)
-    return result
+def official_v2_iteration(cfg, scenario: str, root: Path, batches, device):
+    """(iteration, prepare, info) of the official UniMatch V2 training loop's body, on its own model.
+
+    Imports ``model.semseg.dpt`` from the checkout ``root`` (``remote-sensing/`` for change
+    detection) and builds its DPT with random weights and the head widths of its model table;
+    no DDP or SyncBatchNorm (one process; the DPT has no BatchNorm). ``prepare`` hands over what
+    its loader would: normalised weak and strong views (here the weak view and a flipped one;
+    the strong augmentation runs in the loader's workers there, and is not timed) and CutMix
+    boxes. The timed iteration is, as there: the teacher's no-grad forward of the weak batch (the
+    EMA, or the student for the bi-temporal script, which then calls ``train()``), the in-place
+    CutMix pastes of the flipped batch, ``model(x)``, ``model(cat(s1, s2), comp_drop=True)``, the
+    labelled and the two masked unlabelled losses, backward, the AdamW step, the logged values
+    (``.item()``), the poly LR and the EMA update over parameters and buffers. The CutMix pastes
+    of a bi-temporal pair run per image of the pair, as there."""
+    import copy
+    import itertools
+
+    import torch
+    import torch.nn as nn
+
+    from unimatch.models.dpt import HEAD_WIDTHS
+    from unimatch.perturb import Normalizer, PerturbationSettings, StrongPerturbation
+
+    folder, teacher_kind = OFFICIAL_V2[scenario]
+    if not root.is_dir():
+        raise SystemExit(f"--official {root}: no such folder (a checkout of LiheYoung/UniMatch-V2)")
+    sys.path.insert(0, str(root / folder))
+    from model.semseg.dpt import DPT as OfficialDPT
+    if device.type == "cpu":   # the official code moves its dropout masks with .cuda()
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    features, widths = HEAD_WIDTHS[cfg.backbone]
+    model = OfficialDPT(encoder_size=cfg.backbone.split("_")[-1], nclass=cfg.nclass, features=features,
+                        out_channels=list(widths)).to(device).train()
+    ema = copy.deepcopy(model).eval()
+    for parameter in ema.parameters():
+        parameter.requires_grad = False
+    teacher = ema if teacher_kind == "ema" else model
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for name, p in model.named_parameters() if "backbone" not in name]
+    optimizer = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.lr_multi}],
+                                  lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.01)
+    criterion_l = nn.CrossEntropyLoss(ignore_index=255).to(device)
+    criterion_u = nn.CrossEntropyLoss(reduction="none", **({"ignore_index": 255} if folder else {})).to(device)
+
+    # the loader's output, made once: normalised images split into the model's inputs (A and B of a pair)
+    normalize = Normalizer(cfg.mean, cfg.std, cfg.in_channels)
+    boxes = StrongPerturbation(PerturbationSettings.from_config(cfg), torch.Generator().manual_seed(0))
+
+    def inputs(images):
+        x = normalize(images.to(device).float() / 255)
+        return list(x.split(3, dim=1)) if cfg.in_channels == 6 else [x]
+    n, s = cfg.batch_size, cfg.crop_size
+    x, y = inputs(batches[0][0]), batches[0][1].to(device)
+    weak, ignore = inputs(batches[1][0]), batches[1][1].to(device)
+    strong_sources = (inputs(batches[1][0].flip(-1)), inputs(batches[2][0]))
+    box1, box2 = (boxes.cutmix_boxes(n, s, s).long().to(device) for _ in range(2))
+    current = {}
+
+    def prepare():   # fresh strong views each iteration: the official pastes write into them
+        current["s1"] = [t.clone() for t in strong_sources[0]]
+        current["s2"] = [t.clone() for t in strong_sources[1]]
+
+    def paste_flipped(view, box):
+        inside = box.unsqueeze(1).expand(view.shape) == 1
+        view[inside] = view.flip(0)[inside]
+
+    def unlabelled_loss(pred, label_w, conf_w, box):
+        label, conf, valid = label_w.clone(), conf_w.clone(), ignore.clone()
+        inside = box == 1
+        label[inside] = label_w.flip(0)[inside]
+        conf[inside] = conf_w.flip(0)[inside]
+        valid[inside] = ignore.flip(0)[inside]
+        loss = criterion_u(pred, label) * ((conf >= cfg.conf_thresh) & (valid != 255))
+        return loss.sum() / (valid != 255).sum().item()
+
+    counter = itertools.count()
+
+    def iteration():
+        i = next(counter)
+        s1, s2 = current["s1"], current["s2"]
+        with torch.no_grad():
+            pred_w = teacher(*weak).detach()
+            conf_w = pred_w.softmax(dim=1).max(dim=1)[0]
+            label_w = pred_w.argmax(dim=1)
+        for view in s1:
+            paste_flipped(view, box1)
+        for view in s2:
+            paste_flipped(view, box2)
+        if teacher is model:
+            model.train()
+        pred_x = model(*x)
+        pred_s1, pred_s2 = model(*[torch.cat(pair) for pair in zip(s1, s2)], comp_drop=True).chunk(2)
+        loss_x = criterion_l(pred_x, y)
+        loss_s = (unlabelled_loss(pred_s1, label_w, conf_w, box1) + unlabelled_loss(pred_s2, label_w, conf_w, box2)) / 2
+        loss = (loss_x + loss_s) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item(), loss_x.item(), loss_s.item()
+        (((conf_w >= cfg.conf_thresh) & (ignore != 255)).sum().item() / (ignore != 255).sum()).item()
+        lr = cfg.lr * (1 - i / POLY_TOTAL) ** 0.9
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.param_groups[1]["lr"] = lr * cfg.lr_multi
+        r = min(1 - 1 / (i + 1), cfg.ema_ratio)
+        for value, averaged in zip(model.parameters(), ema.parameters()):
+            averaged.copy_(averaged * r + value.detach() * (1 - r))
+        for value, averaged in zip(model.buffers(), ema.buffers()):
+            averaged.copy_(averaged * r + value.detach() * (1 - r))
+    return iteration, prepare, {"autocast": "fp32"}
 
 
 def profile_ops(iteration, sync, top: int = 12) -> list[dict]:
@@ -189,6 +369,20 @@ def profile_ops(iteration, sync, top: int = 12) -> list[dict]:
 
 
 # ---- the parent: alternate the variants, summarise -------------------------------------------
+def scenario_overrides(args) -> dict:
+    """``--batch-size`` and ``--set KEY=VALUE`` as config values (the same for every variant)."""
+    import yaml
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    return overrides
+
+
 def measure(args, variants: list[str]) -> dict:
     runs = {v: [] for v in variants}
     for round_index in range(args.rounds):
@@ -199,7 +393,10 @@ def measure(args, variants: list[str]) -> dict:
                        NO_ALBUMENTATIONS_UPDATE="1", **VARIANT_ENV.get(variant, {}))
             command = [sys.executable, str(Path(__file__).resolve()), "--child", "--scenario", args.scenario,
                        "--device", args.device, "--threads", str(args.threads), "--iters", str(args.iters),
-                       "--warmup", str(args.warmup), "--settings", json.dumps(VARIANTS[variant])]
+                       "--warmup", str(args.warmup), "--settings", json.dumps(VARIANTS[variant]),
+                       "--overrides", json.dumps(scenario_overrides(args))]
+            if variant == "official_v2":
+                command += ["--official", str(args.official)]
             if args.flops and not runs[variant]:
                 command.append("--flops")
             if args.profile and not runs[variant]:
@@ -211,23 +408,29 @@ def measure(args, variants: list[str]) -> dict:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             result["load_before"] = load
             runs[variant].append(result)
-            print(f"round {round_index + 1} {variant}: " + " ".join(f"{t:.2f}" for t in result["times"]) +
-                  " s/iter (CPU " + " ".join(f"{t:.2f}" for t in result["cpu_times"]) + f" s), peak RSS {result['peak_rss_gb']:.2f} GB, load {load:.2f}", file=sys.stderr, flush=True)
+            print(f"round {round_index + 1} {variant} ({result.get('autocast', 'fp32')}): " +
+                  " ".join(f"{t:.2f}" for t in result["times"]) +
+                  " s/iter (CPU " + " ".join(f"{t:.2f}" for t in result["cpu_times"]) +
+                  " s; warm-up " + " ".join(f"{t:.1f}" for t in result.get("warmup_times", [])) +
+                  f" s), peak RSS {result['peak_rss_gb']:.2f} GB, load {load:.2f}", file=sys.stderr, flush=True)
     return runs
 
 
 def summarise(args, runs: dict) -> dict:
     import torch
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    out = {"scenario": args.scenario, "device": device_name, "threads": args.threads, "torch": torch.__version__,
+    out = {"scenario": args.scenario, "overrides": scenario_overrides(args), "device": device_name,
+           "threads": args.threads, "torch": torch.__version__,
            "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "variants": {}}
+           "omp_wait_policy": next(iter(runs.values()))[0].get("omp_wait_policy", "(unset)"), "variants": {}}
     base = None
     for variant, results in runs.items():
         times = [t for r in results for t in r["times"]]
         median = statistics.median(times)
         cpu_times = [t for r in results for t in r["cpu_times"]]
-        row = {"settings": VARIANTS[variant], "s_per_iter_median": median, "s_per_iter_min": min(times),
+        row = {"settings": VARIANTS[variant], "ran_as": results[0].get("autocast", "fp32"),
+               "warmup_s": [t for r in results for t in r.get("warmup_times", [])],
+               "s_per_iter_median": median, "s_per_iter_min": min(times),
                "cpu_s_per_iter_median": statistics.median(cpu_times), "cpu_times": cpu_times,
                "s_per_iter_max": max(times), "iter_per_s": 1 / median,
                "peak_rss_gb": max(r["peak_rss_gb"] for r in results),
@@ -252,18 +455,22 @@ def summarise(args, runs: dict) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print(f"scenario {summary['scenario']} on {summary['device']}, {summary['threads']} threads, "
+    overrides = " ".join(f"{k}={v}" for k, v in summary.get("overrides", {}).items())
+    print(f"scenario {summary['scenario']}{' (' + overrides + ')' if overrides else ''} on {summary['device']}, "
+          f"{summary['threads']} threads, "
           f"OMP_WAIT_POLICY {summary['omp_wait_policy']}, "
           f"{summary['rounds']} rounds x {summary['iters']} iterations (+{summary['warmup']} warm-up)")
-    print("| variant | s/iter median | min | max | it/s | CPU s/iter | peak RSS GB | speed-up | RSS ratio | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | ran as | s/iter median | min | max | it/s | CPU s/iter | peak RSS GB | speed-up | RSS ratio "
+          "| load | first warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in summary["variants"].items():
         loads = row["load_average_before"]
-        print(f"| {name} | {row['s_per_iter_median']:.2f} | {row['s_per_iter_min']:.2f} | "
+        warmup = f"{max(row['warmup_s']):.1f}" if row.get("warmup_s") else "-"
+        print(f"| {name} | {row['ran_as']} | {row['s_per_iter_median']:.2f} | {row['s_per_iter_min']:.2f} | "
               f"{row['s_per_iter_max']:.2f} | {row['iter_per_s']:.3f} | {row['cpu_s_per_iter_median']:.2f} | "
               f"{row['peak_rss_gb']:.2f} | "
               f"{row['speedup_vs_first']:.2f}x | {row['peak_rss_vs_first']:.2f} | "
-              f"{min(loads):.1f}-{max(loads):.1f} |")
+              f"{min(loads):.1f}-{max(loads):.1f} | {warmup} |")
     for name, row in summary["variants"].items():
         if "profile" in row:
             print(f"\n{name}: operators with the most self time in one iteration")
@@ -346,6 +553,11 @@ def main():
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="natural")
     parser.add_argument("--variants", nargs="+", default=["fp32", "recommended"], choices=sorted(VARIANTS))
     parser.add_argument("--ref-root", help="checkout whose unimatch package the variant 'main' uses")
+    parser.add_argument("--official", type=Path,
+                        help="checkout of LiheYoung/UniMatch-V2 whose loop the variant 'official_v2' runs")
+    parser.add_argument("--batch-size", type=int, help="per-process batch instead of the scenario's official one")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="other config overrides of the scenario (YAML values), e.g. crop_size=28")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per process")
@@ -359,6 +571,7 @@ def main():
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device is None:
         import torch
@@ -372,6 +585,8 @@ def main():
     else:
         if "main" in args.variants and not args.ref_root:
             parser.error("variant 'main' needs --ref-root")
+        if "official_v2" in args.variants and (not args.official or args.scenario not in OFFICIAL_V2):
+            parser.error(f"variant 'official_v2' needs --official and a V2 scenario ({', '.join(OFFICIAL_V2)})")
         summary = summarise(args, measure(args, args.variants))
         print_table(summary)
     if args.json:
