@@ -29,6 +29,7 @@ from unimatch.distributed import DistContext, all_reduce_mean, barrier, broadcas
 from unimatch.ema import ModelEMA
 from unimatch.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from unimatch.finite import HINT, NonFiniteLossGuard, nonfinite_tensors
+from unimatch.forecast import DurationForecast
 from unimatch.health import PseudoLabelHealth, describe
 from unimatch.losses import build_criterion
 from unimatch.method import StepSettings, UniMatchStep
@@ -374,6 +375,11 @@ class Trainer:
                    if self.unlabeled_set is not None else self.labeled_set)
         guard = NonFiniteLossGuard(self.ctx.device, iters_per_epoch, self.ctx.distributed)
         self.log_plan(iters_per_epoch)
+        self.forecast = DurationForecast(
+            (self.cfg.epochs - self.start_epoch) * iters_per_epoch,
+            sum(1 for e in range(self.start_epoch, self.cfg.epochs) if self.evaluates_after(e)),
+            synchronize=(lambda: torch.cuda.synchronize(self.ctx.device)) if self.ctx.device.type == "cuda"
+            else (lambda: None))
         for epoch in range(self.start_epoch, self.cfg.epochs):
             warmup = epoch < self.cfg.sup_warmup_epochs and self.unlabeled_needed
             record = self.train_epoch(epoch, labeled, iters_per_epoch, guard, warmup)
@@ -382,10 +388,20 @@ class Trainer:
             broadcast_buffers(self.model)
             if self.ema is not None:
                 broadcast_buffers(self.ema.model)
-            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+            if self.evaluates_after(epoch):
+                started = time.perf_counter()
                 self.evaluate_epoch(epoch, record)
+                self.log_forecast(self.forecast.evaluation_done(time.perf_counter() - started))
             self.end_epoch(epoch, iters_per_epoch, record)
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}
+
+    def evaluates_after(self, epoch: int) -> bool:
+        return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+
+    def log_forecast(self, line: str | None) -> None:
+        """The duration forecast of :mod:`unimatch.forecast` (rank 0 logs; the others log warnings only)."""
+        if line is not None:
+            log.info(line)
 
     def log_plan(self, iters_per_epoch: int) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -436,6 +452,7 @@ class Trainer:
             lr = self.set_lr(iteration, iters_per_epoch * cfg.epochs)
             batches = [self.to_device(next(s)) for s in streams]
             pending.append((iteration, lr, self.train_iteration(batches, iteration, guard, warmup)))
+            self.log_forecast(self.forecast.iteration_done())
             if len(pending) >= flush_every or i + 1 == iters_per_epoch:
                 stats = self.record_stats(pending, sums)
                 pending = []
