@@ -125,6 +125,12 @@ def test_the_vit_trunk_fills_the_encoder_of_each_tasks_dpt(vit_trunk):
     assert torch.equal(gray["blocks.3.mlp.fc2.weight"], weights["blocks.3.mlp.fc2.weight"])
 
 
+def test_the_word_itself_never_reaches_the_encoder_loader():
+    """A task that does not resolve ``pretrained: synthetic`` gets one ConfigError, not a missing file."""
+    with pytest.raises(ConfigError, match="unresolved"):
+        DPT(3, "vit_tiny", pretrained="synthetic")
+
+
 @pytest.mark.parametrize("backbone", ["dinov2_small", "dinov2_giant"])
 def test_the_dinov2_sizes_are_refused_in_one_line(backbone, tmp_path):
     with pytest.raises(ConfigError, match=r"trains only the demo ViT vit_tiny; backbone dinov2_\w+ starts from "

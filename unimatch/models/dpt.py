@@ -154,6 +154,9 @@ class DPT(nn.Module):
                  out_channels: Sequence[int] | None = None):
         super().__init__()
         refuse_synthetic(pretrained, backbone)
+        if pretrained == "synthetic":   # the task's resolve_data turns the word into the trunk file
+            raise ConfigError("pretrained: synthetic reached the DPT unresolved: this task's resolve_data does not "
+                              "call unimatch.pretrained.resolve_pretrained; give a file or pretrained: null")
         self.backbone = VisionTransformer(backbone, in_channels)
         default_features, default_widths = HEAD_WIDTHS[backbone]
         self.head = DPTHead(nclass, self.backbone.embed_dim, features or default_features,
