@@ -309,9 +309,9 @@ def test_a_backward_pass_reaches_every_trained_parameter():
     (["model=siamese_dpt", "backbone=dinov2_huge", "in_channels=6"],
      "backbone: 'dinov2_huge' is not a ViT encoder of model siamese_dpt; choose one of dinov2_small, dinov2_base, "
      "dinov2_large, dinov2_giant, vit_tiny"),
-    (["model=dpt", "backbone=vit_tiny", "pretrained=synthetic"],
-     "pretrained: synthetic is the demos' ResNet trunk and cannot fill a ViT encoder; give Meta's DINOv2 file "
-     "(e.g. dinov2_vits14_pretrain.pth) or pretrained: null"),
+    (["model=dpt", "backbone=dinov2_small", "pretrained=synthetic"],
+     "pretrained: synthetic trains only the demo ViT vit_tiny; backbone dinov2_small starts from Meta's "
+     "dinov2_vits14_pretrain.pth (DINOv2 release), or pretrained: null"),
 ])
 def test_a_value_the_dpt_cannot_build_is_one_config_error(overrides, message):
     with pytest.raises(ConfigError) as error:

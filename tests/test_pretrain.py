@@ -15,8 +15,10 @@ from tasks.natural import scenes
 from tasks.natural.scenes import DEMO_TEXTURES, SOURCE_CLASSES, SOURCE_TEXTURES, render_sample
 from tasks.natural.synthetic import ensure_synthetic_voc
 from unimatch import pretrained as pretrain
-from unimatch.errors import CheckpointError, DataError
+from unimatch.errors import CheckpointError, ConfigError, DataError
 from unimatch.models.backbones import build_backbone
+from unimatch.models.dpt import DPT, SiameseDPT
+from unimatch.paths import config_path
 
 
 @pytest.mark.parametrize("textures", [DEMO_TEXTURES, SOURCE_TEXTURES])
@@ -40,12 +42,22 @@ def test_textures_must_be_a_permutation_of_the_object_textures(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trunk(tmp_path_factory):
-    """One tiny pretraining: a 10-image source set, 1 epoch, the tiny trunk at width 8."""
+def source(tmp_path_factory):
+    """A 10-image source set."""
     base = tmp_path_factory.mktemp("pretrain")
-    source = ensure_synthetic_voc(base / "source", n_images=10, size=32, seed=7, textures=SOURCE_TEXTURES)
-    path = pretrain.synthetic_backbone("tiny", 8, True, root=base / "backbone", source=source, epochs=1)
-    return path
+    return ensure_synthetic_voc(base / "source", n_images=10, size=32, seed=7, textures=SOURCE_TEXTURES)
+
+
+@pytest.fixture(scope="module")
+def trunk(source):
+    """One tiny pretraining: 1 epoch, the tiny trunk at width 8."""
+    return pretrain.synthetic_backbone("tiny", 8, True, root=source.parent / "backbone", source=source, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def vit_trunk(source):
+    """One tiny pretraining of the demo ViT (a DPT through the natural task's V2 config): 1 epoch."""
+    return pretrain.synthetic_backbone("vit_tiny", root=source.parent / "vit", source=source, epochs=1)
 
 
 def test_pretraining_keeps_the_trunk_of_the_source_run(trunk):
@@ -84,10 +96,56 @@ def test_a_second_request_reuses_the_file_without_training(trunk, monkeypatch):
     assert again == trunk and trunk.stat().st_mtime_ns == before
 
 
+def test_the_vit_trunk_is_a_dpt_encoder_trained_on_the_source_set(vit_trunk):
+    weights = torch.load(vit_trunk, weights_only=True)
+    checkpoint = torch.load(vit_trunk.parent / "run" / "best.pth", weights_only=False)
+    expected = {k[len("backbone."):]: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
+    assert weights.keys() == expected.keys() and "cls_token" in weights
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+    config = checkpoint["config"]
+    assert (config["model"], config["backbone"], config["method"], config["optimizer"]) == \
+        ("dpt", "vit_tiny", "supervised", "adamw")
+    assert config["class_names"] == list(SOURCE_CLASSES)
+    assert (config["crop_size"], config["lr"], config["threads"], config["num_workers"]) == \
+        (70, pretrain.VIT_PRETRAIN_LR, 1, 2)
+    meta = json.loads((vit_trunk.parent / "meta.json").read_text())
+    assert {k: meta[k] for k in ("version", "backbone", "epochs", "seed")} == \
+        {"version": 1, "backbone": "vit_tiny", "epochs": 1, "seed": 0} and "width" not in meta
+
+
+def test_the_vit_trunk_fills_the_encoder_of_each_tasks_dpt(vit_trunk):
+    """Natural images (RGB), change detection (one encoder for both images) and ACDC (gray: the RGB
+    patch kernels summed) read the same file."""
+    weights = torch.load(vit_trunk, weights_only=True)
+    for model in (DPT(3, "vit_tiny", pretrained=str(vit_trunk)),
+                  SiameseDPT(2, "vit_tiny", pretrained=str(vit_trunk), in_channels=6)):
+        assert all(torch.equal(value, weights[key]) for key, value in model.backbone.state_dict().items())
+    gray = DPT(4, "vit_tiny", pretrained=str(vit_trunk), in_channels=1).backbone.state_dict()
+    assert torch.allclose(gray["patch_embed.proj.weight"], weights["patch_embed.proj.weight"].sum(1, keepdim=True))
+    assert torch.equal(gray["blocks.3.mlp.fc2.weight"], weights["blocks.3.mlp.fc2.weight"])
+
+
+def test_the_word_itself_never_reaches_the_encoder_loader():
+    """A task that does not resolve ``pretrained: synthetic`` gets one ConfigError, not a missing file."""
+    with pytest.raises(ConfigError, match="unresolved"):
+        DPT(3, "vit_tiny", pretrained="synthetic")
+
+
+@pytest.mark.parametrize("backbone", ["dinov2_small", "dinov2_giant"])
+def test_the_dinov2_sizes_are_refused_in_one_line(backbone, tmp_path):
+    with pytest.raises(ConfigError, match=r"trains only the demo ViT vit_tiny; backbone dinov2_\w+ starts from "
+                                          r"Meta's dinov2_vit[sg]14_pretrain.pth") as error:
+        pretrain.synthetic_backbone(backbone, root=tmp_path / "vit", source=tmp_path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="trains only the demo ViT"):
+        pretrain.resolve_pretrained(types.SimpleNamespace(pretrained="synthetic", backbone=backbone))
+    assert not (tmp_path / "vit").exists()
+
+
 def test_only_the_word_synthetic_is_resolved_and_with_the_configs_trunk(monkeypatch, tmp_path):
     asked = []
 
-    def fake(backbone, width, deep_stem):
+    def fake(backbone, width=None, deep_stem=None):
         asked.append((backbone, width, deep_stem))
         return tmp_path / "backbone.pth"
 
@@ -99,6 +157,10 @@ def test_only_the_word_synthetic_is_resolved_and_with_the_configs_trunk(monkeypa
     for other in (None, "torchvision", str(tmp_path / "resnet50.pth")):
         assert pretrain.resolve_pretrained(types.SimpleNamespace(pretrained=other)) == {}
     assert len(asked) == count
+    # a ViT's trunk is its name: width and deep_stem are ResNet keys (a DPT config leaves them at defaults)
+    vit = types.SimpleNamespace(pretrained="synthetic", backbone="vit_tiny", width=64, deep_stem=False)
+    assert pretrain.resolve_pretrained(vit) == {"pretrained": str(tmp_path / "backbone.pth")}
+    assert asked[-1] == ("vit_tiny", None, None)
 
 
 def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_path, monkeypatch):
@@ -125,6 +187,34 @@ def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_
                        f"class_names=[{', '.join(SOURCE_CLASSES)}]", "batch_size=8", "crop_size=64", "lr=0.02",
                        "lr_multi=1.0", "sup_weight=1.0", "sup_warmup_epochs=0", "num_workers=2", "threads=1"]
     assert not (tmp_path / "backbone").exists()   # nothing half-made is kept
+    # the ResNet trunk's parameters: the cached files of every V1 demo were written with them
+    assert pretrain.trunk_parameters("resnet18", 16, True) == (
+        {"version": 1, "backbone": "resnet18", "width": 16, "deep_stem": True, "epochs": 23, "seed": 0},
+        "synthetic-v1-resnet18-w16-deepstem")
+
+
+def test_the_vit_child_trains_a_dpt_through_the_natural_v2_config(tmp_path, monkeypatch):
+    """The default config's DeepLabV3+ keys are refused for a DPT: the source owner names a ViT config."""
+    commands = []
+
+    def stop(command, **kwargs):
+        commands.append(command)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain.subprocess, "Popen", stop)
+    source = tmp_path / "source"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.synthetic_backbone("vit_tiny", root=tmp_path / "vit", source=source)
+    (command,) = commands
+    run_dir = Path(command[command.index("--save-dir") + 1])
+    assert command == [sys.executable, "-m", "tasks.natural.train",
+                       "--config", str(config_path("natural", "synthetic_v2.yaml")), "--method", "supervised",
+                       "--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
+                       "--val-split", str(source / "splits" / "val.txt"), "--epochs", "20", "--seed", "0",
+                       "--save-dir", str(run_dir), "--no-progress", "backbone=vit_tiny", "pretrained=null",
+                       f"class_names=[{', '.join(SOURCE_CLASSES)}]", "model=dpt", "batch_size=8", "crop_size=70",
+                       "optimizer=adamw", f"lr={pretrain.VIT_PRETRAIN_LR}", "lr_multi=1.0", "weight_decay=0.01",
+                       "sup_weight=1.0", "sup_warmup_epochs=0", "num_workers=2", "threads=1"]
 
 
 def test_the_default_root_is_the_cache_every_demo_reads(tmp_path, monkeypatch):
@@ -133,5 +223,7 @@ def test_the_default_root_is_the_cache_every_demo_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "data_home", lambda: tmp_path)
     pretrain.synthetic_backbone("resnet18", 16, True)
     pretrain.synthetic_backbone("resnet50", 64, False)
+    pretrain.synthetic_backbone("vit_tiny", 64, False)   # width and stem are not a ViT's
     assert asked == [tmp_path / "pretrained" / "synthetic-v1-resnet18-w16-deepstem",
-                     tmp_path / "pretrained" / "synthetic-v1-resnet50-w64-stem7"]
+                     tmp_path / "pretrained" / "synthetic-v1-resnet50-w64-stem7",
+                     tmp_path / "pretrained" / "synthetic-v1-vit_tiny"]

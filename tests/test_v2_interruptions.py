@@ -22,7 +22,7 @@ def argv(voc, run):
             "--unlabeled-split", str(voc / "splits/unlabeled.txt"), "--val-split", str(voc / "splits/val.txt"),
             "--save-dir", str(run), "--epochs", str(EPOCHS), "--batch-size", "2", "--num-workers", "0",
             "--no-progress", "--device", "cpu", "--method", "unimatch_v2", "crop_size=28", "log_every=0",
-            "threads=1", "conf_thresh=0.0"]
+            "threads=1", "conf_thresh=0.0", "pretrained=null"]
 
 
 def final_states(run):

@@ -47,13 +47,14 @@ def _siamese_pspnet(cfg) -> nn.Module:
 
 
 def _check_vit(cfg) -> None:
-    """A DPT's backbone is a ViT of unimatch.models.vit and its pretrained file Meta's DINOv2 one."""
+    """A DPT's backbone is a ViT of unimatch.models.vit and its pretrained file Meta's DINOv2 one (or,
+    for the demo ViT vit_tiny, ``synthetic``: unimatch.pretrained)."""
     from unimatch.models.dpt import refuse_synthetic
     from unimatch.models.vit import VIT_SIZES
     if cfg.backbone not in VIT_SIZES:
         raise ConfigError(f"backbone: {cfg.backbone!r} is not a ViT encoder of model {cfg.model}; choose one of "
                           f"{', '.join(VIT_SIZES)}")
-    refuse_synthetic(cfg.pretrained)
+    refuse_synthetic(cfg.pretrained, cfg.backbone)
 
 
 def _dpt(cfg) -> nn.Module:

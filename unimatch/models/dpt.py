@@ -132,10 +132,12 @@ class DPTHead(nn.Module):
         return s.output_conv(s.refinenet1(path, rn[0]))
 
 
-def refuse_synthetic(pretrained) -> None:
+def refuse_synthetic(pretrained, backbone: str) -> None:
+    """``pretrained: synthetic`` (unimatch.pretrained) trains only the demo ViT ``vit_tiny``; a DINOv2
+    size is one ConfigError pointing to Meta's file."""
     if pretrained == "synthetic":
-        raise ConfigError("pretrained: synthetic is the demos' ResNet trunk and cannot fill a ViT encoder; give "
-                          "Meta's DINOv2 file (e.g. dinov2_vits14_pretrain.pth) or pretrained: null")
+        from unimatch.pretrained import refuse_unsupported_vit
+        refuse_unsupported_vit(backbone)
 
 
 class DPT(nn.Module):
@@ -151,7 +153,10 @@ class DPT(nn.Module):
                  lock_backbone: bool = False, features: int | None = None,
                  out_channels: Sequence[int] | None = None):
         super().__init__()
-        refuse_synthetic(pretrained)
+        refuse_synthetic(pretrained, backbone)
+        if pretrained == "synthetic":   # the task's resolve_data turns the word into the trunk file
+            raise ConfigError("pretrained: synthetic reached the DPT unresolved: this task's resolve_data does not "
+                              "call unimatch.pretrained.resolve_pretrained; give a file or pretrained: null")
         self.backbone = VisionTransformer(backbone, in_channels)
         default_features, default_widths = HEAD_WIDTHS[backbone]
         self.head = DPTHead(nclass, self.backbone.embed_dim, features or default_features,

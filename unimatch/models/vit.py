@@ -11,8 +11,9 @@ Attention is :func:`torch.nn.functional.scaled_dot_product_attention`, which pic
 (flash / memory-efficient) on the GPU; the official code needs xFormers for that. Stochastic depth
 is left out: the official V2 builds DINOv2 with a drop-path rate of 0.
 
-``vit_tiny`` is not a DINOv2 size and has no pretrained weights: a 4-block, 128-wide ViT (4 heads,
-0.9M parameters, its positional embedding laid out for 224x224) for the CPU demos and tests; its
+``vit_tiny`` is not a DINOv2 size and has no published weights (``pretrained: synthetic`` trains it
+on the demos' source set, :mod:`unimatch.pretrained`): a 4-block, 128-wide ViT (4 heads, 0.9M
+parameters, its positional embedding laid out for 224x224) for the CPU demos and tests; its
 DPT layers are its four blocks. A 112x112 image costs about 3 ms in it and 10 ms with its DPT head
 on one CPU thread (the head, at 8x the patch grid, costs the most).
 """
