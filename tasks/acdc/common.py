@@ -27,6 +27,7 @@ from unimatch.distributed import DistContext, barrier, main_rank_first
 from unimatch.errors import ConfigError, DataError
 from unimatch.inference import Predictor
 from unimatch.paths import config_path, find_split_file, refuse_existing
+from unimatch.pretrained import resolve_pretrained
 from unimatch.report import EvalResult, write_json
 from unimatch.task import EvaluationReport, Task
 
@@ -247,6 +248,7 @@ class AcdcTask(Task):
         and find relative list files under it (:func:`unimatch.paths.find_split_file`); a
         ``dataset.json`` root is read as ``dataset: msd`` (:func:`tasks.acdc.msd.with_msd_layout`)."""
         cfg = with_msd_layout(cfg, ctx)
+        cfg = dataclasses.replace(cfg, **resolve_pretrained(cfg, ctx))   # pretrained: synthetic (the V2 ViT's)
         if cfg.data_root_given:
             return dataclasses.replace(cfg, **{key: find_split_file(getattr(cfg, key), cfg.data_root)
                                                for key in ("labeled_split", "unlabeled_split", "val_split",
