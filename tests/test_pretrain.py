@@ -163,9 +163,8 @@ def test_only_the_word_synthetic_is_resolved_and_with_the_configs_trunk(monkeypa
     assert asked[-1] == ("vit_tiny", None, None)
 
 
-def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_path, monkeypatch):
-    """The core builds the command from what the source's owner registered (the ``tasks`` package
-    registers the natural source set); this is the command every cached trunk was trained by."""
+def child_command(monkeypatch, train) -> list:
+    """The pretraining child's command line, stopped before it runs (``train()`` asks for the trunk)."""
     commands = []
 
     def stop(command, **kwargs):
@@ -173,10 +172,18 @@ def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pretrain.subprocess, "Popen", stop)
-    source = tmp_path / "source"
     with pytest.raises(KeyboardInterrupt):
-        pretrain.synthetic_backbone("resnet18", 16, True, root=tmp_path / "backbone", source=source)
+        train()
     (command,) = commands
+    return command
+
+
+def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_path, monkeypatch):
+    """The core builds the command from what the source's owner registered (the ``tasks`` package
+    registers the natural source set); this is the command every cached trunk was trained by."""
+    source = tmp_path / "source"
+    command = child_command(monkeypatch, lambda: pretrain.synthetic_backbone("resnet18", 16, True,
+                                                                             root=tmp_path / "backbone", source=source))
     run_dir = Path(command[command.index("--save-dir") + 1])   # in write_once's staging folder
     assert run_dir.name == "run" and run_dir.parent.parent == tmp_path
     assert command == [sys.executable, "-m", "tasks.natural.train", "--method", "supervised",
@@ -195,17 +202,9 @@ def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_
 
 def test_the_vit_child_trains_a_dpt_through_the_natural_v2_config(tmp_path, monkeypatch):
     """The default config's DeepLabV3+ keys are refused for a DPT: the source owner names a ViT config."""
-    commands = []
-
-    def stop(command, **kwargs):
-        commands.append(command)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pretrain.subprocess, "Popen", stop)
     source = tmp_path / "source"
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.synthetic_backbone("vit_tiny", root=tmp_path / "vit", source=source)
-    (command,) = commands
+    command = child_command(monkeypatch, lambda: pretrain.synthetic_backbone("vit_tiny", root=tmp_path / "vit",
+                                                                             source=source))
     run_dir = Path(command[command.index("--save-dir") + 1])
     assert command == [sys.executable, "-m", "tasks.natural.train",
                        "--config", str(config_path("natural", "synthetic_v2.yaml")), "--method", "supervised",
