@@ -4,6 +4,10 @@
     python -m benchmarks.label_efficiency --task natural --seeds 0 1 2 \\
         --methods "supervised sup_weight=1.0 lr=0.04" unimatch "unimatch class_thresh=false" --out runs/bench/natural
     python -m benchmarks.label_efficiency --task acdc --seeds 0 -- --epochs 1 --num-workers 0
+    python -m benchmarks.label_efficiency --task natural --seeds 0 1 2 --methods unimatch_v2
+
+``unimatch_v2`` trains the task's V2 demo config (``synthetic_v2.yaml``: the same data and
+iterations as the V1 demo), which a train command without ``--config`` takes for that method.
 
 A method is ``NAME [KEY=VALUE ...]`` (one shell word: quote it): the training method and config
 overrides, so a row with and without an extension is one more entry. Arguments after ``--`` go to
