@@ -47,3 +47,14 @@ def test_a_run_shorter_than_the_sample_still_says_its_time(clock):
         lines.append(fc.iteration_done())
     assert lines[:2] == [None, None] and "training about 6 s" in lines[2]
     assert fc.evaluation_done(1.0) is None   # nothing left to forecast after the only evaluation
+
+
+def test_an_evaluation_before_the_iterations_were_timed_is_not_counted(clock):
+    """A warm-up epoch's evaluation comes before the method's first iteration: the first evaluation
+    after the timing is the one that completes the forecast."""
+    fc = DurationForecast(iterations_left=4, evaluations_left=2, warmup=1, sample=1)
+    assert fc.evaluation_done(5.0) is None
+    for _ in range(2):
+        clock["t"] += 1.0
+        fc.iteration_done()
+    assert "about 2 s more" in fc.evaluation_done(0.0)   # 2 iterations left at 1 s, 1 evaluation of 0 s

@@ -375,13 +375,14 @@ class Trainer:
                    if self.unlabeled_set is not None else self.labeled_set)
         guard = NonFiniteLossGuard(self.ctx.device, iters_per_epoch, self.ctx.distributed)
         self.log_plan(iters_per_epoch)
+        # the forecast times the method's iterations: the labelled-only warm-up ones are several times faster
+        method_epochs = range(max(self.start_epoch, self.warmup_epochs()), self.cfg.epochs)
         self.forecast = DurationForecast(
-            (self.cfg.epochs - self.start_epoch) * iters_per_epoch,
-            sum(1 for e in range(self.start_epoch, self.cfg.epochs) if self.evaluates_after(e)),
+            len(method_epochs) * iters_per_epoch, sum(1 for e in method_epochs if self.evaluates_after(e)),
             synchronize=(lambda: torch.cuda.synchronize(self.ctx.device)) if self.ctx.device.type == "cuda"
             else (lambda: None))
         for epoch in range(self.start_epoch, self.cfg.epochs):
-            warmup = epoch < self.cfg.sup_warmup_epochs and self.unlabeled_needed
+            warmup = epoch < self.warmup_epochs()
             record = self.train_epoch(epoch, labeled, iters_per_epoch, guard, warmup)
             if self.health is not None and not warmup:
                 self.record_health(epoch, record)
@@ -394,6 +395,10 @@ class Trainer:
                 self.log_forecast(self.forecast.evaluation_done(time.perf_counter() - started))
             self.end_epoch(epoch, iters_per_epoch, record)
         return {"best_score": self.best_score, "best_metrics": self.best_metrics}
+
+    def warmup_epochs(self) -> int:
+        """The first epochs, which train the labelled term alone (``sup_warmup_epochs``, when the method has one)."""
+        return self.cfg.sup_warmup_epochs if self.unlabeled_needed else 0
 
     def evaluates_after(self, epoch: int) -> bool:
         return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
@@ -452,7 +457,8 @@ class Trainer:
             lr = self.set_lr(iteration, iters_per_epoch * cfg.epochs)
             batches = [self.to_device(next(s)) for s in streams]
             pending.append((iteration, lr, self.train_iteration(batches, iteration, guard, warmup)))
-            self.log_forecast(self.forecast.iteration_done())
+            if not warmup:
+                self.log_forecast(self.forecast.iteration_done())
             if len(pending) >= flush_every or i + 1 == iters_per_epoch:
                 stats = self.record_stats(pending, sums)
                 pending = []

@@ -3,6 +3,8 @@
 Why: the same demo takes about twice as long on a CPU without native bf16 as on one with it, so a
 duration measured on another machine misleads. The forecast is logged once the first iterations
 after a warm-up one are timed, and once more after the first evaluation, whose time it then adds.
+The trainer feeds it the method's iterations only: a labelled-only warm-up epoch
+(``sup_warmup_epochs``) runs several times faster and would make the forecast far too short.
 """
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ class DurationForecast:
                 f"{self.evaluations_left} evaluation(s), timed after the first")
 
     def evaluation_done(self, seconds: float) -> str | None:
+        """An evaluation before the iterations were timed (one after a warm-up epoch) is not counted."""
+        if self.sec_per_iter is None:
+            return None
         self.evaluations_timed += 1
-        if self.evaluations_timed != 1 or self.sec_per_iter is None or self.evaluations_left <= 1:
+        if self.evaluations_timed != 1 or self.evaluations_left <= 1:
             return None
         training = self.sec_per_iter * max(self.iterations_left - self.seen, 0)
         evaluations = seconds * max(self.evaluations_left - 1, 0)
