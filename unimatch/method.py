@@ -225,29 +225,32 @@ class UniMatchStep:
         ``cutmix_partner: previous``, image i-1 of this batch for image i (no partner forward); with
         ``flip`` no partner images (the views paste each other's, ``strong_views``) and the batch's
         ignore masks flipped."""
-        if self.settings.cutmix_partner == "flip":
-            return None, ignore_mask.flip(0)
-        if self.settings.cutmix_partner == "previous":
-            return x_w_raw.roll(1, 0), ignore_mask.roll(1, 0)
-        return to_unit_float(partner[0]), partner[1]
+        if not self.settings.partner_from_batch:
+            return to_unit_float(partner[0]), partner[1]
+        images = None if self.settings.cutmix_partner == "flip" else self.partner_in_batch(x_w_raw)
+        return images, self.partner_in_batch(ignore_mask)
 
     def partner_in_batch(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (one row per image) reordered so row i holds image i's partner in the batch."""
         return t.flip(0) if self.settings.cutmix_partner == "flip" else t.roll(1, 0)
 
+    @property
+    def pseudo_label_model(self) -> nn.Module:
+        """The model that predicts pseudo-labels: the EMA model under ``teacher: ema``, else the student."""
+        return self.teacher if self.settings.teacher == "ema" else self.model
+
     @torch.no_grad()
     def teacher_prediction(self, x_w_raw, autocast):
         """The weak view's logits from the teacher: the EMA model (always in eval mode), or the
         student in its current mode, both without autograd."""
-        model = self.teacher if self.settings.teacher == "ema" else self.model
         with autocast:
-            return model(self.normalizer(x_w_raw))
+            return self.pseudo_label_model(self.normalizer(x_w_raw))
 
     @torch.no_grad()
     def partner_probabilities(self, x_m_raw, autocast):
         """Softmax of the partners' no-grad forward in *eval* mode (step 2), through the teacher: the
         student, or the EMA model (always in eval mode) under ``teacher: ema``."""
-        model = self.teacher if self.settings.teacher == "ema" else self.model
+        model = self.pseudo_label_model
         was_training = model.training
         model.eval()
         with autocast:
@@ -263,13 +266,12 @@ class UniMatchStep:
         s = self.settings
         n_l = x.shape[0]
         pred_w_fp = None
-        if not s.joint_weak_forward:
-            preds = self.model(x)
-        elif s.fp_streams:
-            preds, preds_fp = self.model(torch.cat((x, self.normalizer(x_w_raw))), need_fp=s.fp_streams)
+        inputs = torch.cat((x, self.normalizer(x_w_raw))) if s.joint_weak_forward else x
+        if s.fp_streams:   # fp_streams implies the joint forward (joint_weak_forward)
+            preds, preds_fp = self.model(inputs, need_fp=s.fp_streams)
             pred_w_fp = preds_fp.view(s.fp_streams, -1, *preds_fp.shape[1:])[:, n_l:]
         else:
-            preds = self.model(torch.cat((x, self.normalizer(x_w_raw))))
+            preds = self.model(inputs)
         preds_s = []
         if views:
             strong = self.normalizer(torch.cat([v for v, _ in views]))
