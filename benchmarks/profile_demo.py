@@ -43,13 +43,15 @@ import torch
 
 # op-name patterns of the profiler's self CPU time, first match wins
 OP_GROUPS = (
-    ("convolution", re.compile(r"conv|mkldnn_convolution")),
+    ("convolution", re.compile(r"conv")),
+    ("matrix products", re.compile(r"^aten::(addmm|mm|bmm|matmul|linear|_scaled_dot_product)")),
     ("normalisation", re.compile(r"batch_norm|layer_norm|group_norm")),
-    ("resampling", re.compile(r"upsample|interpolate|grid_sampler|avg_pool|max_pool|adaptive")),
+    ("resampling", re.compile(r"upsample|interpolate|grid_sampler|pool")),
     ("optimiser", re.compile(r"sgd|adam|_foreach|lerp")),
-    ("loss", re.compile(r"nll_loss|cross_entropy|log_softmax|_softmax")),
-    ("element-wise", re.compile(r"add|mul|div|sub|relu|threshold|where|clamp|sigmoid|exp|pow|sqrt|neg|abs|"
-                                r"max|min|eq|ne|gt|lt|ge|le|copy_|fill_|zero_|cat|flip|index|masked|sum|mean")),
+    ("loss", re.compile(r"nll_loss|cross_entropy|softmax")),
+    ("element-wise", re.compile(r"^aten::(add|mul|div|sub|rsub|relu|threshold|where|clamp|sigmoid|exp|pow|sqrt|neg|"
+                                r"abs|max|min|eq|ne|gt|lt|ge|le|copy_|fill_|zero_|cat|flip|index|masked|sum|mean|"
+                                r"gelu|sign|lerp|logical|bitwise)")),
 )
 
 

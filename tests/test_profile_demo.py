@@ -19,6 +19,7 @@ def test_op_groups_name_the_kernels_of_a_training_step():
     assert profile_demo.op_group("aten::_foreach_add_") == "optimiser"
     assert profile_demo.op_group("aten::nll_loss2d_forward") == "loss"
     assert profile_demo.op_group("aten::mul") == "element-wise"
+    assert profile_demo.op_group("aten::linear") == profile_demo.op_group("aten::addmm") == "matrix products"
     assert profile_demo.op_group("aten::empty_strided") == "other"
 
 
