@@ -67,7 +67,7 @@ class TaskSpec:
 
 TASKS = {
     "change_detection": TaskSpec("changed_IoU", "changed_IoU", ("F1", "precision", "recall", "OA"),
-                                 methods=("supervised sup_weight=1.0 lr=0.32", "unimatch")),
+                                 methods=("supervised sup_weight=1.0 lr=0.08", "unimatch")),
     "acdc": TaskSpec("mean_dice", "mean_dice", ("mean_hd95_mm", "mean_asd_mm"),
                      methods=("supervised lr=0.1", "unimatch")),
     "natural": TaskSpec("mIoU", "mIoU", ("OA",), methods=("supervised sup_weight=1.0 lr=0.04", "unimatch")),

@@ -412,7 +412,7 @@ class Lines(list):
         logging.getLogger("unimatch").removeHandler(self.handler)
 
 
-@pytest.mark.parametrize("task, warmup, epochs", [("natural", 4, 30), ("change_detection", 3, 12)])
+@pytest.mark.parametrize("task, warmup, epochs", [("natural", 4, 30), ("change_detection", 3, 8)])
 def test_a_short_schedule_on_the_command_line_leaves_its_last_epoch_to_the_method(task, warmup, epochs):
     """--epochs 1 with the demos' warm-up in epochs is not refused: the warm-up shrinks to epochs - 1;
     the demos at their own length, or any schedule longer than the warm-up, keep it as written."""

@@ -188,7 +188,7 @@ def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_
     assert run_dir.name == "run" and run_dir.parent.parent == tmp_path
     assert command == [sys.executable, "-m", "tasks.natural.train", "--method", "supervised",
                        "--data-root", str(source), "--labeled-split", str(source / "splits" / "train.txt"),
-                       "--val-split", str(source / "splits" / "val.txt"), "--epochs", "23", "--seed", "0",
+                       "--val-split", str(source / "splits" / "val.txt"), "--epochs", "10", "--seed", "0",
                        "--save-dir", str(run_dir), "--no-progress",
                        "backbone=resnet18", "width=16", "deep_stem=true", "pretrained=null",
                        f"class_names=[{', '.join(SOURCE_CLASSES)}]", "batch_size=8", "crop_size=64", "lr=0.02",
@@ -196,8 +196,8 @@ def test_the_child_trains_on_the_registered_source_with_the_pinned_settings(tmp_
     assert not (tmp_path / "backbone").exists()   # nothing half-made is kept
     # the ResNet trunk's parameters: the cached files of every V1 demo were written with them
     assert pretrain.trunk_parameters("resnet18", 16, True) == (
-        {"version": 1, "backbone": "resnet18", "width": 16, "deep_stem": True, "epochs": 23, "seed": 0},
-        "synthetic-v1-resnet18-w16-deepstem")
+        {"version": 2, "backbone": "resnet18", "width": 16, "deep_stem": True, "epochs": 10, "seed": 0},
+        "synthetic-v2-resnet18-w16-deepstem")
 
 
 def test_the_vit_child_trains_a_dpt_through_the_natural_v2_config(tmp_path, monkeypatch):
@@ -223,6 +223,6 @@ def test_the_default_root_is_the_cache_every_demo_reads(tmp_path, monkeypatch):
     pretrain.synthetic_backbone("resnet18", 16, True)
     pretrain.synthetic_backbone("resnet50", 64, False)
     pretrain.synthetic_backbone("vit_tiny", 64, False)   # width and stem are not a ViT's
-    assert asked == [tmp_path / "pretrained" / "synthetic-v1-resnet18-w16-deepstem",
-                     tmp_path / "pretrained" / "synthetic-v1-resnet50-w64-stem7",
+    assert asked == [tmp_path / "pretrained" / "synthetic-v2-resnet18-w16-deepstem",
+                     tmp_path / "pretrained" / "synthetic-v2-resnet50-w64-stem7",
                      tmp_path / "pretrained" / "synthetic-v1-vit_tiny"]

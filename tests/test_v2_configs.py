@@ -78,16 +78,18 @@ def test_the_v2_configs_name_the_official_pretrained_files():
 
 @pytest.mark.parametrize("task, schema, owner", [("natural", NaturalConfig, NaturalTask),
                                                  ("change_detection", CDConfig, ChangeDetectionTask)])
-def test_the_v2_demo_trains_on_the_v1_demos_data_for_as_many_iterations(task, schema, owner):
-    """The V2 demo differs from the V1 demo in the model and the method only: the same synthetic set and
-    splits, the same epochs and batch (so the same iterations, which the benchmarks compare), a crop that
+def test_the_v2_demo_trains_on_the_v1_demos_data_for_at_least_as_many_iterations(task, schema, owner):
+    """The V2 demo differs from the V1 demo in the model, the method and the schedule only: the same
+    synthetic set and splits, the same batch, at least the V1 demo's epochs (the V2 demo keeps the
+    iterations it was benchmarked at; the V1 demo became shorter for CPUs without bf16), a crop that
     is the multiple of the patch 14 nearest the V1 crop, and train --method unimatch_v2 picks it."""
     v1 = load_config(config_path(task, "synthetic.yaml"), schema=schema)
     v2 = load_config(config_path(task, "synthetic_v2.yaml"), schema=schema)
     data = [f.name for f in dataclasses.fields(schema) if f.name.startswith("synthetic_")] + \
-        ["dataset", "nclass", "class_names", "labeled_split", "unlabeled_split", "val_split", "epochs", "batch_size",
+        ["dataset", "nclass", "class_names", "labeled_split", "unlabeled_split", "val_split", "batch_size",
          "eval_mode", "select_metric"]
     assert {k: getattr(v2, k) for k in data} == {k: getattr(v1, k) for k in data}
+    assert v2.epochs >= v1.epochs
     assert v2.crop_size % 14 == 0 and abs(v2.crop_size - v1.crop_size) <= 7
     assert (v2.method, v2.backbone, v2.model) == ("unimatch_v2", "vit_tiny", "siamese_dpt" if task != "natural" else "dpt")
     assert owner().default_config_for("unimatch_v2") == config_path(task, "synthetic_v2.yaml")
