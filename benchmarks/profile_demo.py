@@ -22,7 +22,8 @@ The method iterations are split further by ``torch.profiler`` over a window of t
 iterations``, since the profiler slows them): the self CPU time per iteration of convolutions
 (forward and backward), normalisation, resampling, element-wise maths, the loss, the optimiser and
 the rest. Writes ``--json`` and prints a table. Timings are wall seconds of this machine: run it
-alone for figures to publish.
+alone for figures to publish. ``unimatch`` is imported before torch, so the OpenMP wait policy is
+the one ``python -m tasks.<task>.train`` runs with (``OMP_WAIT_POLICY``, see ``unimatch/__init__.py``).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import unimatch  # noqa: F401  (before torch: it sets OpenMP's wait policy, as the entry points get it)
 import torch
 
 # op-name patterns of the profiler's self CPU time, first match wins
@@ -192,7 +194,8 @@ def main(argv=None):
               "phases": dict(clock.seconds), "calls": dict(clock.calls),
               "best_score": result["best_score"],
               "profiled_method_iteration": dict(op_seconds),
-              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads()}
+              "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -42,7 +42,7 @@ SYNTHETIC_PRETRAINED = "synthetic"   # the ``pretrained:`` value that asks for t
 # data home holding a 23-epoch trunk of version 1 trains the new one instead of refusing the folder
 PRETRAIN_VERSION = 2
 # 10 x 40 = 400 iterations at batch 8 on the 320 source images: about 60 s on a 2-core AVX2-only CPU
-# in fp32, part of every demo's first run (docs/benchmarks.md, "The demos' first run, end to end")
+# in fp32, part of every demo's first run (docs/benchmarks.md, "The demos on a CPU without native bf16")
 PRETRAIN_EPOCHS = 10
 VIT_PRETRAIN_VERSION = 1
 PRETRAIN_SEED = 0
