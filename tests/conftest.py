@@ -4,6 +4,9 @@ import os
 import pytest
 import torch
 
+# the tiny ACDC phantom of the entry-point tests: 8 patients, 1 validation, 2 test, 5 training (1 labelled, 4 unlabelled)
+TINY_ACDC_PHANTOM = dict(n_patients=8, image_size=48, n_slices=(3, 4), seed=5)
+
 
 def pytest_configure(config):
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -15,3 +18,11 @@ def _private_data_home(tmp_path_factory):
     os.environ["UNIMATCH_DATA_HOME"] = str(tmp_path_factory.mktemp("unimatch-data"))
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="module")
+def acdc_phantom(tmp_path_factory):
+    """The tiny ACDC phantom (raw layout), written once per test module."""
+    from tasks.acdc.synthetic import ensure_synthetic_acdc
+
+    return ensure_synthetic_acdc(tmp_path_factory.mktemp("phantom") / "acdc", **TINY_ACDC_PHANTOM)

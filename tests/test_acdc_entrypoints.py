@@ -24,7 +24,6 @@ from tasks.acdc.common import AcdcConfig
 from tasks.acdc.evaluation import evaluate_volumes
 from tasks.acdc.data import VolumeDataset, build_eval_volumes
 from tasks.acdc.readers import list_raw_cases, load_raw_case
-from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.config import load_config
 from unimatch.distributed import DistContext
 from unimatch.engine import load_model_weights
@@ -36,8 +35,6 @@ from unimatch.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "acdc" / "synthetic.yaml"
-# 8 patients: 1 validation, 2 test, 5 training (1 labelled, 4 unlabelled)
-PHANTOM = dict(n_patients=8, image_size=48, n_slices=(3, 4), seed=5)
 MODEL = ["crop_size=32", "feature_channels=[4,8,16,32,64]"]
 
 
@@ -48,20 +45,15 @@ def _train_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    return ensure_synthetic_acdc(tmp_path_factory.mktemp("phantom") / "acdc", **PHANTOM)
-
-
-@pytest.fixture(scope="module")
-def run(phantom, tmp_path_factory) -> Path:
+def run(acdc_phantom, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     save_dir = tmp_path_factory.mktemp("run")
-    train.main(_train_args(phantom, save_dir, "--cases", "1"))
+    train.main(_train_args(acdc_phantom, save_dir, "--cases", "1"))
     return save_dir
 
 
 @pytest.fixture(scope="module")
-def fitted(run, phantom, tmp_path_factory) -> Path:
+def fitted(run, acdc_phantom, tmp_path_factory) -> Path:
     """A checkpoint in our format (with the run's config) whose predictions hold several classes.
 
     One epoch of the entry point on a 48 px phantom predicts a single class everywhere, which
@@ -72,7 +64,7 @@ def fitted(run, phantom, tmp_path_factory) -> Path:
     cfg = load_config(None, schema=AcdcConfig, **stored["config"])
     model = build_model(cfg)
     model.load_state_dict(stored["model"])
-    items = build_eval_volumes(phantom, "test", seed=cfg.seed).items
+    items = build_eval_volumes(acdc_phantom, "test", seed=cfg.seed).items
     size = (cfg.crop_size, cfg.crop_size)
     x = torch.cat([F.interpolate(torch.from_numpy(i.volume)[:, None], size, mode="bilinear", align_corners=False)
                    for i in items])
@@ -92,8 +84,8 @@ def fitted(run, phantom, tmp_path_factory) -> Path:
     return path
 
 
-def _image_file(phantom: Path, patient: str = "patient001") -> Path:
-    folder = phantom / "training" / patient
+def _image_file(acdc_phantom: Path, patient: str = "patient001") -> Path:
+    folder = acdc_phantom / "training" / patient
     return sorted(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_gt.nii.gz"))[0]
 
 
@@ -118,14 +110,14 @@ def test_train_writes_checkpoints_metrics_and_the_patient_split(run):
     assert best["metrics"]["mean_dice"] == records[0]["mean_dice"]
 
 
-def test_cases_beyond_the_training_patients_is_one_clear_error(phantom, tmp_path):
+def test_cases_beyond_the_training_patients_is_one_clear_error(acdc_phantom, tmp_path):
     with pytest.raises(DataError, match=r"cases=6 .* 5 training patients"):
-        train.main(_train_args(phantom, tmp_path / "run", "--cases", "6"))
+        train.main(_train_args(acdc_phantom, tmp_path / "run", "--cases", "6"))
 
 
 # ----------------------------------------------------------------------------- evaluate
 
-def test_evaluate_reports_the_test_patients_only(run, phantom, tmp_path):
+def test_evaluate_reports_the_test_patients_only(run, acdc_phantom, tmp_path):
     split = json.loads((run / "split.json").read_text())
     out = evaluate.main(["--checkpoint", str(run / "best.pth"), "--split", "test", "--device", "cpu",
                          "--json", str(tmp_path / "test.json"), "--csv", str(tmp_path / "test.csv")])
@@ -151,9 +143,9 @@ def test_evaluate_reports_the_test_patients_only(run, phantom, tmp_path):
     assert val["metrics"]["mean_dice"] == pytest.approx(best["metrics"]["mean_dice"])
 
 
-def test_evaluate_official_list_file_and_saved_predictions(run, fitted, phantom, tmp_path):
+def test_evaluate_official_list_file_and_saved_predictions(run, fitted, acdc_phantom, tmp_path):
     patient = json.loads((run / "split.json").read_text())["test"][0]
-    case = sorted(p.name[:-len(".nii.gz")] for p in (phantom / "training" / patient).glob("*_frame??.nii.gz"))[0]
+    case = sorted(p.name[:-len(".nii.gz")] for p in (acdc_phantom / "training" / patient).glob("*_frame??.nii.gz"))[0]
     listing = tmp_path / "test.txt"
     listing.write_text(f"data/{case}.h5\n")
     args = ["--checkpoint", str(fitted), "--split", str(listing), "--device", "cpu",
@@ -161,13 +153,13 @@ def test_evaluate_official_list_file_and_saved_predictions(run, fitted, phantom,
     out = evaluate.main(args)
     assert out["cases"] == [case]
     written = nib.load(str(tmp_path / "pred" / f"{case}.nii.gz"))
-    source = nib.load(str(phantom / "training" / patient / f"{case}.nii.gz"))
+    source = nib.load(str(acdc_phantom / "training" / patient / f"{case}.nii.gz"))
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine)
     labels = set(np.unique(np.asarray(written.dataobj)).tolist())
     assert labels <= {0, 1, 2, 3} and len(labels) > 1
     # the saved map is the one that was scored
-    truth = np.asarray(nib.load(str(phantom / "training" / patient / f"{case}_gt.nii.gz")).dataobj)
+    truth = np.asarray(nib.load(str(acdc_phantom / "training" / patient / f"{case}_gt.nii.gz")).dataobj)
     saved = np.asarray(written.dataobj)
     dice_lv = 2 * ((saved == 3) & (truth == 3)).sum() / ((saved == 3).sum() + (truth == 3).sum())
     assert out["metrics"]["dice/LV"] == pytest.approx(100 * dice_lv)
@@ -175,14 +167,14 @@ def test_evaluate_official_list_file_and_saved_predictions(run, fitted, phantom,
         evaluate.main(args)
 
 
-def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, phantom):
+def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, acdc_phantom):
     # the official protocol in fp32 (the demo config's bf16 would round differently from the hand loop)
     cfg = load_config(CONFIG, MODEL + ["amp=none", "channels_last=false"], schema=AcdcConfig,
-                      data_root=str(phantom))
+                      data_root=str(acdc_phantom))
     model = build_model(cfg)
     load_model_weights(model, fitted)
     model.eval()
-    item = build_eval_volumes(phantom, "val", seed=0).items[0]
+    item = build_eval_volumes(acdc_phantom, "val", seed=0).items[0]
     result = evaluate_volumes(Predictor(model, cfg, torch.device("cpu")), VolumeDataset([item]), cfg, DistContext())
 
     slices = []
@@ -201,8 +193,8 @@ def test_volume_evaluation_equals_a_hand_loop_over_slices(fitted, phantom):
 
 # ----------------------------------------------------------------------------- predict
 
-def test_predict_keeps_the_source_geometry_and_writes_overlays(fitted, phantom, tmp_path):
-    source_path = _image_file(phantom)
+def test_predict_keeps_the_source_geometry_and_writes_overlays(fitted, acdc_phantom, tmp_path):
+    source_path = _image_file(acdc_phantom)
     predict.main(["--checkpoint", str(fitted), "--input", str(source_path), "--output",
                   str(tmp_path / "out"), "--overlay-slices", "0,2", "--device", "cpu"])
     stem = source_path.name[:-len(".nii.gz")]
@@ -219,11 +211,11 @@ def test_predict_keeps_the_source_geometry_and_writes_overlays(fitted, phantom, 
         assert png.shape == (source.shape[1], source.shape[0], 3)
 
 
-def test_official_checkpoint_predicts_like_ours(fitted, phantom, tmp_path):
+def test_official_checkpoint_predicts_like_ours(fitted, acdc_phantom, tmp_path):
     ours = torch.load(fitted, map_location="cpu", weights_only=False)["model"]
     official = tmp_path / "official.pth"
     torch.save({"model": {"module." + k: v for k, v in ours.items()}}, official)
-    folder = phantom / "training" / "patient002"
+    folder = acdc_phantom / "training" / "patient002"
     predict.main(["--checkpoint", str(fitted), "--input", str(folder), "--output", str(tmp_path / "a"),
                   "--device", "cpu"])
     predict.main(["--checkpoint", str(official), "--config", str(CONFIG), "--input", str(folder),
@@ -236,14 +228,14 @@ def test_official_checkpoint_predicts_like_ours(fitted, phantom, tmp_path):
         np.testing.assert_array_equal(ours_labels, np.asarray(nib.load(str(tmp_path / "b" / name)).dataobj))
 
 
-def test_official_checkpoint_of_other_widths_says_what_does_not_fit(fitted, phantom, tmp_path):
+def test_official_checkpoint_of_other_widths_says_what_does_not_fit(fitted, acdc_phantom, tmp_path):
     """Official checkpoints store no config; without --config the built-in default UNet (8..128
     channels) is built, and the error says so in config keys before any key listing."""
     ours = torch.load(fitted, map_location="cpu", weights_only=False)["model"]
     official = tmp_path / "official.pth"
     torch.save({"model": {"module." + k: v for k, v in ours.items()}}, official)
     with pytest.raises(CheckpointError) as error:
-        predict.main(["--checkpoint", str(official), "--input", str(_image_file(phantom)), "--output",
+        predict.main(["--checkpoint", str(official), "--input", str(_image_file(acdc_phantom)), "--output",
                       str(tmp_path / "out"), "--device", "cpu"])
     message = str(error.value)
     assert f"does not fit the model built from the config {predict.TASK.default_config} (the checkpoint stores none)" \
@@ -252,8 +244,8 @@ def test_official_checkpoint_of_other_widths_says_what_does_not_fit(fitted, phan
             "feature_channels: [8, 16, 32, 64, 128]. Missing: []") in message
 
 
-def test_predict_4d_needs_a_frame(run, phantom, tmp_path):
-    source = nib.load(str(_image_file(phantom)))
+def test_predict_4d_needs_a_frame(run, acdc_phantom, tmp_path):
+    source = nib.load(str(_image_file(acdc_phantom)))
     data = np.asarray(source.dataobj)
     cine = nib.Nifti1Image(np.stack([data, data[::-1]], axis=-1), source.affine, source.header)
     path = tmp_path / "patient001_4d.nii.gz"
@@ -269,8 +261,8 @@ def test_predict_4d_needs_a_frame(run, phantom, tmp_path):
     np.testing.assert_allclose(written.affine, source.affine)
 
 
-def test_predict_refuses_truncated_and_non_nifti_files(run, phantom, tmp_path):
-    raw = _image_file(phantom).read_bytes()
+def test_predict_refuses_truncated_and_non_nifti_files(run, acdc_phantom, tmp_path):
+    raw = _image_file(acdc_phantom).read_bytes()
     truncated = tmp_path / "cut.nii.gz"
     truncated.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="truncated"):
@@ -284,8 +276,8 @@ def test_predict_refuses_truncated_and_non_nifti_files(run, phantom, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_predict_never_replaces_existing_output_without_overwrite(run, phantom, tmp_path):
-    source_path = _image_file(phantom)
+def test_predict_never_replaces_existing_output_without_overwrite(run, acdc_phantom, tmp_path):
+    source_path = _image_file(acdc_phantom)
     local = Path(shutil.copy(source_path, tmp_path / source_path.name))
     out = tmp_path / "out"
     out.mkdir()
@@ -299,12 +291,12 @@ def test_predict_never_replaces_existing_output_without_overwrite(run, phantom, 
     assert nib.load(str(target)).shape == nib.load(str(local)).shape
 
 
-def _h5_copy(phantom: Path, root: Path) -> dict[str, list[str]]:
+def _h5_copy(acdc_phantom: Path, root: Path) -> dict[str, list[str]]:
     """The phantom in the official preprocessed layout (data/*.h5 volumes, data/slices/*.h5), and
     official-style list files: patients 1 labelled, 2-5 unlabelled, 6 validation, 7-8 test."""
     lists: dict[str, list[str]] = {"labeled": [], "unlabeled": [], "val": [], "test": []}
     (root / "data" / "slices").mkdir(parents=True)
-    for patient, cases in list_raw_cases(phantom).items():
+    for patient, cases in list_raw_cases(acdc_phantom).items():
         number = int(patient[-3:])
         kind = "labeled" if number == 1 else "unlabeled" if number <= 5 else "val" if number == 6 else "test"
         for case in cases:
@@ -323,9 +315,9 @@ def _h5_copy(phantom: Path, root: Path) -> dict[str, list[str]]:
     return lists
 
 
-def test_h5_layout_with_official_lists_trains_evaluates_and_writes_spacing_scaled_nifti(phantom, tmp_path):
+def test_h5_layout_with_official_lists_trains_evaluates_and_writes_spacing_scaled_nifti(acdc_phantom, tmp_path):
     root = tmp_path / "ACDC"
-    lists = _h5_copy(phantom, root)
+    lists = _h5_copy(acdc_phantom, root)
     run = tmp_path / "run"
     train.main(_train_args(root, run, "--labeled-split", str(root / "labeled.txt"), "--unlabeled-split",
                            str(root / "unlabeled.txt"), "--val-split", str(root / "val.txt"),
@@ -357,8 +349,8 @@ with open(os.path.join(sys.argv[1], "rank_%s.json" % os.environ["RANK"]), "w") a
 
 
 @pytest.mark.timeout(120)
-def test_two_processes_shard_the_volumes_and_report_the_same_scores(fitted, phantom, tmp_path):
-    cases = sorted(p.name[:-len(".nii.gz")] for p in (phantom / "training").glob("patient00[45]/*_frame??.nii.gz"))
+def test_two_processes_shard_the_volumes_and_report_the_same_scores(fitted, acdc_phantom, tmp_path):
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (acdc_phantom / "training").glob("patient00[45]/*_frame??.nii.gz"))
     listing = tmp_path / "three.txt"
     listing.write_text("".join(f"data/{case}.h5\n" for case in cases[:3]))  # uneven: 2 + 1 volumes
     script = tmp_path / "worker.py"
@@ -394,8 +386,8 @@ def _exit_status_and_error(main, argv, monkeypatch, capsys):
     return exit_info.value.code, capsys.readouterr().err
 
 
-def test_training_nifti_with_a_nan_patch_exits_2_naming_the_file(phantom, tmp_path, monkeypatch, capsys):
-    root = Path(shutil.copytree(phantom, tmp_path / "acdc"))
+def test_training_nifti_with_a_nan_patch_exits_2_naming_the_file(acdc_phantom, tmp_path, monkeypatch, capsys):
+    root = Path(shutil.copytree(acdc_phantom, tmp_path / "acdc"))
     for image_path in sorted(root.glob("training/patient*/patient*_frame*.nii.gz")):
         if image_path.name.endswith("_gt.nii.gz"):
             continue
@@ -408,11 +400,11 @@ def test_training_nifti_with_a_nan_patch_exits_2_naming_the_file(phantom, tmp_pa
     assert not (tmp_path / "run" / "latest.pth").exists()
 
 
-def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_path, monkeypatch, capsys):
+def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(acdc_phantom, tmp_path, monkeypatch, capsys):
     save_dir = tmp_path / "run"
-    train.main(_train_args(phantom, save_dir, "--cases", "1"))
+    train.main(_train_args(acdc_phantom, save_dir, "--cases", "1"))
     before = {name: (save_dir / name).read_bytes() for name in ("latest.pth", "best.pth")}
-    args = _train_args(phantom, save_dir, "--cases", "1", "--resume-with-changes", "lr=1e30")
+    args = _train_args(acdc_phantom, save_dir, "--cases", "1", "--resume-with-changes", "lr=1e30")
     args[args.index("--epochs") + 1] = "2"
     status, err = _exit_status_and_error(train.main, args, monkeypatch, capsys)
     assert status == 2
@@ -422,13 +414,13 @@ def test_diverging_training_exits_2_and_keeps_the_good_checkpoints(phantom, tmp_
         assert (save_dir / name).read_bytes() == content, name
 
 
-def test_rerun_with_more_cases_is_refused_and_leaves_the_split_of_the_weights(run, phantom, tmp_path, monkeypatch,
+def test_rerun_with_more_cases_is_refused_and_leaves_the_split_of_the_weights(run, acdc_phantom, tmp_path, monkeypatch,
                                                                                capsys):
     """--cases 2 into a finished --cases 1 run: its weights saw one labelled patient, so split.json and
     config.yaml must keep saying so; the command stops before any file is written."""
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     before = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
-    status, err = _exit_status_and_error(train.main, _train_args(phantom, copy, "--cases", "2"), monkeypatch, capsys)
+    status, err = _exit_status_and_error(train.main, _train_args(acdc_phantom, copy, "--cases", "2"), monkeypatch, capsys)
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "cases: 1 stored, 2 now" in err and "--resume-with-changes" in err
     after = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
@@ -447,24 +439,24 @@ def test_an_acdc_checkpoint_given_to_another_task_names_the_command_to_use(run, 
                                     f"use python -m tasks.acdc.evaluate")
 
 
-def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(run, phantom, tmp_path, capsys):
+def test_evaluate_and_predict_default_to_the_config_stored_in_the_checkpoint(run, acdc_phantom, tmp_path, capsys):
     """Without --config (nor the run's model overrides) the run's own UNet, slice size and seed are
     used, and both commands say which configuration they used."""
     checkpoint = run / "best.pth"
     evaluate.main(["--checkpoint", str(checkpoint), "--device", "cpu"])
     assert f"(config: {checkpoint} (stored config))" in capsys.readouterr().out
-    predict.main(["--checkpoint", str(checkpoint), "--input", str(_image_file(phantom)), "--output",
+    predict.main(["--checkpoint", str(checkpoint), "--input", str(_image_file(acdc_phantom)), "--output",
                   str(tmp_path / "out"), "--device", "cpu"])
     assert f"config: {checkpoint} (stored config)" in capsys.readouterr().out
 
 
-def test_training_another_task_into_a_run_folder_is_refused_even_with_resume_with_changes(run, phantom, tmp_path):
+def test_training_another_task_into_a_run_folder_is_refused_even_with_resume_with_changes(run, acdc_phantom, tmp_path):
     from tasks.natural import train as natural_train
 
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     before = {path.relative_to(copy): path.read_bytes() for path in sorted(copy.rglob("*")) if path.is_file()}
     with pytest.raises(ConfigError) as error:
-        natural_train.main(["--data-root", str(phantom), "--save-dir", str(copy), "--resume-with-changes",
+        natural_train.main(["--data-root", str(acdc_phantom), "--save-dir", str(copy), "--resume-with-changes",
                             "--no-progress", "--device", "cpu"])
     assert str(error.value) == (f"--save-dir {copy} holds a run of the acdc task (python -m tasks.acdc.train), "
                                 f"not natural; choose another --save-dir")

@@ -10,25 +10,17 @@ import torch
 
 from tasks.acdc import evaluate, predict, train
 from tasks.acdc.common import TASK, AcdcConfig
-from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "acdc"
-# 8 patients: 1 validation, 2 test, 5 training (1 labelled, 4 unlabelled)
-PHANTOM = dict(n_patients=8, image_size=48, n_slices=(3, 4), seed=5)
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    return ensure_synthetic_acdc(tmp_path_factory.mktemp("phantom") / "acdc", **PHANTOM)
-
-
-@pytest.fixture(scope="module")
-def run(phantom, tmp_path_factory) -> Path:
+def run(acdc_phantom, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     save_dir = tmp_path_factory.mktemp("run")
-    train.main(["--data-root", str(phantom), "--cases", "1", "--method", "unimatch_v2", "--save-dir", str(save_dir),
+    train.main(["--data-root", str(acdc_phantom), "--cases", "1", "--method", "unimatch_v2", "--save-dir", str(save_dir),
                 "--epochs", "1", "--batch-size", "4", "--seed", "0", "--no-progress", "--device", "cpu",
                 "crop_size=28"])
     return save_dir
@@ -47,7 +39,7 @@ def test_unimatch_v2_without_config_trains_the_v2_demo_dpt_and_evaluates_the_ema
     assert '"ema/mean_dice"' in metrics
 
 
-def test_evaluate_and_predict_read_the_v2_checkpoint_alone(run, phantom, tmp_path, capsys):
+def test_evaluate_and_predict_read_the_v2_checkpoint_alone(run, acdc_phantom, tmp_path, capsys):
     checkpoint = run / "best.pth"
     out = evaluate.main(["--checkpoint", str(checkpoint)])
     assert f"(config: {checkpoint} (stored config))" in capsys.readouterr().out
@@ -55,7 +47,7 @@ def test_evaluate_and_predict_read_the_v2_checkpoint_alone(run, phantom, tmp_pat
     test = evaluate.main(["--checkpoint", str(checkpoint), "--split", "test"])
     assert len(test["cases"]) == 4 and not set(test["cases"]) & set(out["cases"])
 
-    source_path = sorted(p for p in (phantom / "training" / "patient001").glob("*.nii.gz")
+    source_path = sorted(p for p in (acdc_phantom / "training" / "patient001").glob("*.nii.gz")
                          if not p.name.endswith("_gt.nii.gz"))[0]
     written = predict.main(["--checkpoint", str(checkpoint), "--input", str(source_path),
                             "--output", str(tmp_path / "out")])

@@ -1,14 +1,10 @@
 """The demo profiler (benchmarks/profile_demo.py) on a tiny ACDC run: every phase it names is timed
 as often as the run does it, the profiled iterations are split by op group, and the trainer's
 functions are its own again afterwards."""
-import pytest
 import torch
 
 from benchmarks import profile_demo
-from tasks.acdc.synthetic import ensure_synthetic_acdc
 from unimatch import engine, method
-
-PHANTOM = dict(n_patients=8, image_size=48, n_slices=(3, 4), seed=5)
 
 
 def test_op_groups_name_the_kernels_of_a_training_step():
@@ -23,11 +19,10 @@ def test_op_groups_name_the_kernels_of_a_training_step():
     assert profile_demo.op_group("aten::empty_strided") == "other"
 
 
-def test_a_tiny_acdc_run_is_timed_by_phase(tmp_path, capsys):
+def test_a_tiny_acdc_run_is_timed_by_phase(acdc_phantom, tmp_path, capsys):
     torch.set_num_threads(1)
-    root = ensure_synthetic_acdc(tmp_path / "acdc", **PHANTOM)
     originals = (engine.Trainer.train_iteration, engine.Trainer.epoch_streams, method.UniMatchStep.strong_views)
-    report = profile_demo.main(["--task", "acdc", "--profile-iters", "2", "--", "--data-root", str(root),
+    report = profile_demo.main(["--task", "acdc", "--profile-iters", "2", "--", "--data-root", str(acdc_phantom),
                                 "--cases", "1", "--epochs", "3", "--batch-size", "4", "--num-workers", "0",
                                 "--save-dir", str(tmp_path / "run"), "crop_size=32",
                                 "feature_channels=[4,8,16,32,64]", "sup_warmup_epochs=1", "eval_every=1"])
