@@ -148,6 +148,7 @@ def run_variant(args) -> dict:
         else:
             iteration, prepare, info = our_iteration(cfg, settings, batches, device, save_dir)
         info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+        info["gomp_spincount"] = os.environ.get("GOMP_SPINCOUNT", "(unset)")
         return dict(info, **time_iterations(args, iteration, prepare, device))
 
 
@@ -422,7 +423,8 @@ def summarise(args, runs: dict) -> dict:
     out = {"scenario": args.scenario, "overrides": scenario_overrides(args), "device": device_name,
            "threads": args.threads, "torch": torch.__version__,
            "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
-           "omp_wait_policy": next(iter(runs.values()))[0].get("omp_wait_policy", "(unset)"), "variants": {}}
+           "omp_wait_policy": next(iter(runs.values()))[0].get("omp_wait_policy", "(unset)"),
+           "gomp_spincount": next(iter(runs.values()))[0].get("gomp_spincount", "(unset)"), "variants": {}}
     base = None
     for variant, results in runs.items():
         times = [t for r in results for t in r["times"]]
@@ -458,7 +460,7 @@ def print_table(summary: dict) -> None:
     overrides = " ".join(f"{k}={v}" for k, v in summary.get("overrides", {}).items())
     print(f"scenario {summary['scenario']}{' (' + overrides + ')' if overrides else ''} on {summary['device']}, "
           f"{summary['threads']} threads, "
-          f"OMP_WAIT_POLICY {summary['omp_wait_policy']}, "
+          f"OMP_WAIT_POLICY {summary['omp_wait_policy']}, GOMP_SPINCOUNT {summary.get('gomp_spincount', '(unset)')}, "
           f"{summary['rounds']} rounds x {summary['iters']} iterations (+{summary['warmup']} warm-up)")
     print("| variant | ran as | s/iter median | min | max | it/s | CPU s/iter | peak RSS GB | speed-up | RSS ratio "
           "| load | first warm-up s |")

@@ -23,7 +23,7 @@ iterations``, since the profiler slows them): the self CPU time per iteration of
 (forward and backward), normalisation, resampling, element-wise maths, the loss, the optimiser and
 the rest. Writes ``--json`` and prints a table. Timings are wall seconds of this machine: run it
 alone for figures to publish. ``unimatch`` is imported before torch, so the OpenMP wait policy is
-the one ``python -m tasks.<task>.train`` runs with (``OMP_WAIT_POLICY``, see ``unimatch/__init__.py``).
+the one ``python -m tasks.<task>.train`` runs with (see ``unimatch/openmp_wait.py``).
 """
 from __future__ import annotations
 
@@ -195,7 +195,8 @@ def main(argv=None):
               "best_score": result["best_score"],
               "profiled_method_iteration": dict(op_seconds),
               "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads(),
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -261,14 +261,3 @@ def test_step_returns_device_tensors_and_the_trainer_logs_numbers(tmp_path):
     trainer.fit()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines and isinstance(__import__("json").loads(lines[-1])["loss"], float)
-
-
-def test_entry_points_set_a_passive_openmp_wait_policy_unless_one_is_given():
-    """Spinning OpenMP threads cost 3x on shared cores; the variable must be set before torch loads."""
-    probe = "import tasks.natural.train, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", probe], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ACTIVE"

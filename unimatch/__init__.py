@@ -1,10 +1,12 @@
 """UniMatch core.
 
-Importing it sets OpenMP's wait policy to PASSIVE unless one is set (``OMP_WAIT_POLICY``):
-OpenMP threads that spin while waiting for their partner cost 3x per training iteration when
-the cores are shared (measured in docs/benchmarks.md). libgomp reads the variable once, when
-torch loads, so this runs before the first ``import torch`` of the entry points.
+Importing it chooses how OpenMP threads wait (:mod:`unimatch.openmp_wait`: a short spin on an
+idle CPU, passive on a busy one, the user's own setting kept), before the entry points' first
+``import torch``: libgomp reads the variables once, when torch loads. ``OPENMP_WAIT`` is the line
+the entry points log about the choice.
 """
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from unimatch.openmp_wait import choose_wait_policy
+
+OPENMP_WAIT = choose_wait_policy(os.environ)

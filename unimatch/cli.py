@@ -127,6 +127,7 @@ def pick_device(name: str) -> torch.device:
 
 def train_main(task, argv, doc: str) -> dict:
     """The ``train`` command of ``task``: distributed set-up, data, model, :class:`Trainer`.fit."""
+    import unimatch
     from unimatch.distributed import cleanup, setup_distributed, wrap_model
     from unimatch.data import seed_everything
     from unimatch.engine import Trainer, log, setup_logging
@@ -156,6 +157,8 @@ def train_main(task, argv, doc: str) -> dict:
             setup_logging(save_dir, ctx.is_main)
             for note in lock.notes:
                 log.info(note)
+            if ctx.device.type == "cpu":
+                log.info(unimatch.OPENMP_WAIT)
         cfg = task.resolve_data(cfg, ctx)
         check_disjoint(configured_lists(cfg), task.split_key(cfg), cfg.allow_labeled_in_unlabeled)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes, train_command)
