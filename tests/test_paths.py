@@ -1,5 +1,6 @@
 """write_once: the one place where generated datasets are cached atomically; find_split_file and
 refuse_overwriting_inputs, the rules every task shares for split paths and outputs."""
+import functools
 import json
 
 import pytest
@@ -122,3 +123,31 @@ def test_an_output_that_is_an_input_is_refused_by_path_or_by_link(tmp_path):
     with pytest.raises(DataError, match="would overwrite the input"):
         refuse_overwriting_inputs([tmp_path / "hard.png"], [image])
     refuse_overwriting_inputs([tmp_path / "in" / "b.png", None], [image])
+
+
+def test_map_in_processes_keeps_the_order_of_a_serial_map():
+    from unimatch.paths import map_in_processes
+
+    assert map_in_processes(functools.partial(pow, 3), 80, min_per_process=4) == [3 ** i for i in range(80)]
+    assert map_in_processes(functools.partial(pow, 3), 5) == [3 ** i for i in range(5)]
+
+
+@pytest.mark.parametrize("task", ["change_detection", "natural"])
+def test_a_synthetic_set_written_by_several_processes_equals_the_one_process_set(task, tmp_path, monkeypatch):
+    """Each item has its own generator, so the forked writers must give the same bytes, in the same files."""
+    import unimatch.paths
+    from tasks.change_detection import synthetic as cd_synthetic
+    from tasks.natural import synthetic as natural_synthetic
+
+    module = cd_synthetic if task == "change_detection" else natural_synthetic
+    folders = {}
+    for name, per_process in (("forked", 1), ("serial", 10 ** 9)):
+        monkeypatch.setattr(module, "map_in_processes",
+                            functools.partial(unimatch.paths.map_in_processes, min_per_process=per_process))
+        if task == "change_detection":
+            folders[name] = cd_synthetic.ensure_synthetic_cd(tmp_path / name, n_train=12, n_val=4, n_test=4, tile=64)
+        else:
+            folders[name] = natural_synthetic.ensure_synthetic_voc(tmp_path / name, n_images=16, size=48)
+    files = {name: {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+             for name, folder in folders.items()}
+    assert len(files["serial"]) > 20 and files["forked"] == files["serial"]

@@ -157,11 +157,11 @@ def train_main(task, argv, doc: str) -> dict:
             setup_logging(save_dir, ctx.is_main)
             for note in lock.notes:
                 log.info(note)
-            if ctx.device.type == "cpu":
-                log.info(unimatch.OPENMP_WAIT)
         cfg = task.resolve_data(cfg, ctx)
         check_disjoint(configured_lists(cfg), task.split_key(cfg), cfg.allow_labeled_in_unlabeled)
         changes = check_resumable(save_dir, cfg, args.resume_with_changes, train_command)
+        if ctx.is_main and ctx.device.type == "cpu":
+            log.info(unimatch.OPENMP_WAIT)
         seed_everything(cfg.seed + ctx.rank)
         model = wrap_model(prepare_model(build_model(cfg), cfg.channels_last, cfg.compile, ctx.device), ctx)
         labeled, unlabeled = task.training_sets(cfg)

@@ -79,6 +79,26 @@ def write_once(root: Path, parameters: dict, write, manifest: str = "meta.json",
     return check()
 
 
+def map_in_processes(render, count: int, min_per_process: int = 32) -> list:
+    """``[render(i) for i in range(count)]``, computed by one forked process per core.
+
+    Why: a synthetic set is written on a demo's first run, and each of its items draws from its
+    own generator (``default_rng([seed, i])``), so splitting the items across cores writes the same
+    files as one process, in part of the time. ``render`` must be picklable (a module-level function
+    or a ``functools.partial`` of one). One process where fork is not available (spawned workers
+    would import torch again) or the set is small.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(cores, count // min_per_process)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [render(index) for index in range(count)]
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(render, range(count), chunksize=8))
+
+
 def find_split_file(given: str | os.PathLike | None, data_root: str | os.PathLike | None) -> str | None:
     """The split file a user means by ``given``: the path as given when it exists (or is absolute),
     else the same relative path under ``data_root`` when it exists there (so ``--labeled-split

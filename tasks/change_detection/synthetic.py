@@ -29,6 +29,7 @@ On disk (the layout the official UniMatch remote-sensing code reads)::
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from tasks.change_detection.drawing import (CANOPY, CANOPY_AUTUMN, HARVESTED, RO
                                             draw_roads, draw_roof, paint_fields, photometric, smooth_noise)
 from tasks.change_detection.make_splits import choose_labeled, percent_name, write_name_list
 from unimatch.errors import DataError
-from unimatch.paths import data_home, write_once
+from unimatch.paths import data_home, map_in_processes, write_once
 
 VERSION = "v2"   # v2: the 1.25% split (4 of 320 tiles) of the demo config
 FRACTIONS = (0.0125, 0.05, 0.1, 0.2, 0.4)
@@ -115,14 +116,9 @@ def write_dataset(out: Path, spec: SyntheticSpec) -> None:
     for sub in ("A", "B", "label", "splits"):
         (out / sub).mkdir(parents=True)
     splits = tile_names(spec)
-    index = 0
+    names = [name for split in ("train", "val", "test") for name in splits[split]]
+    map_in_processes(functools.partial(_write_tile, out, spec, names), len(names))
     for split in ("train", "val", "test"):
-        for name in splits[split]:
-            image_a, image_b, label = render_pair(np.random.default_rng([spec.seed, index]), spec.tile, spec)
-            Image.fromarray(image_a).save(out / "A" / name)
-            Image.fromarray(image_b).save(out / "B" / name)
-            Image.fromarray(label).save(out / "label" / name)
-            index += 1
         write_name_list(out / "splits" / f"{split}.txt", splits[split])
     for fraction in FRACTIONS:
         labeled, unlabeled = choose_labeled(splits["train"], fraction, spec.seed)
@@ -131,6 +127,14 @@ def write_dataset(out: Path, spec: SyntheticSpec) -> None:
         write_name_list(fraction_dir / "labeled.txt", labeled)
         write_name_list(fraction_dir / "unlabeled.txt", unlabeled)
     (out / "meta.json").write_text(json.dumps(manifest_parameters(spec), indent=1))
+
+
+def _write_tile(out: Path, spec: SyntheticSpec, names: list[str], index: int) -> None:
+    """Tile ``index``: its pair and change mask from its own generator, saved as PNGs."""
+    image_a, image_b, label = render_pair(np.random.default_rng([spec.seed, index]), spec.tile, spec)
+    Image.fromarray(image_a).save(out / "A" / names[index])
+    Image.fromarray(image_b).save(out / "B" / names[index])
+    Image.fromarray(label).save(out / "label" / names[index])
 
 
 def place_buildings(rng: np.random.Generator, size: int, scale: float, blocked: np.ndarray,

@@ -27,6 +27,7 @@ never leaves a half-written dataset that later looks complete.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict
@@ -39,7 +40,7 @@ from tasks.natural.palette import save_palette_png, voc_palette
 from tasks.natural.scenes import (DEMO_TEXTURES, IGNORE_INDEX, SOURCE_CLASSES, SOURCE_TEXTURES, SYNTHETIC_CLASSES,
                                   SYNTHETIC_NCLASS, SceneStyle, render_sample)
 from unimatch.errors import DataError
-from unimatch.paths import data_home, write_once
+from unimatch.paths import data_home, map_in_processes, write_once
 
 SYNTHETIC_VERSION = 2  # 2: a held-out test split (as many images as val) for the benchmarks
 SOURCE_SEED = 7
@@ -134,6 +135,16 @@ def _parameters(n_images: int, size: int, seed: int, labeled_fraction: float,
     return parameters
 
 
+def _write_sample(out: Path, ids: list[str], seed: int, size: int, textures: tuple, style: SceneStyle, palette,
+                  index: int) -> np.ndarray:
+    """Sample ``index`` from its own generator, saved as JPEG and palette PNG; its pixels per class
+    (the last entry: ignored pixels)."""
+    image, label = render_sample(np.random.default_rng([seed, index]), size, textures, style)
+    Image.fromarray(image).save(out / "JPEGImages" / f"{ids[index]}.jpg", quality=JPEG_QUALITY)
+    save_palette_png(label, out / "SegmentationClass" / f"{ids[index]}.png", palette)
+    return np.bincount(np.where(label == IGNORE_INDEX, SYNTHETIC_NCLASS, label).ravel(), minlength=SYNTHETIC_NCLASS + 1)
+
+
 def _write_dataset(out: Path, parameters: dict) -> None:
     n_images, size, seed = parameters["n_images"], parameters["size"], parameters["seed"]
     n_train, n_val, n_labeled = split_counts(n_images, parameters["labeled_fraction"])
@@ -146,12 +157,8 @@ def _write_dataset(out: Path, parameters: dict) -> None:
     pixel_counts = np.zeros(SYNTHETIC_NCLASS + 1, dtype=np.int64)
     textures = tuple(parameters.get("textures", DEMO_TEXTURES))
     style = SceneStyle(**parameters.get("style", {}))
-    for index, sample_id in enumerate(ids):
-        image, label = render_sample(np.random.default_rng([seed, index]), size, textures, style)
-        Image.fromarray(image).save(out / "JPEGImages" / f"{sample_id}.jpg", quality=JPEG_QUALITY)
-        save_palette_png(label, out / "SegmentationClass" / f"{sample_id}.png", palette)
-        counts = np.bincount(np.where(label == IGNORE_INDEX, SYNTHETIC_NCLASS, label).ravel(),
-                             minlength=SYNTHETIC_NCLASS + 1)
+    render = functools.partial(_write_sample, out, ids, seed, size, textures, style, palette)
+    for counts in map_in_processes(render, len(ids)):
         pixel_counts += counts
 
     def line(sample_id: str) -> str:
