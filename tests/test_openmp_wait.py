@@ -29,11 +29,11 @@ def test_busy_share_counts_idle_and_iowait_as_unused_time():
 
 def test_an_idle_cpu_gets_a_short_spin_and_a_busy_or_unknown_one_passive_threads():
     idle = {}
-    line = choose_wait_policy(idle, busy=0.05)
+    line = choose_wait_policy(idle, measure=lambda: 0.05)
     assert idle == {"GOMP_SPINCOUNT": str(SPIN_COUNT)} and "5 % busy" in line
     for busy in (BUSY_SHARE, 0.9, None):
         environ = {}
-        choose_wait_policy(environ, busy=busy)
+        choose_wait_policy(environ, measure=lambda: busy)
         assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -41,7 +41,7 @@ def test_an_idle_cpu_gets_a_short_spin_and_a_busy_or_unknown_one_passive_threads
 def test_a_wait_setting_of_the_user_is_kept_whatever_the_load(given):
     for busy in (0.0, 1.0):
         environ = dict(given)
-        assert "as set" in choose_wait_policy(environ, busy=busy)
+        assert "as set" in choose_wait_policy(environ, measure=lambda: busy)
         assert environ == given
 
 

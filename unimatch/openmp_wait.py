@@ -3,8 +3,8 @@
 libgomp (the runtime of torch's Linux wheels) reads ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT``
 once, when torch is imported, so :mod:`unimatch` calls :func:`choose_wait_policy` on import and the
 entry points import ``unimatch`` first. Two measured costs pull in opposite directions
-(docs/benchmarks.md, "OpenMP wait policy"), both on the two-thread ACDC demo iteration of a 2-core
-CPU: threads that spin about 0.1 ms before sleeping (``GOMP_SPINCOUNT=10000``) are 1.45x faster
+(docs/benchmarks.md, "OpenMP wait policy"), both on a two-thread iteration of a small UNet on a
+2-core CPU: threads that spin about 0.1 ms before sleeping (``GOMP_SPINCOUNT=10000``) are 1.45x faster
 than threads that sleep at once (``OMP_WAIT_POLICY=PASSIVE``) on an idle CPU, and 2x slower when
 another training run shares the cores. So the choice follows how busy the CPU is as the process
 starts. A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is always kept.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import MutableMapping, Optional
+from typing import Callable, MutableMapping, Optional
 
 SPIN_COUNT = 10000          # libgomp's spin rounds before a thread sleeps (its default: 300000, ~3 ms)
 BUSY_SHARE = 0.25           # above this share of the CPU's time in use at start, threads sleep at once
@@ -55,15 +55,17 @@ def cpu_busy_share(sample_seconds: float = SAMPLE_SECONDS) -> Optional[float]:
         return None
 
 
-def choose_wait_policy(environ: MutableMapping[str, str], busy: Optional[float] = None) -> str:
+def choose_wait_policy(environ: MutableMapping[str, str],
+                       measure: Callable[[], Optional[float]] = cpu_busy_share) -> str:
     """Set the wait variables in ``environ`` unless the user set one; return the line that says why.
 
-    ``busy`` (share of the CPU in use) is measured when not given; unknown counts as busy.
+    ``measure()`` gives the share of the CPU in use (None: unknown, which counts as busy); it is not
+    called when the user chose.
     """
     given = {name: environ[name] for name in USER_VARIABLES if name in environ}
     if given:
         return "OpenMP wait: as set (" + ", ".join(f"{k}={v}" for k, v in given.items()) + ")"
-    busy = cpu_busy_share() if busy is None else busy
+    busy = measure()
     if busy is not None and busy < BUSY_SHARE:
         environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         return (f"OpenMP wait: threads spin ~0.1 ms before sleeping (GOMP_SPINCOUNT={SPIN_COUNT}): the CPU "
