@@ -420,11 +420,11 @@ def measure(args, variants: list[str]) -> dict:
 def summarise(args, runs: dict) -> dict:
     import torch
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    first_run = next(iter(runs.values()))[0]
     out = {"scenario": args.scenario, "overrides": scenario_overrides(args), "device": device_name,
            "threads": args.threads, "torch": torch.__version__,
            "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
-           "omp_wait_policy": next(iter(runs.values()))[0].get("omp_wait_policy", "(unset)"),
-           "gomp_spincount": next(iter(runs.values()))[0].get("gomp_spincount", "(unset)"), "variants": {}}
+           **{key: first_run.get(key, "(unset)") for key in ("omp_wait_policy", "gomp_spincount")}, "variants": {}}
     base = None
     for variant, results in runs.items():
         times = [t for r in results for t in r["times"]]
